@@ -1,0 +1,145 @@
+"""Attribute names of the three agent conventions, and how they map onto agentwatch's fields.
+
+OTel GenAI (current and deprecated names), OpenInference and OpenLLMetry/Traceloop name the same
+facts differently (see DESIGN.md §3). Each field below lists its source attributes in priority
+order: the first one present on a span wins. Detectors key on these normalised fields, never on
+span names. This module is data only; the logic that applies it lives in ``normalize.py``.
+"""
+
+from __future__ import annotations
+
+# field -> attribute keys, highest priority first
+FIELD_KEYS: dict[str, tuple[str, ...]] = {
+    "session": (
+        "gen_ai.conversation.id",
+        "session.id",
+        "traceloop.association.properties.session_id",
+        "gen_ai.session.id",
+    ),
+    "user": (
+        "user.id",
+        "enduser.id",
+        "traceloop.association.properties.user_id",
+        "gen_ai.user",
+    ),
+    "tenant": ("tenant.id", "agentwatch.tenant"),
+    "agent": ("gen_ai.agent.name", "agent.name", "gen_ai.agent.id"),
+    "operation": ("gen_ai.operation.name",),
+    "oi_kind": ("openinference.span.kind",),
+    "tl_kind": ("traceloop.span.kind",),
+    "tl_entity": ("traceloop.entity.name",),
+    "tl_input": ("traceloop.entity.input",),
+    "oi_input": ("input.value",),
+    "request_type": ("llm.request.type",),
+    "model": ("gen_ai.response.model", "gen_ai.request.model", "llm.model_name"),
+    "provider": ("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system"),
+    "tool": ("gen_ai.tool.name", "tool.name"),
+    "tool_args": ("gen_ai.tool.call.arguments",),
+    "input_tokens": (
+        "gen_ai.usage.input_tokens",
+        "gen_ai.usage.prompt_tokens",
+        "llm.token_count.prompt",
+        "llm.usage.prompt_tokens",
+    ),
+    "output_tokens": (
+        "gen_ai.usage.output_tokens",
+        "gen_ai.usage.completion_tokens",
+        "llm.token_count.completion",
+        "llm.usage.completion_tokens",
+    ),
+    "total_tokens": ("llm.usage.total_tokens", "llm.token_count.total", "gen_ai.usage.total_tokens"),
+    "cache_read_tokens": (
+        "gen_ai.usage.cache_read.input_tokens",
+        "gen_ai.usage.cache_read_input_tokens",
+        "llm.token_count.prompt_details.cache_read",
+    ),
+    "cache_write_tokens": (
+        "gen_ai.usage.cache_creation.input_tokens",
+        "gen_ai.usage.cache_creation_input_tokens",
+        "llm.token_count.prompt_details.cache_write",
+    ),
+    "reasoning_tokens": (
+        "gen_ai.usage.reasoning.output_tokens",
+        "gen_ai.usage.reasoning_tokens",
+        "llm.token_count.completion_details.reasoning",
+    ),
+    "finish_reason": (
+        "gen_ai.response.finish_reasons",
+        "gen_ai.response.finish_reason",
+        "llm.response.finish_reason",
+        "gen_ai.completion.0.finish_reason",
+        "llm.output_messages.0.message.finish_reason",
+    ),
+    "error_type": ("error.type",),
+    "http_status": ("http.response.status_code", "http.status_code"),
+}
+
+#: Fields whose value must be a whole number; anything else rejects the span with a reason.
+INTEGER_FIELDS = frozenset(
+    {
+        "input_tokens",
+        "output_tokens",
+        "total_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
+        "http_status",
+    }
+)
+
+#: attribute key -> field name, for the single dictionary lookup per attribute on the hot path.
+FIELD_OF_KEY: dict[str, str] = {key: field for field, keys in FIELD_KEYS.items() for key in keys}
+
+#: Step kinds stored in ``StepKind``.
+STEP_KINDS = ("llm", "tool", "agent", "retrieval", "embedding", "other")
+
+OPERATION_STEP = {
+    "chat": "llm",
+    "text_completion": "llm",
+    "generate_content": "llm",
+    "completion": "llm",
+    "embeddings": "embedding",
+    "embedding": "embedding",
+    "retrieval": "retrieval",
+    "execute_tool": "tool",
+    "invoke_agent": "agent",
+    "create_agent": "agent",
+    "invoke_workflow": "agent",
+}
+
+OPENINFERENCE_STEP = {
+    "LLM": "llm",
+    "TOOL": "tool",
+    "AGENT": "agent",
+    "RETRIEVER": "retrieval",
+    "RERANKER": "retrieval",
+    "EMBEDDING": "embedding",
+    "CHAIN": "other",
+    "GUARDRAIL": "other",
+    "EVALUATOR": "other",
+}
+
+TRACELOOP_STEP = {"workflow": "agent", "agent": "agent", "tool": "tool", "task": "other"}
+
+REQUEST_TYPE_STEP = {
+    "chat": "llm",
+    "completion": "llm",
+    "embedding": "embedding",
+    "rerank": "retrieval",
+}
+
+#: Finish reasons differ between providers and conventions; these are folded together.
+FINISH_REASON_ALIASES = {
+    "tool_call": "tool_calls",
+    "function_call": "tool_calls",
+    "tool_use": "tool_calls",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "content_filter": "content_filter",
+}
+
+# OTLP enum values rendered the way the OpenTelemetry Collector's ClickHouse exporter renders them,
+# so queries written for that exporter work unchanged.
+SPAN_KIND_NAMES = ("Unspecified", "Internal", "Server", "Client", "Producer", "Consumer")
+STATUS_CODE_NAMES = ("Unset", "Ok", "Error")

@@ -1,0 +1,507 @@
+"""Turn an OTLP ``ExportTraceServiceRequest`` into columns: the raw span plus normalised agent fields.
+
+This is the ingest hot path (tens of thousands of spans a second on one core), so it is written for
+speed: one pass over each span's attributes that both flattens them for the ``SpanAttributes`` map
+and picks out the agent fields with a single dictionary lookup per attribute. Everything else
+(conventions, prices) is data in ``conventions.py`` and ``pricing.py``.
+
+A span that cannot be stored correctly (bad ids, a token count that is not a number) is rejected
+with a reason and its neighbours are kept; the caller reports the count as OTLP partial success.
+This module does no I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+import orjson
+
+from collector.conventions import (
+    FIELD_KEYS,
+    FIELD_OF_KEY,
+    FINISH_REASON_ALIASES,
+    INTEGER_FIELDS,
+    OPENINFERENCE_STEP,
+    OPERATION_STEP,
+    REQUEST_TYPE_STEP,
+    SPAN_KIND_NAMES,
+    STATUS_CODE_NAMES,
+    TRACELOOP_STEP,
+)
+from collector.pricing import PriceTable
+
+_ZERO_TRACE = bytes(16)
+_ZERO_SPAN = bytes(8)
+_STATUS_ERROR = 2
+MAX_REJECTION_MESSAGES = 5
+
+# key -> (field, priority); lower priority wins when a span carries several names for one fact
+_FIELD_PRIORITY: dict[str, tuple[str, int]] = {
+    key: (field_name, FIELD_KEYS[field_name].index(key)) for key, field_name in FIELD_OF_KEY.items()
+}
+
+#: Columns of one normalised batch, named as in the ``otel_traces_ingest`` table (schemas/), which
+#: a materialized view turns into ``otel_traces`` rows (timestamps from integer nanoseconds, nested
+#: events and links). The first group mirrors the OpenTelemetry Collector ClickHouse exporter.
+COLUMNS = (
+    "TimestampNs", "TraceId", "SpanId", "ParentSpanId", "TraceState", "SpanName", "SpanKind",
+    "ServiceName", "ResourceAttributes", "ScopeName", "ScopeVersion", "SpanAttributes", "Duration",
+    "StatusCode", "StatusMessage", "EventsTimestampNs", "EventsName", "EventsAttributes",
+    "LinksTraceId", "LinksSpanId", "LinksTraceState", "LinksAttributes",
+    "Tenant", "SessionId", "UserId", "AgentName", "StepKind", "Model", "Provider", "ToolName",
+    "ToolArgs", "ToolArgsHash", "InputTokens", "OutputTokens", "CacheReadTokens",
+    "CacheWriteTokens", "ReasoningTokens", "FinishReason", "ErrorType", "HttpStatus", "CostUsd",
+    "Convention",
+)  # fmt: skip
+
+# Exception class names (last dotted part) of the common model SDKs, and the HTTP status they mean.
+_EXCEPTION_HTTP_STATUS = {
+    "RateLimitError": 429,
+    "TooManyRequests": 429,
+    "InternalServerError": 500,
+    "ServiceUnavailableError": 503,
+    "ServiceUnavailable": 503,
+    "OverloadedError": 529,
+    "AuthenticationError": 401,
+    "PermissionDeniedError": 403,
+    "BadRequestError": 400,
+    "NotFoundError": 404,
+    "UnprocessableEntityError": 422,
+    "ConflictError": 409,
+}
+_HTTP_STATUS_IN_TEXT = re.compile(
+    r"(?:error code|status code|status|http(?:/[\d.]+)?|code)[\s:=\"']*([1-5]\d\d)\b|^\s*([1-5]\d\d)\b",
+    re.IGNORECASE,
+)
+
+
+@dataclass(slots=True)
+class Rejections:
+    """Spans refused during decoding/normalisation: a count and the first few reasons."""
+
+    count: int = 0
+    messages: list[str] = field(default_factory=list)
+
+    def add(self, message: str, n: int = 1) -> None:
+        self.count += n
+        if len(self.messages) < MAX_REJECTION_MESSAGES:
+            self.messages.append(message)
+
+    def merge(self, other: Rejections) -> None:
+        for message in other.messages:
+            self.add(message, 0)
+        self.count += other.count
+
+    def summary(self) -> str:
+        more = self.count - len(self.messages)
+        text = "; ".join(self.messages)
+        return f"{text}; and {more} more" if more > 0 and self.messages else text
+
+
+class SpanBatch:
+    """Normalised spans as columns: the unit that flows from receivers to the store and analyzer.
+
+    ``columns`` holds one Python list per column (``COLUMNS``); attribute maps are dicts. The
+    analyzer reads the lists; the store inserts ``to_json()``, a ClickHouse ``JSONColumns`` block
+    that is cheap to build (orjson) and that several batches can share one INSERT with.
+    """
+
+    __slots__ = ("columns", "num_spans")
+
+    def __init__(self, columns: dict[str, list], num_spans: int) -> None:
+        self.columns = columns
+        self.num_spans = num_spans
+
+    def __len__(self) -> int:
+        return self.num_spans
+
+    def rows(self, names: list[str]) -> list[tuple]:
+        """The given columns as row tuples (for consumers that think in spans)."""
+        return list(zip(*(self.columns[n] for n in names), strict=True))
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.columns)
+
+
+class Normalizer:
+    """Normalises requests; holds the price table and defaults (no per-request state)."""
+
+    def __init__(self, prices: PriceTable | None = None, default_tenant: str = "default") -> None:
+        self.prices = prices or PriceTable()
+        self.default_tenant = default_tenant
+        self.unpriced_models: set[str] = set()
+
+    def normalize(self, request, rejections: Rejections | None = None) -> tuple[SpanBatch, Rejections]:
+        """Columns for every valid span of ``request``; invalid spans are counted in ``rejections``."""
+        rejections = rejections if rejections is not None else Rejections()
+        rows: list[tuple] = []
+        append_row = rows.append
+        field_priority = _FIELD_PRIORITY
+        index = -1
+        for rs in request.resource_spans:
+            r_found: dict = {}
+            resource = _attributes(rs.resource.attributes, r_found)
+            service = resource.get("service.name", "")
+            for ss in rs.scope_spans:
+                scope_name = ss.scope.name
+                scope_version = ss.scope.version
+                for span in ss.spans:
+                    index += 1
+                    trace_id = span.trace_id
+                    span_id = span.span_id
+                    parent = span.parent_span_id
+                    problem = _id_problem(trace_id, span_id, parent)
+                    if problem:
+                        rejections.add(f"span {index} ({span.name!r}): {problem}")
+                        continue
+                    attrs: dict[str, str] = {}
+                    found: dict = {}
+                    for kv in span.attributes:
+                        k = kv.key
+                        v = kv.value
+                        s = v.string_value
+                        if not s:
+                            s = anyvalue_to_str(v)
+                        attrs[k] = s
+                        fp = field_priority.get(k)
+                        if fp is not None:
+                            cur = found.get(fp[0])
+                            if cur is None or fp[1] < cur[0]:
+                                found[fp[0]] = (fp[1], k, v, s)
+                    try:
+                        agent = self._agent_fields(span, found, r_found)
+                    except ValueError as exc:
+                        rejections.add(f"span {index} ({span.name!r}): {exc}")
+                        continue
+                    start = span.start_time_unix_nano
+                    end = span.end_time_unix_nano
+                    kind = span.kind
+                    status = span.status
+                    code = status.code
+                    append_row(
+                        (
+                            start,
+                            trace_id.hex(),
+                            span_id.hex(),
+                            parent.hex(),
+                            span.trace_state,
+                            span.name,
+                            SPAN_KIND_NAMES[kind] if 0 <= kind < 6 else "Unspecified",
+                            service,
+                            resource,
+                            scope_name,
+                            scope_version,
+                            attrs,
+                            end - start if end > start else 0,
+                            STATUS_CODE_NAMES[code] if 0 <= code < 3 else "Unset",
+                            status.message,
+                            *_events_and_links(span),
+                            *agent,
+                        )
+                    )
+        if rows:
+            cols = dict(zip(COLUMNS, map(list, zip(*rows, strict=True)), strict=True))
+        else:
+            cols = {name: [] for name in COLUMNS}
+        _inherit_along_trace(cols)
+        return SpanBatch(cols, len(rows)), rejections
+
+    def _agent_fields(self, span, found: dict, r_found: dict) -> tuple:
+        """The normalised agent columns of one span (``COLUMNS`` from ``Tenant`` on).
+
+        Raises ValueError for a value that cannot be right (a token count that is not a number).
+        """
+
+        def text(name: str) -> str:
+            return (found.get(name) or r_found.get(name) or _MISSING)[3]
+
+        operation = text("operation")
+        oi_kind = text("oi_kind")
+        tl_kind = text("tl_kind")
+        tokens = {name: _integer(found[name]) for name in INTEGER_FIELDS if name in found}
+        step = (
+            OPERATION_STEP.get(operation)
+            or OPENINFERENCE_STEP.get(oi_kind)
+            or TRACELOOP_STEP.get(tl_kind)
+            or REQUEST_TYPE_STEP.get(text("request_type"))
+        )
+        tool = text("tool") or (text("tl_entity") if tl_kind == "tool" else "")
+        if not step:
+            if "input_tokens" in tokens or "output_tokens" in tokens or "total_tokens" in tokens:
+                step = "llm"
+            elif tool:
+                step = "tool"
+            else:
+                step = "other"
+        agent = text("agent") or (text("tl_entity") if tl_kind in ("agent", "workflow") else "")
+
+        tool_args = ""
+        args_hash = 0
+        if step == "tool":
+            raw_args = text("tool_args") or (
+                text("oi_input") if oi_kind == "TOOL" else text("tl_input") if tl_kind == "tool" else ""
+            )
+            if raw_args:
+                tool_args = canonical_tool_args(raw_args)
+                args_hash = args_hash_of(tool_args)
+
+        model = text("model")
+        # Usage counts only on LLM steps: frameworks repeat the totals on agent spans.
+        if step == "llm":
+            input_tokens = tokens.get("input_tokens", 0)
+            output_tokens = tokens.get("output_tokens", 0)
+            if not input_tokens and not output_tokens and "total_tokens" in tokens:
+                input_tokens = tokens["total_tokens"]
+            cache_read = tokens.get("cache_read_tokens", 0)
+            cache_write = tokens.get("cache_write_tokens", 0)
+            reasoning = tokens.get("reasoning_tokens", 0)
+            cost = 0.0
+            if model and (input_tokens or output_tokens):
+                price = self.prices.lookup(model)
+                if price is None:
+                    if len(self.unpriced_models) < 1000:
+                        self.unpriced_models.add(model)
+                else:
+                    cost = price.cost_usd(input_tokens, output_tokens, cache_read, cache_write)
+        else:
+            input_tokens = output_tokens = cache_read = cache_write = reasoning = 0
+            cost = 0.0
+
+        finish = ""
+        hit = found.get("finish_reason")
+        if hit:
+            finish = _first_string(hit[2]).lower()
+            finish = FINISH_REASON_ALIASES.get(finish, finish)
+
+        error_type = text("error_type")
+        http_status = tokens.get("http_status", 0)
+        if span.status.code == _STATUS_ERROR or error_type or span.events:
+            error_type, http_status = _error_details(span, error_type, http_status)
+
+        if "oi_kind" in found:
+            convention = "openinference"
+        elif "tl_kind" in found or "tl_entity" in found or "request_type" in found:
+            convention = "openllmetry"
+        elif any(hit[1].startswith("gen_ai.") for hit in found.values()):
+            convention = "otel_genai"
+        else:
+            convention = "none"
+
+        return (
+            text("tenant") or self.default_tenant,
+            text("session"),
+            text("user"),
+            agent,
+            step,
+            model,
+            text("provider"),
+            tool,
+            tool_args,
+            args_hash,
+            input_tokens,
+            output_tokens,
+            cache_read,
+            cache_write,
+            reasoning,
+            finish,
+            error_type,
+            http_status if 0 < http_status < 1000 else 0,
+            cost,
+            convention,
+        )
+
+
+_MISSING = (0, "", None, "")
+
+
+def _id_problem(trace_id: bytes, span_id: bytes, parent: bytes) -> str:
+    if len(trace_id) != 16:
+        return f"trace_id must be 16 bytes, got {len(trace_id)}"
+    if trace_id == _ZERO_TRACE:
+        return "trace_id is all zeros"
+    if len(span_id) != 8:
+        return f"span_id must be 8 bytes, got {len(span_id)}"
+    if span_id == _ZERO_SPAN:
+        return "span_id is all zeros"
+    if parent and len(parent) != 8:
+        return f"parent_span_id must be empty or 8 bytes, got {len(parent)}"
+    return ""
+
+
+def _attributes(attributes, found: dict | None = None) -> dict[str, str]:
+    """Attributes as a dict of strings; optionally record the agent fields found among them."""
+    out: dict[str, str] = {}
+    for kv in attributes:
+        k = kv.key
+        v = kv.value
+        s = v.string_value
+        if not s:
+            s = anyvalue_to_str(v)
+        out[k] = s
+        if found is not None:
+            fp = _FIELD_PRIORITY.get(k)
+            if fp is not None:
+                cur = found.get(fp[0])
+                if cur is None or fp[1] < cur[0]:
+                    found[fp[0]] = (fp[1], k, v, s)
+    return out
+
+
+def _events_and_links(span) -> tuple:
+    """The seven nested columns (EventsTimestampNs … LinksAttributes) of one span."""
+    events = span.events
+    links = span.links
+    if not events and not links:
+        return _NO_EVENTS_OR_LINKS
+    return (
+        [e.time_unix_nano for e in events],
+        [e.name for e in events],
+        [_attributes(e.attributes) for e in events],
+        [link.trace_id.hex() for link in links],
+        [link.span_id.hex() for link in links],
+        [link.trace_state for link in links],
+        [_attributes(link.attributes) for link in links],
+    )
+
+
+_EMPTY: list = []  # shared, never mutated: serialised as []
+_NO_EVENTS_OR_LINKS = (_EMPTY,) * 7
+
+
+def _inherit_along_trace(cols: dict) -> None:
+    """Children usually arrive with their root in one export: give them its session, user, tenant.
+
+    The session id is often set only on the root/agent span. Spans whose root comes in a later
+    request keep an empty ``SessionId`` here; the ``agent_spans`` view resolves those at query
+    time through ``session_traces``, and the analyzer keeps its own trace -> session map.
+    """
+    sessions, users, traces, tenants = cols["SessionId"], cols["UserId"], cols["TraceId"], cols["Tenant"]
+    by_trace: dict[str, int] = {}
+    missing = []
+    for i, session in enumerate(sessions):
+        if session:
+            by_trace.setdefault(traces[i], i)
+        else:
+            missing.append(i)
+    for i in missing:
+        j = by_trace.get(traces[i])
+        if j is not None:
+            sessions[i] = sessions[j]
+            if not users[i]:
+                users[i] = users[j]
+            tenants[i] = tenants[j]
+
+
+def anyvalue_to_str(v) -> str:
+    """An OTLP AnyValue as the string the ClickHouse exporter stores (JSON for arrays and maps)."""
+    which = v.WhichOneof("value")
+    if which is None:
+        return ""
+    if which == "string_value":
+        return v.string_value
+    if which == "int_value":
+        return str(v.int_value)
+    if which == "double_value":
+        return _double_str(v.double_value)
+    if which == "bool_value":
+        return "true" if v.bool_value else "false"
+    if which == "bytes_value":
+        return base64.b64encode(v.bytes_value).decode()
+    return orjson.dumps(anyvalue_to_python(v)).decode()
+
+
+def anyvalue_to_python(v):
+    which = v.WhichOneof("value")
+    if which is None:
+        return None
+    if which == "array_value":
+        return [anyvalue_to_python(x) for x in v.array_value.values]
+    if which == "kvlist_value":
+        return {kv.key: anyvalue_to_python(kv.value) for kv in v.kvlist_value.values}
+    if which == "bytes_value":
+        return base64.b64encode(v.bytes_value).decode()
+    return getattr(v, which)
+
+
+def _double_str(d: float) -> str:
+    text = repr(d)
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _integer(hit: tuple) -> int:
+    """A whole-number attribute; OTLP/JSON and some SDKs send numbers as strings or doubles."""
+    _, key, v, s = hit
+    which = v.WhichOneof("value")
+    if which == "int_value":
+        value = v.int_value
+    elif which == "double_value" and v.double_value.is_integer():
+        value = int(v.double_value)
+    elif which == "string_value" and s.strip().isdigit():
+        value = int(s)
+    else:
+        shown = s if len(s) <= 40 else s[:40] + "…"
+        raise ValueError(f"attribute {key} must be a whole number, got {which or 'empty'} {shown!r}")
+    if value < 0:
+        raise ValueError(f"attribute {key} must not be negative, got {value}")
+    return value
+
+
+def _first_string(v) -> str:
+    which = v.WhichOneof("value")
+    if which == "array_value":
+        values = v.array_value.values
+        return values[0].string_value if values else ""
+    if which == "string_value":
+        return v.string_value
+    return anyvalue_to_str(v)
+
+
+def _error_details(span, error_type: str, http_status: int) -> tuple[str, int]:
+    """Error type and HTTP status from ``error.type``, exception events and the status message."""
+    texts = [span.status.message] if span.status.message else []
+    for event in span.events:
+        if event.name != "exception":
+            continue
+        for kv in event.attributes:
+            if kv.key == "exception.type" and not error_type:
+                error_type = kv.value.string_value
+            elif kv.key == "exception.message":
+                texts.append(kv.value.string_value)
+    if not http_status and error_type:
+        if error_type.isdigit() and len(error_type) == 3:
+            http_status = int(error_type)
+        else:
+            http_status = _EXCEPTION_HTTP_STATUS.get(error_type.rsplit(".", 1)[-1], 0)
+    if not http_status:
+        for text in texts:
+            match = _HTTP_STATUS_IN_TEXT.search(text)
+            if match:
+                http_status = int(match.group(1) or match.group(2))
+                break
+    if not error_type and span.status.code == _STATUS_ERROR:
+        error_type = str(http_status) if http_status else "_OTHER"
+    return error_type, http_status
+
+
+def canonical_tool_args(raw: str) -> str:
+    """Tool arguments in a canonical form, so the same call compares equal however it was spelled.
+
+    >>> canonical_tool_args('{"b": 1,  "a": {"y": 2, "x": 1}}')
+    '{"a":{"x":1,"y":2},"b":1}'
+    >>> canonical_tool_args('  not json  ')
+    'not json'
+    """
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw.strip()
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def args_hash_of(canonical_args: str) -> int:
+    """A stable 64-bit hash of canonical arguments (the ``ToolArgsHash`` column)."""
+    digest = hashlib.blake2b(canonical_args.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
