@@ -1,0 +1,124 @@
+"""Wires the collector together and runs it: store, pipeline, receivers, SQL endpoint and API.
+
+One asyncio loop serves every listener; the store has a thread of its own (``run_store``), so
+inserts and queries never block request handling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from collector.api import build_api_app
+from collector.config import Config
+from collector.metrics import Metrics
+from collector.normalize import Normalizer
+from collector.pipeline import Pipeline
+from collector.pricing import PriceTable
+from collector.receivers.grpc import GrpcReceiver
+from collector.receivers.http import build_otlp_http_app
+from collector.store import Store, open_store
+from collector.store.migrations import migrate
+from collector.writer import GroupCommitWriter
+
+log = logging.getLogger("agentwatch")
+
+
+class Collector:
+    """One running collector. ``start`` binds every port; ``ports`` then holds the real numbers."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.store: Store | None = None
+        self.ports: dict[str, int] = {}
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._runners: list[web.AppRunner] = []
+        self._grpc: GrpcReceiver | None = None
+        self._writer: GroupCommitWriter | None = None
+        self.forwarder = None
+        self.pipeline: Pipeline | None = None
+
+    async def run_store(self, fn, *args):
+        """Run a blocking store call on the store's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def start(self) -> None:
+        config = self.config
+        self.store = await self.run_store(open_store, config)
+        applied = await self.run_store(migrate, self.store)
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+        self._writer = GroupCommitWriter(
+            self.store,
+            self._executor,
+            self.metrics,
+            flush_interval_s=config.batch_flush_interval_s,
+            max_batch_spans=config.batch_max_spans,
+            max_queue_spans=config.queue_max_spans,
+            retry_after_s=config.retry_after_s,
+        )
+        self._writer.start()
+        if config.forward is not None:
+            from collector.forwarder import Forwarder
+
+            self.forwarder = Forwarder(config.forward, self.metrics)
+            await self.forwarder.start()
+        prices = PriceTable({name: p.to_price() for name, p in config.prices.items()})
+        self.pipeline = Pipeline(
+            Normalizer(prices, config.default_tenant), [self._writer], self.metrics, self.forwarder
+        )
+        self._grpc = GrpcReceiver(
+            self.pipeline,
+            max_recv_msg_size_mib=config.max_recv_msg_size_mib,
+            max_concurrent_requests=config.max_concurrent_requests,
+        )
+        self.ports["otlp_grpc"] = await self._grpc.start(config.listen, config.otlp_grpc_port)
+        max_body = config.max_recv_msg_size_mib * 1024 * 1024
+        self.ports["otlp_http"] = await self._serve(build_otlp_http_app(self.pipeline, max_body), config.otlp_http_port)
+        from collector.sql_endpoint import build_sql_app
+
+        self.ports["sql"] = await self._serve(build_sql_app(self), config.sql_port)
+        self.ports["api"] = await self._serve(build_api_app(self), config.api_port)
+
+    async def _serve(self, app: web.Application, port: int) -> int:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.listen, port, reuse_address=True)
+        await site.start()
+        self._runners.append(runner)
+        return site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked for
+
+    async def stop(self) -> None:
+        """Stop taking requests, commit what was accepted, then close the store."""
+        if self._grpc:
+            await self._grpc.stop()
+        for runner in self._runners:
+            await runner.cleanup()
+        if self._writer:
+            await self._writer.close()
+        if self.forwarder:
+            await self.forwarder.close()
+        if self.store:
+            await self.run_store(self.store.close)
+        self._executor.shutdown(wait=True)
+
+
+async def serve(config: Config, ready=None) -> None:
+    """Run until SIGINT/SIGTERM. ``ready(collector)`` is called once every port is bound."""
+    collector = Collector(config)
+    await collector.start()
+    if ready:
+        ready(collector)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await collector.stop()

@@ -1,0 +1,150 @@
+"""The collector's one typed configuration: defaults, a YAML file, then command-line flags.
+
+Precedence is explicit and simple: built-in defaults < config file < flags. Environment variables
+never override anything silently. A bad value stops start-up with ``ConfigError`` naming the file,
+the key and what was expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from collector.pricing import Price
+
+
+class ConfigError(ValueError):
+    """Start-up cannot continue: which file, which key, what was expected."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PriceConfig(_Section):
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+    cache_read_per_mtok: float | None = Field(default=None, ge=0)
+    cache_write_per_mtok: float | None = Field(default=None, ge=0)
+
+    def to_price(self) -> Price:
+        return Price(self.input_per_mtok, self.output_per_mtok, self.cache_read_per_mtok, self.cache_write_per_mtok)
+
+
+class ForwardConfig(_Section):
+    """Processor mode: every received request is also sent, unchanged, to a downstream OTLP endpoint."""
+
+    endpoint: str = Field(description="e.g. http://collector:4318 (HTTP) or collector:4317 (gRPC)")
+    protocol: Literal["grpc", "http/protobuf"] = "http/protobuf"
+    headers: dict[str, str] = Field(default_factory=dict)
+    queue_max_requests: int = Field(default=1000, ge=1)
+    timeout_s: float = Field(default=10.0, gt=0)
+    max_retry_time_s: float = Field(default=60.0, ge=0)
+    insecure: bool = True
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+
+class Config(_Section):
+    listen: str = Field(default="127.0.0.1", description="address every listener binds to")
+    data_dir: Path = Field(default=Path("./agentwatch-data"), description="embedded store directory")
+    otlp_grpc_port: int = Field(default=4317, ge=0, le=65535, description="0 picks a free port")
+    otlp_http_port: int = Field(default=4318, ge=0, le=65535)
+    sql_port: int = Field(default=8123, ge=0, le=65535)
+    api_port: int = Field(default=8080, ge=0, le=65535)
+
+    clickhouse_url: str | None = Field(default=None, description="use a ClickHouse server instead of chDB")
+    clickhouse_user: str | None = None
+    clickhouse_password: str | None = None
+    clickhouse_database: str | None = None
+
+    max_recv_msg_size_mib: int = Field(default=16, ge=1, le=1024)
+    max_concurrent_requests: int = Field(default=64, ge=1)
+    batch_max_spans: int = Field(default=20_000, ge=1)
+    batch_flush_interval_s: float = Field(default=0.1, ge=0, le=60)
+    queue_max_spans: int = Field(default=100_000, ge=1)
+    retry_after_s: int = Field(default=1, ge=1, le=3600)
+
+    sql_readonly: bool = True
+    sql_token: str | None = None
+    api_token: str | None = None
+
+    default_tenant: str = "default"
+    prices: dict[str, PriceConfig] = Field(default_factory=dict)
+    forward: ForwardConfig | None = None
+
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _clickhouse_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError("expected http(s)://[user:password@]host[:port][/database]")
+        return value
+
+    @model_validator(mode="after")
+    def _ports_distinct(self) -> Config:
+        ports = {
+            "otlp_grpc_port": self.otlp_grpc_port,
+            "otlp_http_port": self.otlp_http_port,
+            "sql_port": self.sql_port,
+            "api_port": self.api_port,
+        }
+        seen: dict[int, str] = {}
+        for key, port in ports.items():
+            if port and port in seen:
+                raise ValueError(f"{key} and {seen[port]} are both {port}; each listener needs its own port")
+            seen[port] = key
+        return self
+
+    @property
+    def loopback_only(self) -> bool:
+        return self.listen in ("127.0.0.1", "localhost", "::1")
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then ``path`` (YAML), then ``overrides`` (flags that were given)."""
+    data: dict[str, Any] = {}
+    source = "command line"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: file not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+        data.update(loaded)
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    data.update(flags)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source if not flags else f"{source} (and flags)")) from None
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        msg = error["msg"]
+        if error["type"] == "extra_forbidden":
+            msg = "unknown setting (check the spelling; see `agentwatch serve --help`)"
+        got = error.get("input")
+        shown = "" if error["type"] == "extra_forbidden" or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{source}: {key}: {msg}{shown}")
+    return "\n".join(lines)

@@ -1,0 +1,47 @@
+"""receiver -> decode -> normalise -> consumers (store writer, analyzer), plus optional forwarding.
+
+Receivers call ``export`` once per request and translate its outcome into their protocol's status:
+a returned ``Rejections`` is success (maybe partial), ``PayloadError``/``PermanentError`` is bad
+data, ``RetryableError`` means nothing was kept and the client should retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal
+
+from collector.consumer import Consumer
+from collector.decode import decode_json, decode_protobuf
+from collector.metrics import Metrics
+from collector.normalize import Normalizer, Rejections
+
+
+class Pipeline:
+    def __init__(self, normalizer: Normalizer, consumers: list[Consumer], metrics: Metrics, forwarder=None) -> None:
+        self.normalizer = normalizer
+        self.consumers = consumers
+        self.metrics = metrics
+        self.forwarder = forwarder
+
+    async def export(self, body: bytes, encoding: Literal["protobuf", "json"], protocol: str) -> Rejections:
+        rejections = Rejections()
+        if encoding == "protobuf":
+            request = decode_protobuf(body, rejections)
+        else:
+            request = decode_json(body, rejections)
+        if self.forwarder is not None:
+            # Forward what was received (all of it, unchanged for protobuf); never waits.
+            self.forwarder.submit(body if encoding == "protobuf" else request.SerializeToString())
+        batch, rejections = self.normalizer.normalize(request, rejections)
+        self.metrics.spans_received.labels(protocol).inc(len(batch) + rejections.count)
+        if rejections.count:
+            self.metrics.spans_rejected.labels(protocol).inc(rejections.count)
+        if len(batch):
+            if len(self.consumers) == 1:
+                await self.consumers[0].consume(batch)
+            else:
+                await asyncio.gather(*(c.consume(batch) for c in self.consumers))
+        unpriced = len(self.normalizer.unpriced_models)
+        if unpriced:
+            self.metrics.unpriced_models.set(unpriced)
+        return rejections

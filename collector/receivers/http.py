@@ -1,0 +1,77 @@
+"""OTLP/HTTP receiver: ``POST /v1/traces`` with protobuf or JSON bodies, gzip accepted.
+
+Responses follow the OTLP/HTTP specification: 200 with ``ExportTraceServiceResponse`` (partial
+success included), 400 with a ``google.rpc.Status`` body for bad data, 413 for an oversize body,
+415 for an unknown content type, 503 with ``Retry-After`` when the collector cannot take the data
+now. The response body uses the request's encoding.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from google.protobuf import json_format
+from google.rpc import status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+from collector.consumer import PermanentError, RetryableError
+from collector.decode import PayloadError
+from collector.pipeline import Pipeline
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+
+
+def build_otlp_http_app(pipeline: Pipeline, max_body_bytes: int) -> web.Application:
+    app = web.Application(client_max_size=max_body_bytes)
+    receiver = _Receiver(pipeline)
+    app.router.add_post("/v1/traces", receiver.traces)
+    return app
+
+
+class _Receiver:
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+
+    async def traces(self, request: web.Request) -> web.Response:
+        metrics = self._pipeline.metrics
+        content_type = request.content_type
+        if content_type not in (PROTOBUF, JSON):
+            metrics.requests.labels("http", "invalid").inc()
+            return _status(
+                415, JSON, f"unsupported Content-Type {content_type!r}; send {PROTOBUF} or {JSON}"
+            )
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            metrics.requests.labels("http", "invalid").inc()
+            return _status(413, content_type, f"request body too large: {exc.text}")
+        encoding = "protobuf" if content_type == PROTOBUF else "json"
+        try:
+            rejections = await self._pipeline.export(body, encoding, "http")
+        except (PayloadError, PermanentError) as exc:
+            metrics.requests.labels("http", "invalid").inc()
+            return _status(400, content_type, str(exc))
+        except RetryableError as exc:
+            metrics.requests.labels("http", "retryable").inc()
+            response = _status(503, content_type, str(exc))
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+            return response
+        message = ExportTraceServiceResponse()
+        if rejections.count:
+            message.partial_success.rejected_spans = rejections.count
+            message.partial_success.error_message = rejections.summary()
+            metrics.requests.labels("http", "partial").inc()
+        else:
+            metrics.requests.labels("http", "ok").inc()
+        return _encode(200, content_type, message)
+
+
+def _status(http_status: int, content_type: str, message: str) -> web.Response:
+    code = {400: 3, 413: 8, 415: 3, 503: 14}.get(http_status, 2)  # google.rpc.Code values
+    return _encode(http_status, content_type, status_pb2.Status(code=code, message=message))
+
+
+def _encode(http_status: int, content_type: str, message) -> web.Response:
+    if content_type == PROTOBUF:
+        return web.Response(status=http_status, body=message.SerializeToString(), content_type=PROTOBUF)
+    return web.Response(status=http_status, text=json_format.MessageToJson(message, indent=None), content_type=JSON)

@@ -1,0 +1,53 @@
+"""Where spans and everything else live: chDB in-process (default) or a ClickHouse server.
+
+Both stores run the same DDL (``schemas/``) and the same SQL. They are blocking and not safe for
+concurrent use; callers run them on their own thread (see ``collector.writer``).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from collector.config import Config
+
+
+class StoreError(Exception):
+    """ClickHouse refused a statement (bad SQL, unknown table …): the caller's fault, not retryable."""
+
+    def __init__(self, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached or is failing: retry later."""
+
+
+class Store(Protocol):
+    description: str
+
+    def insert_blocks(self, table: str, fmt: str, blocks: list[bytes]) -> None:
+        """Insert several blocks of one format in one INSERT (one commit)."""
+
+    def query(self, sql: str, fmt: str = "JSONEachRow", params: dict | None = None) -> bytes:
+        """Run one statement and return its output in ClickHouse format ``fmt``."""
+
+    def command(self, sql: str) -> None:
+        """Run one statement for its effect (DDL)."""
+
+    def close(self) -> None: ...
+
+
+def open_store(config: Config) -> Store:
+    if config.clickhouse_url:
+        from collector.store.clickhouse import ClickHouseStore
+
+        return ClickHouseStore(
+            config.clickhouse_url,
+            user=config.clickhouse_user,
+            password=config.clickhouse_password,
+            database=config.clickhouse_database,
+        )
+    from collector.store.embedded import EmbeddedStore
+
+    return EmbeddedStore(config.data_dir)
