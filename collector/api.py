@@ -19,9 +19,12 @@ from collector.store import StoreError, StoreUnavailable
 SQL_FORMATS = {"table": "PrettyCompactMonoBlock", "json": "JSON", "csv": "CSVWithNames", "tsv": "TSVWithNames"}
 
 
+COLLECTOR = web.AppKey("collector", object)
+
+
 def build_api_app(collector) -> web.Application:
     app = web.Application(middlewares=[_token_middleware(collector.config.api_token)])
-    app["collector"] = collector
+    app[COLLECTOR] = collector
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/sql", sql)
@@ -41,7 +44,7 @@ def _token_middleware(token: str | None):
 
 
 async def healthz(request: web.Request) -> web.Response:
-    collector = request.app["collector"]
+    collector = request.app[COLLECTOR]
     try:
         await collector.run_store(collector.store.query, "SELECT 1", "TSV")
     except (StoreError, StoreUnavailable) as exc:
@@ -50,13 +53,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app["collector"].metrics.registry)
+    body = generate_latest(request.app[COLLECTOR].metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def sql(request: web.Request) -> web.Response:
     """``{"query": "...", "format": "table|json|csv|tsv", "params": {...}}`` -> the query's output."""
-    collector = request.app["collector"]
+    collector = request.app[COLLECTOR]
     try:
         doc = orjson.loads(await request.read())
     except orjson.JSONDecodeError:

@@ -140,10 +140,11 @@ def decode_json(body: bytes, rejections: Rejections) -> ExportTraceServiceReques
                     rejections.add(f"span {index}: {problem}")
                     continue
                 try:
-                    json_format.ParseDict(_span_ids_to_base64(span_doc), ss.spans.add())
+                    parsed = json_format.ParseDict(_span_ids_to_base64(span_doc), trace_pb2.Span())
                 except (json_format.ParseError, ValueError, TypeError) as exc:
-                    del ss.spans[-1]
                     rejections.add(f"span {index}: {_short(exc)}")
+                else:
+                    ss.spans.append(parsed)
     return request
 
 

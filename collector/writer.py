@@ -63,7 +63,9 @@ class GroupCommitWriter:
         n = len(batch)
         if self._closing:
             raise StoreDown("collector is shutting down", self._retry_after_s)
-        if self._pending_spans + self._in_flight_spans + n > self._max_queue_spans:
+        waiting = self._pending_spans + self._in_flight_spans
+        # An empty queue takes any batch, so one request larger than the limit is not refused forever.
+        if waiting and waiting + n > self._max_queue_spans:
             self._metrics.spans_refused.labels("queue_full").inc(n)
             raise Overloaded(
                 f"write queue full ({self._max_queue_spans} spans waiting); retry later", self._retry_after_s

@@ -1,0 +1,241 @@
+"""Normalisation of the three agent conventions into agentwatch's columns (DESIGN.md §3)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from collector.normalize import COLUMNS, Normalizer, Rejections
+from collector.pricing import Price, PriceTable
+from tests.otlp import request, span
+
+
+def normalize(*spans, resource=None, normalizer=None):
+    batch, rejections = (normalizer or Normalizer()).normalize(request(*spans, resource=resource))
+    rows = [dict(zip(COLUMNS, row, strict=True)) for row in batch.rows(list(COLUMNS))]
+    return rows, rejections
+
+
+def test_otel_genai_current_names():
+    [row], _ = normalize(
+        span(
+            "chat gpt-4o",
+            {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.provider.name": "openai",
+                "gen_ai.request.model": "gpt-4o",
+                "gen_ai.response.model": "gpt-4o-2024-08-06",
+                "gen_ai.usage.input_tokens": 1000,
+                "gen_ai.usage.output_tokens": 200,
+                "gen_ai.usage.cache_read.input_tokens": 400,
+                "gen_ai.usage.reasoning.output_tokens": 50,
+                "gen_ai.response.finish_reasons": ["tool_call"],
+                "gen_ai.conversation.id": "conv-1",
+                "gen_ai.agent.name": "support",
+            },
+        )
+    )
+    assert row["StepKind"] == "llm"
+    assert row["Model"] == "gpt-4o-2024-08-06"  # the model that answered wins over the one asked for
+    assert row["Provider"] == "openai"
+    assert (row["InputTokens"], row["OutputTokens"], row["CacheReadTokens"], row["ReasoningTokens"]) == (1000, 200, 400, 50)
+    assert row["FinishReason"] == "tool_calls"
+    assert row["SessionId"] == "conv-1"
+    assert row["AgentName"] == "support"
+    assert row["Convention"] == "otel_genai"
+    # gpt-4o: 600 uncached input at $2.50, 400 cached at $1.25, 200 output at $10 per million
+    assert row["CostUsd"] == pytest.approx((600 * 2.5 + 400 * 1.25 + 200 * 10) / 1e6)
+
+
+def test_otel_genai_deprecated_names():
+    [row], _ = normalize(
+        span(
+            "ChatCompletion",
+            {
+                "gen_ai.system": "anthropic",
+                "gen_ai.request.model": "claude-3-5-sonnet-20241022",
+                "gen_ai.usage.prompt_tokens": 300,
+                "gen_ai.usage.completion_tokens": 30,
+                "gen_ai.operation.name": "chat",
+            },
+        )
+    )
+    assert (row["Provider"], row["InputTokens"], row["OutputTokens"]) == ("anthropic", 300, 30)
+    assert row["CostUsd"] > 0
+
+
+def test_openinference_llm_and_tool_spans():
+    trace = os.urandom(16)
+    rows, _ = normalize(
+        span(
+            "ChatCompletion",
+            {
+                "openinference.span.kind": "LLM",
+                "llm.model_name": "gpt-4o-mini",
+                "llm.provider": "openai",
+                "llm.token_count.prompt": 120,
+                "llm.token_count.completion": 12,
+                "llm.token_count.total": 132,
+                "llm.token_count.prompt_details.cache_read": 20,
+                "session.id": "s-oi",
+                "user.id": "u-7",
+            },
+            trace_id=trace,
+        ),
+        span(
+            "lookup_order",
+            {
+                "openinference.span.kind": "TOOL",
+                "tool.name": "lookup_order",
+                "tool.parameters": '{"type": "object"}',  # the schema, not the call's arguments
+                "input.value": '{"order_id": 42, "verbose": true}',
+            },
+            trace_id=trace,
+        ),
+    )
+    llm, tool = rows
+    assert (llm["StepKind"], llm["Model"], llm["Provider"]) == ("llm", "gpt-4o-mini", "openai")
+    assert (llm["InputTokens"], llm["OutputTokens"], llm["CacheReadTokens"]) == (120, 12, 20)
+    assert (llm["SessionId"], llm["UserId"], llm["Convention"]) == ("s-oi", "u-7", "openinference")
+    assert (tool["StepKind"], tool["ToolName"]) == ("tool", "lookup_order")
+    assert tool["ToolArgs"] == '{"order_id":42,"verbose":true}'
+    assert tool["ToolArgsHash"] != 0
+    assert tool["SessionId"] == "s-oi"  # inherited along the trace within the request
+
+
+def test_openllmetry_traceloop_spans():
+    trace = os.urandom(16)
+    rows, _ = normalize(
+        span(
+            "support.workflow",
+            {
+                "traceloop.span.kind": "workflow",
+                "traceloop.entity.name": "support",
+                "traceloop.association.properties.session_id": "s-tl",
+                "traceloop.association.properties.user_id": "u-tl",
+            },
+            trace_id=trace,
+        ),
+        span(
+            "openai.chat",
+            {
+                "llm.request.type": "chat",
+                "gen_ai.system": "openai",
+                "gen_ai.request.model": "gpt-4o",
+                "llm.usage.total_tokens": 500,
+            },
+            trace_id=trace,
+        ),
+        span(
+            "get_weather.tool",
+            {
+                "traceloop.span.kind": "tool",
+                "traceloop.entity.name": "get_weather",
+                "traceloop.entity.input": '{"kwargs": {"city": "Paris"}, "args": []}',
+            },
+            trace_id=trace,
+        ),
+    )
+    workflow, llm, tool = rows
+    assert (workflow["StepKind"], workflow["AgentName"], workflow["SessionId"]) == ("agent", "support", "s-tl")
+    assert (llm["StepKind"], llm["InputTokens"], llm["Convention"]) == ("llm", 500, "openllmetry")
+    assert (tool["StepKind"], tool["ToolName"]) == ("tool", "get_weather")
+    assert tool["ToolArgs"] == '{"args":[],"kwargs":{"city":"Paris"}}'
+    assert {r["UserId"] for r in rows} == {"u-tl"}
+
+
+def test_usage_repeated_on_agent_spans_is_not_counted():
+    rows, _ = normalize(
+        span("invoke_agent", {"gen_ai.operation.name": "invoke_agent", "gen_ai.usage.input_tokens": 5000}),
+        span("chat", {"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": 5000, "gen_ai.request.model": "gpt-4o"}),
+    )
+    assert [r["InputTokens"] for r in rows] == [0, 5000]
+    assert rows[0]["CostUsd"] == 0
+
+
+def test_same_arguments_spelled_differently_hash_the_same():
+    rows, _ = normalize(
+        span("t", {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search", "gen_ai.tool.call.arguments": '{"q": "x", "n": 1}'}),
+        span("t", {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search", "gen_ai.tool.call.arguments": '{"n":1,"q":"x"}'}),
+        span("t", {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search", "gen_ai.tool.call.arguments": '{"n":2,"q":"x"}'}),
+    )
+    assert rows[0]["ToolArgsHash"] == rows[1]["ToolArgsHash"] != rows[2]["ToolArgsHash"]
+
+
+@pytest.mark.parametrize(
+    ("status_message", "attributes", "events", "error_type", "http_status"),
+    [
+        ("Error code: 429 - {'error': 'rate limited'}", {}, [], "429", 429),
+        ("", {"error.type": "500"}, [], "500", 500),
+        ("", {}, [("exception", {"exception.type": "openai.RateLimitError", "exception.message": "slow down"})], "openai.RateLimitError", 429),
+        ("", {}, [("exception", {"exception.type": "httpx.ReadTimeout", "exception.message": "timed out"})], "httpx.ReadTimeout", 0),
+        ("upstream said HTTP 503 Service Unavailable", {}, [], "503", 503),
+        ("boom", {}, [], "_OTHER", 0),
+    ],
+)
+def test_error_type_and_http_status_from_every_place_they_hide(status_message, attributes, events, error_type, http_status):
+    [row], _ = normalize(span("chat", {"gen_ai.operation.name": "chat", **attributes}, error=status_message, events=events))
+    assert (row["ErrorType"], row["HttpStatus"]) == (error_type, http_status)
+
+
+def test_a_span_with_a_non_numeric_token_count_is_rejected_and_its_neighbours_kept():
+    rows, rejections = normalize(
+        span("good-1", {"gen_ai.operation.name": "chat"}),
+        span("bad", {"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": "lots"}),
+        span("good-2", {"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": "12"}),
+    )
+    assert [r["SpanName"] for r in rows] == ["good-1", "good-2"]
+    assert rows[1]["InputTokens"] == 12  # numbers sent as strings are accepted
+    assert rejections.count == 1
+    assert "gen_ai.usage.input_tokens must be a whole number" in rejections.summary()
+    assert "'bad'" in rejections.summary()
+
+
+@pytest.mark.parametrize(
+    ("ids", "reason"),
+    [
+        ({"trace_id": b"\x01" * 15}, "trace_id must be 16 bytes"),
+        ({"trace_id": bytes(16)}, "trace_id is all zeros"),
+        ({"span_id": b"\x01" * 9}, "span_id must be 8 bytes"),
+        ({"parent": b"\x01" * 3}, "parent_span_id must be empty or 8 bytes"),
+    ],
+)
+def test_bad_ids_reject_only_that_span(ids, reason):
+    rows, rejections = normalize(span("ok"), span("broken", **ids))
+    assert [r["SpanName"] for r in rows] == ["ok"]
+    assert rejections.count == 1 and reason in rejections.summary()
+
+
+def test_raw_attributes_events_and_resource_are_kept_as_strings():
+    [row], _ = normalize(
+        span(
+            "step",
+            {"count": 3, "ratio": 0.5, "flag": True, "tags": ["a", "b"], "blob": b"\x00\x01"},
+            events=[("exception", {"exception.type": "ValueError"})],
+        ),
+        resource={"service.name": "svc", "tenant.id": "acme"},
+    )
+    assert row["SpanAttributes"] == {"count": "3", "ratio": "0.5", "flag": "true", "tags": '["a","b"]', "blob": "AAE="}
+    assert row["ServiceName"] == "svc" and row["Tenant"] == "acme"
+    assert row["EventsName"] == ["exception"]
+    assert row["EventsAttributes"] == [{"exception.type": "ValueError"}]
+
+
+def test_price_overrides_and_unknown_models():
+    normalizer = Normalizer(PriceTable({"acme-llm": Price(1.0, 2.0)}))
+    rows, _ = normalize(
+        span("a", {"gen_ai.operation.name": "chat", "gen_ai.request.model": "acme-llm-v2", "gen_ai.usage.input_tokens": 1_000_000}),
+        span("b", {"gen_ai.operation.name": "chat", "gen_ai.request.model": "mystery", "gen_ai.usage.input_tokens": 10}),
+        normalizer=normalizer,
+    )
+    assert [r["CostUsd"] for r in rows] == [1.0, 0.0]
+    assert normalizer.unpriced_models == {"mystery"}
+
+
+def test_rejections_summary_is_bounded():
+    r = Rejections()
+    for i in range(50):
+        r.add(f"span {i}: bad")
+    assert r.count == 50
+    assert r.summary().endswith("and 45 more")

@@ -1,0 +1,250 @@
+"""What an exporter sees from the receivers: OTLP status codes, partial success, retry hints.
+
+Bad input gets a clear error and loses nothing else: a malformed span is rejected with a reason
+and its valid neighbours are stored.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+
+import grpc
+import pytest
+import requests
+from google.protobuf import json_format
+from google.rpc import status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+from collector.store.migrations import SCHEMAS_DIR, statements
+from tests.otlp import request, span
+
+EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+PROTOBUF = {"Content-Type": "application/x-protobuf"}
+
+
+def grpc_export(collector, body: bytes, compression=None):
+    with grpc.insecure_channel(collector.grpc_endpoint) as channel:
+        call = channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=None)
+        raw, rpc = call.with_call(body, timeout=30, compression=compression)
+        return ExportTraceServiceResponse.FromString(raw), rpc
+
+
+def http_export(collector, body: bytes, headers=PROTOBUF):
+    return requests.post(collector.http_url + "/v1/traces", data=body, headers=headers, timeout=30)
+
+
+def span_names(collector, expected: int) -> list[str]:
+    rows = collector.wait_for_rows("SELECT SpanName FROM otel_traces ORDER BY SpanName", expected)
+    return [r["SpanName"] for r in rows]
+
+
+def test_grpc_partial_success_keeps_valid_neighbours(collector):
+    body = request(span("a"), span("bad-id", trace_id=b"\x01" * 3), span("b")).SerializeToString()
+    response, _ = grpc_export(collector, body)
+    assert response.partial_success.rejected_spans == 1
+    assert "trace_id must be 16 bytes" in response.partial_success.error_message
+    assert span_names(collector, 2) == ["a", "b"]
+
+
+def test_grpc_gzip_and_health(collector):
+    response, _ = grpc_export(collector, request(span("zipped")).SerializeToString(), grpc.Compression.Gzip)
+    assert not response.HasField("partial_success")
+    assert span_names(collector, 1) == ["zipped"]
+    with grpc.insecure_channel(collector.grpc_endpoint) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        status = stub.Check(health_pb2.HealthCheckRequest(service="opentelemetry.proto.collector.trace.v1.TraceService"))
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_grpc_garbage_is_invalid_argument_and_not_retryable(collector):
+    with pytest.raises(grpc.RpcError) as caught:
+        grpc_export(collector, b"\xff\xff\xff garbage \x00\x01")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid OTLP" in caught.value.details()
+
+
+def test_grpc_oversize_message_is_refused(collector_factory):
+    with collector_factory(max_recv_msg_size_mib=1) as collector:
+        big = request(*[span(f"s{i}", {"blob": "x" * 4096}) for i in range(400)]).SerializeToString()
+        assert len(big) > 1024 * 1024
+        with pytest.raises(grpc.RpcError) as caught:
+            grpc_export(collector, big)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_invalid_utf8_rejects_only_that_span(collector):
+    good = request(span("ok-1"), span("BROKEN-NAME"), span("ok-2")).SerializeToString()
+    # Corrupt the bytes of one span's name on the wire (same length, so framing stays valid).
+    body = good.replace(b"BROKEN-NAME", b"BROKEN\xff\xfeAME")
+    response, _ = grpc_export(collector, body)
+    assert response.partial_success.rejected_spans == 1
+    assert "invalid UTF-8" in response.partial_success.error_message
+    assert span_names(collector, 2) == ["ok-1", "ok-2"]
+
+
+def test_http_protobuf_partial_success(collector):
+    body = request(
+        span("fine"),
+        span("bad-tokens", {"gen_ai.operation.name": "chat", "gen_ai.usage.output_tokens": "many"}),
+    ).SerializeToString()
+    response = http_export(collector, body)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("application/x-protobuf")
+    message = ExportTraceServiceResponse.FromString(response.content)
+    assert message.partial_success.rejected_spans == 1
+    assert "gen_ai.usage.output_tokens must be a whole number" in message.partial_success.error_message
+    assert span_names(collector, 1) == ["fine"]
+
+
+def test_http_gzip_body(collector):
+    body = gzip.compress(request(span("gz")).SerializeToString())
+    response = http_export(collector, body, {**PROTOBUF, "Content-Encoding": "gzip"})
+    assert response.status_code == 200
+    assert span_names(collector, 1) == ["gz"]
+
+
+def _json_span(name: str, trace_id: str, span_id: str, **extra) -> dict:
+    return {
+        "traceId": trace_id,
+        "spanId": span_id,
+        "name": name,
+        "kind": 3,
+        "startTimeUnixNano": "1763000000000000000",
+        "endTimeUnixNano": "1763000000500000000",
+        **extra,
+    }
+
+
+def test_http_json_hex_ids_int64_strings_and_per_span_errors(collector):
+    doc = {
+        "resourceSpans": [
+            {
+                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "json-agent"}}]},
+                "scopeSpans": [
+                    {
+                        "scope": {"name": "manual"},
+                        "spans": [
+                            _json_span(
+                                "good",
+                                "5b8efff798038103d269b633813fc60c",
+                                "eee19b7ec3c1b174",
+                                attributes=[
+                                    {"key": "gen_ai.operation.name", "value": {"stringValue": "chat"}},
+                                    {"key": "gen_ai.usage.input_tokens", "value": {"intValue": "1500"}},
+                                ],
+                                status={"code": 2, "message": "Error code: 503"},
+                            ),
+                            _json_span("bad-hex", "not-hex-at-all", "eee19b7ec3c1b175"),
+                            _json_span(
+                                "bad-type",
+                                "5b8efff798038103d269b633813fc60c",
+                                "eee19b7ec3c1b176",
+                                attributes=[{"key": "n", "value": {"intValue": "twelve"}}],
+                            ),
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
+    response = http_export(collector, json.dumps(doc).encode(), {"Content-Type": "application/json"})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["partialSuccess"]["rejectedSpans"] == "2"
+    assert "traceId must be 32 hex characters" in body["partialSuccess"]["errorMessage"]
+    rows = collector.wait_for_rows("SELECT * FROM otel_traces", 1)
+    [row] = rows
+    assert row["TraceId"] == "5b8efff798038103d269b633813fc60c" and row["SpanId"] == "eee19b7ec3c1b174"
+    assert (row["SpanKind"], row["StatusCode"], row["HttpStatus"]) == ("Client", "Error", 503)
+    assert row["InputTokens"] == 1500 and row["ServiceName"] == "json-agent"
+    assert row["Duration"] == 500_000_000
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "message"),
+    [
+        (b"\x00garbage", "application/x-protobuf", 400, "not a valid OTLP"),
+        (b"{not json", "application/json", 400, "not valid JSON"),
+        (b'{"resourceSpans": 5}', "application/json", 400, "must be an array"),
+        (b"hello", "text/plain", 415, "unsupported Content-Type"),
+    ],
+)
+def test_http_unreadable_payloads(collector, body, content_type, status, message):
+    response = http_export(collector, body, {"Content-Type": content_type})
+    assert response.status_code == status
+    if response.headers["Content-Type"].startswith("application/x-protobuf"):
+        detail = status_pb2.Status.FromString(response.content).message
+    else:
+        detail = json_format.Parse(response.text, status_pb2.Status()).message
+    assert message in detail
+
+
+def test_http_oversize_body_is_413(collector_factory):
+    with collector_factory(max_recv_msg_size_mib=1) as collector:
+        response = http_export(collector, b"\x00" * (2 * 1024 * 1024))
+        assert response.status_code == 413
+
+
+def test_store_failure_is_retryable_and_nothing_is_half_kept(collector):
+    """When the insert fails, clients get UNAVAILABLE / 503 + Retry-After; after recovery the same
+    request is accepted and stored once."""
+    run = collector.call
+    store = collector.collector.store
+    run(collector.collector.run_store(store.command, "DROP TABLE otel_traces_ingest"))
+    body = request(span("retry-me")).SerializeToString()
+
+    with pytest.raises(grpc.RpcError) as caught:
+        grpc_export(collector, body)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    trailers = dict(caught.value.trailing_metadata())
+    assert "google.rpc.retryinfo-bin" in trailers
+
+    response = http_export(collector, body)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+
+    ddl = [s for s in statements((SCHEMAS_DIR / "001_otel_traces.sql").read_text()) if "otel_traces_ingest" in s]
+    for statement in ddl:
+        run(collector.collector.run_store(store.command, statement))
+    response, _ = grpc_export(collector, body)
+    assert span_names(collector, 1) == ["retry-me"]
+    metrics = requests.get(collector.api_url + "/metrics", timeout=10).text
+    assert 'agentwatch_spans_refused_total{reason="store_error"} 2.0' in metrics
+
+
+def test_full_queue_refuses_with_retry_instead_of_dropping(collector_factory):
+    # A queue of 1 span and a long flush interval: the first request waits to be committed, the
+    # second finds the queue full and is told to come back.
+    import threading
+
+    with collector_factory(queue_max_spans=1, batch_flush_interval_s=2.0) as collector:
+        first = threading.Thread(target=grpc_export, args=(collector, request(span("first")).SerializeToString()))
+        first.start()
+        import time
+
+        deadline = time.monotonic() + 5
+        while "agentwatch_write_queue_spans 1.0" not in requests.get(collector.api_url + "/metrics", timeout=5).text:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        response = http_export(collector, request(span("second")).SerializeToString())
+        assert response.status_code == 503
+        assert "write queue full" in status_pb2.Status.FromString(response.content).message
+        first.join(10)
+        assert span_names(collector, 1) == ["first"]
+
+
+def test_session_is_resolved_for_children_sent_before_their_root(collector):
+    trace = os.urandom(16)
+    root_id = os.urandom(8)
+    child = span("chat", {"gen_ai.operation.name": "chat"}, trace_id=trace, parent=root_id)
+    root = span("agent", {"gen_ai.conversation.id": "late-root", "user.id": "u1"}, trace_id=trace, span_id=root_id)
+    grpc_export(collector, request(child).SerializeToString())
+    grpc_export(collector, request(root).SerializeToString())
+    rows = collector.wait_for_rows("SELECT SpanName, SessionId, UserId FROM agent_spans ORDER BY SpanName", 2)
+    assert rows == [
+        {"SpanName": "agent", "SessionId": "late-root", "UserId": "u1"},
+        {"SpanName": "chat", "SessionId": "late-root", "UserId": "u1"},
+    ]
