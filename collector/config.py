@@ -9,10 +9,18 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from collector.pricing import Price
 
@@ -38,20 +46,37 @@ class PriceConfig(_Section):
 class ForwardConfig(_Section):
     """Processor mode: every received request is also sent, unchanged, to a downstream OTLP endpoint."""
 
-    endpoint: str = Field(description="e.g. http://collector:4318 (HTTP) or collector:4317 (gRPC)")
+    # protocol comes before endpoint so that the endpoint check can see it
     protocol: Literal["grpc", "http/protobuf"] = "http/protobuf"
+    endpoint: str = Field(description="e.g. http://collector:4318 (HTTP) or collector:4317 (gRPC)")
     headers: dict[str, str] = Field(default_factory=dict)
+    compression: Literal["gzip", "none"] = "gzip"
     queue_max_requests: int = Field(default=1000, ge=1)
+    senders: int = Field(default=4, ge=1, le=64, description="requests in flight at once")
     timeout_s: float = Field(default=10.0, gt=0)
     max_retry_time_s: float = Field(default=60.0, ge=0)
-    insecure: bool = True
+    insecure: bool = Field(default=True, description="gRPC endpoint without a scheme: no TLS")
 
     @field_validator("endpoint")
     @classmethod
-    def _endpoint(cls, value: str) -> str:
-        if not value.strip():
+    def _endpoint(cls, value: str, info: ValidationInfo) -> str:
+        value = value.strip()
+        if not value:
             raise ValueError("must not be empty")
-        return value.strip()
+        protocol = info.data.get("protocol")  # absent when the protocol itself was invalid
+        if protocol == "http/protobuf":
+            parsed = urlparse(value)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise ValueError("expected http(s)://host[:port][/path] for protocol http/protobuf")
+        elif protocol == "grpc":
+            parsed = urlsplit(value if "://" in value else "//" + value)
+            try:
+                port = parsed.port
+            except ValueError:
+                port = None
+            if parsed.scheme not in ("", "http", "https") or not parsed.hostname or not port:
+                raise ValueError("expected host:port or http(s)://host:port for protocol grpc")
+        return value
 
 
 class Config(_Section):
@@ -134,13 +159,15 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source if not flags else f"{source} (and flags)")) from None
+        raise ConfigError(_describe(exc, source, set(flags))) from None
 
 
-def _describe(exc: ValidationError, source: str) -> str:
+def _describe(exc: ValidationError, file_source: str, flag_keys: set[str]) -> str:
     lines = []
     for error in exc.errors():
         key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        top = str(error["loc"][0]) if error["loc"] else ""
+        source = f"command line (--{top.replace('_', '-')})" if top in flag_keys else file_source
         msg = error["msg"]
         if error["type"] == "extra_forbidden":
             msg = "unknown setting (check the spelling; see `agentwatch serve --help`)"

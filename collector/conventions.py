@@ -74,19 +74,6 @@ FIELD_KEYS: dict[str, tuple[str, ...]] = {
     "http_status": ("http.response.status_code", "http.status_code"),
 }
 
-#: Fields whose value must be a whole number; anything else rejects the span with a reason.
-INTEGER_FIELDS = frozenset(
-    {
-        "input_tokens",
-        "output_tokens",
-        "total_tokens",
-        "cache_read_tokens",
-        "cache_write_tokens",
-        "reasoning_tokens",
-        "http_status",
-    }
-)
-
 #: attribute key -> field name, for the single dictionary lookup per attribute on the hot path.
 FIELD_OF_KEY: dict[str, str] = {key: field for field, keys in FIELD_KEYS.items() for key in keys}
 

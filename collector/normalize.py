@@ -23,7 +23,6 @@ from collector.conventions import (
     FIELD_KEYS,
     FIELD_OF_KEY,
     FINISH_REASON_ALIASES,
-    INTEGER_FIELDS,
     OPENINFERENCE_STEP,
     OPERATION_STEP,
     REQUEST_TYPE_STEP,
@@ -213,52 +212,64 @@ class Normalizer:
         """The normalised agent columns of one span (``COLUMNS`` from ``Tenant`` on).
 
         Raises ValueError for a value that cannot be right (a token count that is not a number).
+        Hot path: plain dict lookups inline, no helper calls unless the span needs them.
         """
-
-        def text(name: str) -> str:
-            return (found.get(name) or r_found.get(name) or _MISSING)[3]
-
-        operation = text("operation")
-        oi_kind = text("oi_kind")
-        tl_kind = text("tl_kind")
-        tokens = {name: _integer(found[name]) for name in INTEGER_FIELDS if name in found}
+        own = found
+        if r_found:  # resource-level facts (tenant, user …) apply unless the span says otherwise
+            found = {**r_found, **found}
+        get = found.get
+        operation = get("operation", _MISSING)[3]
+        oi_kind = get("oi_kind", _MISSING)[3]
+        tl_kind = get("tl_kind", _MISSING)[3]
         step = (
             OPERATION_STEP.get(operation)
             or OPENINFERENCE_STEP.get(oi_kind)
             or TRACELOOP_STEP.get(tl_kind)
-            or REQUEST_TYPE_STEP.get(text("request_type"))
+            or REQUEST_TYPE_STEP.get(get("request_type", _MISSING)[3])
         )
-        tool = text("tool") or (text("tl_entity") if tl_kind == "tool" else "")
+        tool = get("tool", _MISSING)[3] or (get("tl_entity", _MISSING)[3] if tl_kind == "tool" else "")
         if not step:
-            if "input_tokens" in tokens or "output_tokens" in tokens or "total_tokens" in tokens:
+            if "input_tokens" in own or "output_tokens" in own or "total_tokens" in own:
                 step = "llm"
             elif tool:
                 step = "tool"
             else:
                 step = "other"
-        agent = text("agent") or (text("tl_entity") if tl_kind in ("agent", "workflow") else "")
+        agent = get("agent", _MISSING)[3] or (
+            get("tl_entity", _MISSING)[3] if tl_kind in ("agent", "workflow") else ""
+        )
 
         tool_args = ""
         args_hash = 0
         if step == "tool":
-            raw_args = text("tool_args") or (
-                text("oi_input") if oi_kind == "TOOL" else text("tl_input") if tl_kind == "tool" else ""
+            raw_args = get("tool_args", _MISSING)[3] or (
+                get("oi_input", _MISSING)[3]
+                if oi_kind == "TOOL"
+                else get("tl_input", _MISSING)[3]
+                if tl_kind == "tool"
+                else ""
             )
             if raw_args:
                 tool_args = canonical_tool_args(raw_args)
                 args_hash = args_hash_of(tool_args)
 
-        model = text("model")
+        model = get("model", _MISSING)[3]
         # Usage counts only on LLM steps: frameworks repeat the totals on agent spans.
+        input_tokens = output_tokens = cache_read = cache_write = reasoning = 0
+        cost = 0.0
         if step == "llm":
-            input_tokens = tokens.get("input_tokens", 0)
-            output_tokens = tokens.get("output_tokens", 0)
-            if not input_tokens and not output_tokens and "total_tokens" in tokens:
-                input_tokens = tokens["total_tokens"]
-            cache_read = tokens.get("cache_read_tokens", 0)
-            cache_write = tokens.get("cache_write_tokens", 0)
-            reasoning = tokens.get("reasoning_tokens", 0)
-            cost = 0.0
+            if "input_tokens" in own:
+                input_tokens = _integer(own["input_tokens"])
+            if "output_tokens" in own:
+                output_tokens = _integer(own["output_tokens"])
+            if not input_tokens and not output_tokens and "total_tokens" in own:
+                input_tokens = _integer(own["total_tokens"])
+            if "cache_read_tokens" in own:
+                cache_read = _integer(own["cache_read_tokens"])
+            if "cache_write_tokens" in own:
+                cache_write = _integer(own["cache_write_tokens"])
+            if "reasoning_tokens" in own:
+                reasoning = _integer(own["reasoning_tokens"])
             if model and (input_tokens or output_tokens):
                 price = self.prices.lookup(model)
                 if price is None:
@@ -266,38 +277,37 @@ class Normalizer:
                         self.unpriced_models.add(model)
                 else:
                     cost = price.cost_usd(input_tokens, output_tokens, cache_read, cache_write)
-        else:
-            input_tokens = output_tokens = cache_read = cache_write = reasoning = 0
-            cost = 0.0
 
         finish = ""
-        hit = found.get("finish_reason")
+        hit = own.get("finish_reason")
         if hit:
             finish = _first_string(hit[2]).lower()
             finish = FINISH_REASON_ALIASES.get(finish, finish)
 
-        error_type = text("error_type")
-        http_status = tokens.get("http_status", 0)
+        error_type = get("error_type", _MISSING)[3]
+        http_status = 0
         if span.status.code == _STATUS_ERROR or error_type or span.events:
+            if "http_status" in own:
+                http_status = _integer(own["http_status"])
             error_type, http_status = _error_details(span, error_type, http_status)
 
-        if "oi_kind" in found:
+        if "oi_kind" in own:
             convention = "openinference"
-        elif "tl_kind" in found or "tl_entity" in found or "request_type" in found:
+        elif "tl_kind" in own or "tl_entity" in own or "request_type" in own:
             convention = "openllmetry"
-        elif any(hit[1].startswith("gen_ai.") for hit in found.values()):
+        elif "operation" in own or any(h[1].startswith("gen_ai.") for h in own.values()):
             convention = "otel_genai"
         else:
             convention = "none"
 
         return (
-            text("tenant") or self.default_tenant,
-            text("session"),
-            text("user"),
+            get("tenant", _MISSING)[3] or self.default_tenant,
+            get("session", _MISSING)[3],
+            get("user", _MISSING)[3],
             agent,
             step,
             model,
-            text("provider"),
+            get("provider", _MISSING)[3],
             tool,
             tool_args,
             args_hash,
