@@ -16,10 +16,12 @@ ENGINE = AggregatingMergeTree
 ORDER BY (Tenant, SessionId, TraceId);
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS session_traces_mv TO session_traces AS
-SELECT Tenant, SessionId, TraceId, UserId, ServiceName, AgentName,
-       Timestamp AS FirstSeen, Timestamp + toIntervalNanosecond(Duration) AS LastSeen
+SELECT Tenant, SessionId, TraceId, max(UserId) AS UserId, max(ServiceName) AS ServiceName,
+       max(AgentName) AS AgentName, min(Timestamp) AS FirstSeen,
+       max(Timestamp + toIntervalNanosecond(Duration)) AS LastSeen
 FROM otel_traces
-WHERE SessionId != '';
+WHERE SessionId != ''
+GROUP BY Tenant, SessionId, TraceId;
 
 -- Spans with the session and user resolved along their trace: children that arrived before (or
 -- without) the root span that carried the session id get it here, at query time.
