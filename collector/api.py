@@ -75,7 +75,7 @@ async def sql(request: web.Request) -> web.Response:
         return _error(400, "'params' must be an object of query parameters")
     try:
         if collector.config.sql_readonly:
-            query = await collector.run_store(read_only_query, collector.store, query)
+            query = await collector.run_store(read_only_query, collector.store, query, params)
         out = await collector.run_store(collector.store.query, query, SQL_FORMATS[fmt], params)
     except ReadOnlyViolation as exc:
         return _error(403, str(exc))

@@ -31,23 +31,42 @@ class EmbeddedStore:
         except Exception as exc:  # chDB raises plain RuntimeError
             raise StoreUnavailable(f"cannot open {data_dir} with chDB: {exc}") from None
 
-    def insert_blocks(self, table: str, fmt: str, blocks: list[bytes]) -> None:
+    def insert_blocks(self, table: str, fmt: str, blocks: list[bytes]) -> dict[str, int]:
+        """Returns ClickHouse's counters for the insert (``written_rows``, ``written_bytes``)."""
         with self._lock:
             try:
                 inserter = self._conn.send_insert(f"INSERT INTO {table}", fmt)
                 for block in blocks:
                     inserter.append(block)
-                inserter.finish()
+                result = inserter.finish()
             except Exception as exc:
                 raise _translate(exc) from None
+        return {"written_rows": result.rows_written, "written_bytes": result.bytes_written}
 
     def query(self, sql: str, fmt: str = "JSONEachRow", params: dict | None = None) -> bytes:
+        return self.query_with_summary(sql, fmt, params)[0]
+
+    def query_with_summary(
+        self, sql: str, fmt: str = "JSONEachRow", params: dict | None = None
+    ) -> tuple[bytes, dict[str, int]]:
+        """``query`` plus ClickHouse's counters for it (the SQL endpoint's X-ClickHouse-Summary)."""
         with self._lock:
             try:
                 result = self._conn.query(sql, fmt, params=params or None)
             except Exception as exc:
                 raise _translate(exc) from None
-        return result.bytes() if result is not None else b""
+        if result is None:
+            return b"", {}
+        summary = {  # chDB's rows_read counts result rows; what was read from tables is storage_*
+            "read_rows": result.storage_rows_read(),
+            "read_bytes": result.storage_bytes_read(),
+            "written_rows": result.rows_written(),
+            "written_bytes": result.bytes_written(),
+            "result_rows": result.rows_read(),
+            "result_bytes": result.bytes_read(),
+            "elapsed_ns": int(result.elapsed() * 1e9),
+        }
+        return result.bytes(), summary
 
     def command(self, sql: str) -> None:
         self.query(sql, "TSV")
