@@ -39,7 +39,10 @@ def exporter_codecs(sql: str) -> str:
 
 
 def exporter_indexes(sql: str) -> str:
-    return sql.replace("INDEX idx_ts Timestamp TYPE minmax GRANULARITY 1", "INDEX idx_ts Timestamp TYPE minmax GRANULARITY 1" + EXPORTER_INDEXES)
+    return sql.replace(
+        "INDEX idx_ts Timestamp TYPE minmax GRANULARITY 1",
+        "INDEX idx_ts Timestamp TYPE minmax GRANULARITY 1" + EXPORTER_INDEXES,
+    )
 
 
 def session_view_per_row(sql: str) -> str:
@@ -77,7 +80,10 @@ def measure(transform, blocks: list[bytes], root: Path) -> float:
 
 def main() -> None:
     normalizer = Normalizer()
-    blocks = [normalizer.normalize(decode_protobuf(b, Rejections()))[0].to_json() for b in make_requests(24)]
+    blocks = [
+        normalizer.normalize(decode_protobuf(b, Rejections()))[0].to_json()
+        for b in make_requests(24)
+    ]
     spans = len(blocks) * 512
     root = Path(tempfile.mkdtemp(prefix="agentwatch-ddl-"))
     try:

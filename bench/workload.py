@@ -28,7 +28,9 @@ def _kv(key: str, value) -> KeyValue:
     return KeyValue(key=key, value=AnyValue(string_value=value))
 
 
-def make_request(spans_per_request: int = 512, seed: int = 0, services: int = 4) -> ExportTraceServiceRequest:
+def make_request(
+    spans_per_request: int = 512, seed: int = 0, services: int = 4
+) -> ExportTraceServiceRequest:
     """One export request: whole sessions (agent span + LLM and tool steps) until it is full."""
     rnd = random.Random(seed)
     req = ExportTraceServiceRequest()
@@ -58,8 +60,13 @@ def make_request(spans_per_request: int = 512, seed: int = 0, services: int = 4)
         steps = min(rnd.randint(6, 14), spans_per_request - n - 1)
         t = t0 + n * 1_000_000
         root = Span(
-            trace_id=trace_id, span_id=root_id, name="invoke_agent support", kind=Span.SPAN_KIND_INTERNAL,
-            start_time_unix_nano=t, end_time_unix_nano=t + 9_000_000_000, status=Status(code=Status.STATUS_CODE_OK),
+            trace_id=trace_id,
+            span_id=root_id,
+            name="invoke_agent support",
+            kind=Span.SPAN_KIND_INTERNAL,
+            start_time_unix_nano=t,
+            end_time_unix_nano=t + 9_000_000_000,
+            status=Status(code=Status.STATUS_CODE_OK),
         )
         root.attributes.extend(
             [
@@ -84,8 +91,13 @@ def make_request(spans_per_request: int = 512, seed: int = 0, services: int = 4)
             if i % 2 == 0:
                 model = rnd.choice(MODELS)
                 span = Span(
-                    trace_id=trace_id, span_id=os.urandom(8), parent_span_id=root_id, name=f"chat {model}",
-                    kind=Span.SPAN_KIND_CLIENT, start_time_unix_nano=st, end_time_unix_nano=st + 400_000_000,
+                    trace_id=trace_id,
+                    span_id=os.urandom(8),
+                    parent_span_id=root_id,
+                    name=f"chat {model}",
+                    kind=Span.SPAN_KIND_CLIENT,
+                    start_time_unix_nano=st,
+                    end_time_unix_nano=st + 400_000_000,
                 )
                 span.attributes.extend(
                     [
@@ -104,13 +116,23 @@ def make_request(spans_per_request: int = 512, seed: int = 0, services: int = 4)
                     ]
                 )
                 span.attributes.append(
-                    KeyValue(key="gen_ai.response.finish_reasons", value=AnyValue(array_value={"values": [AnyValue(string_value="tool_calls")]}))
+                    KeyValue(
+                        key="gen_ai.response.finish_reasons",
+                        value=AnyValue(
+                            array_value={"values": [AnyValue(string_value="tool_calls")]}
+                        ),
+                    )
                 )
             else:
                 tool = rnd.choice(TOOLS)
                 span = Span(
-                    trace_id=trace_id, span_id=os.urandom(8), parent_span_id=root_id, name=f"execute_tool {tool}",
-                    kind=Span.SPAN_KIND_INTERNAL, start_time_unix_nano=st, end_time_unix_nano=st + 80_000_000,
+                    trace_id=trace_id,
+                    span_id=os.urandom(8),
+                    parent_span_id=root_id,
+                    name=f"execute_tool {tool}",
+                    kind=Span.SPAN_KIND_INTERNAL,
+                    start_time_unix_nano=st,
+                    end_time_unix_nano=st + 80_000_000,
                 )
                 span.attributes.extend(
                     [
@@ -118,8 +140,14 @@ def make_request(spans_per_request: int = 512, seed: int = 0, services: int = 4)
                         _kv("gen_ai.tool.name", tool),
                         _kv("gen_ai.tool.call.id", "call_" + os.urandom(6).hex()),
                         _kv("gen_ai.tool.type", "function"),
-                        _kv("gen_ai.tool.call.arguments", json.dumps({"query": f"order {rnd.randrange(10**6)}", "limit": 5})),
-                        _kv("gen_ai.tool.call.result", json.dumps({"status": "ok", "items": rnd.randrange(9)})),
+                        _kv(
+                            "gen_ai.tool.call.arguments",
+                            json.dumps({"query": f"order {rnd.randrange(10**6)}", "limit": 5}),
+                        ),
+                        _kv(
+                            "gen_ai.tool.call.result",
+                            json.dumps({"status": "ok", "items": rnd.randrange(9)}),
+                        ),
                         _kv("gen_ai.agent.name", "support"),
                         _kv("code.function", "tools." + tool),
                         _kv("app.retry", 0),

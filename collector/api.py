@@ -16,7 +16,12 @@ from collector.sql_gate import ReadOnlyViolation, read_only_query
 from collector.store import StoreError, StoreUnavailable
 
 # Output formats of POST /v1/sql: the CLI's names -> ClickHouse formats
-SQL_FORMATS = {"table": "PrettyCompactMonoBlock", "json": "JSON", "csv": "CSVWithNames", "tsv": "TSVWithNames"}
+SQL_FORMATS = {
+    "table": "PrettyCompactMonoBlock",
+    "json": "JSON",
+    "csv": "CSVWithNames",
+    "tsv": "TSVWithNames",
+}
 
 
 COLLECTOR = web.AppKey("collector", object)
@@ -37,7 +42,9 @@ def _token_middleware(token: str | None):
         if token and request.path.startswith("/v1/"):
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return _error(401, "missing or wrong API token (send 'Authorization: Bearer <token>')")
+                return _error(
+                    401, "missing or wrong API token (send 'Authorization: Bearer <token>')"
+                )
         return await handler(request)
 
     return check_token
@@ -48,8 +55,13 @@ async def healthz(request: web.Request) -> web.Response:
     try:
         await collector.run_store(collector.store.query, "SELECT 1", "TSV")
     except (StoreError, StoreUnavailable) as exc:
-        return web.json_response({"status": "unhealthy", "store": collector.store.description, "error": str(exc)}, status=503)
-    return web.json_response({"status": "ok", "store": collector.store.description, "ports": collector.ports})
+        return web.json_response(
+            {"status": "unhealthy", "store": collector.store.description, "error": str(exc)},
+            status=503,
+        )
+    return web.json_response(
+        {"status": "ok", "store": collector.store.description, "ports": collector.ports}
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:

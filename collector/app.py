@@ -79,7 +79,9 @@ class Collector:
         )
         self.ports["otlp_grpc"] = await self._grpc.start(config.listen, config.otlp_grpc_port)
         max_body = config.max_recv_msg_size_mib * 1024 * 1024
-        self.ports["otlp_http"] = await self._serve(build_otlp_http_app(self.pipeline, max_body), config.otlp_http_port)
+        self.ports["otlp_http"] = await self._serve(
+            build_otlp_http_app(self.pipeline, max_body), config.otlp_http_port
+        )
         from collector.sql_endpoint import build_sql_app
 
         self.ports["sql"] = await self._serve(build_sql_app(self), config.sql_port)

@@ -32,23 +32,54 @@ def main() -> None:
 
 @main.command()
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config file.")
-@click.option("--listen", help="Address to bind every listener to.  [default: 127.0.0.1; 0.0.0.0 for all]")
-@click.option("--data-dir", type=click.Path(path_type=Path), help="Embedded store directory.  [default: ./agentwatch-data]")
+@click.option(
+    "--listen", help="Address to bind every listener to.  [default: 127.0.0.1; 0.0.0.0 for all]"
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    help="Embedded store directory.  [default: ./agentwatch-data]",
+)
 @click.option("--otlp-grpc-port", type=int, help="OTLP/gRPC port.  [default: 4317]")
 @click.option("--otlp-http-port", type=int, help="OTLP/HTTP port.  [default: 4318]")
 @click.option("--sql-port", type=int, help="ClickHouse-compatible SQL HTTP port.  [default: 8123]")
-@click.option("--api-port", type=int, help="API and web port (/healthz, /metrics).  [default: 8080]")
-@click.option("--clickhouse-url", help="Use a ClickHouse server, e.g. http://user:pass@host:8123/db, instead of chDB.")
+@click.option(
+    "--api-port", type=int, help="API and web port (/healthz, /metrics).  [default: 8080]"
+)
+@click.option(
+    "--clickhouse-url",
+    help="Use a ClickHouse server, e.g. http://user:pass@host:8123/db, instead of chDB.",
+)
 @click.option("--clickhouse-user", help="ClickHouse user (overrides the URL's).")
 @click.option("--clickhouse-password", help="ClickHouse password (overrides the URL's).")
 @click.option("--clickhouse-database", help="ClickHouse database (overrides the URL's).")
-@click.option("--forward-endpoint", help="Processor mode: also send every request to this OTLP endpoint.")
-@click.option("--forward-protocol", type=click.Choice(["grpc", "http/protobuf"]), help="Protocol of --forward-endpoint.")
-@click.option("--sql-writable", is_flag=True, default=None, help="Let the SQL endpoint run writes (default: read-only).")
-@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]), show_default=True)
-def serve(config_path, forward_endpoint, forward_protocol, sql_writable, log_level, **flags) -> None:
+@click.option(
+    "--forward-endpoint", help="Processor mode: also send every request to this OTLP endpoint."
+)
+@click.option(
+    "--forward-protocol",
+    type=click.Choice(["grpc", "http/protobuf"]),
+    help="Protocol of --forward-endpoint.",
+)
+@click.option(
+    "--sql-writable",
+    is_flag=True,
+    default=None,
+    help="Let the SQL endpoint run writes (default: read-only).",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    show_default=True,
+)
+def serve(
+    config_path, forward_endpoint, forward_protocol, sql_writable, log_level, **flags
+) -> None:
     """Run the collector (embedded ClickHouse store unless --clickhouse-url is given)."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if forward_endpoint or forward_protocol:
         forward = {"endpoint": forward_endpoint}
         if forward_protocol:
@@ -84,18 +115,26 @@ def serve(config_path, forward_endpoint, forward_protocol, sql_writable, log_lev
 def _client_options(fn):
     fn = click.option("--token", envvar="AGENTWATCH_TOKEN", help="API token of the collector.")(fn)
     fn = click.option(
-        "--api-url", envvar="AGENTWATCH_API_URL", default=DEFAULT_API_URL, show_default=True, help="Running collector's API."
+        "--api-url",
+        envvar="AGENTWATCH_API_URL",
+        default=DEFAULT_API_URL,
+        show_default=True,
+        help="Running collector's API.",
     )(fn)
     return fn
 
 
-def api_call(api_url: str, token: str | None, method: str, path: str, **kwargs) -> requests.Response:
+def api_call(
+    api_url: str, token: str | None, method: str, path: str, **kwargs
+) -> requests.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     url = api_url.rstrip("/") + path
     try:
         response = requests.request(method, url, headers=headers, timeout=60, **kwargs)
     except requests.ConnectionError:
-        raise click.ClickException(f"cannot reach the collector at {api_url} (is `agentwatch serve` running?)") from None
+        raise click.ClickException(
+            f"cannot reach the collector at {api_url} (is `agentwatch serve` running?)"
+        ) from None
     if response.status_code >= 400:
         try:
             message = response.json().get("error", response.text)
@@ -107,8 +146,20 @@ def api_call(api_url: str, token: str | None, method: str, path: str, **kwargs) 
 
 @main.command()
 @click.argument("query")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "tsv"]), default="table", show_default=True)
-@click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Query parameter for {NAME:Type}.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv", "tsv"]),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Query parameter for {NAME:Type}.",
+)
 @_client_options
 def sql(query: str, fmt: str, params: tuple[str, ...], api_url: str, token: str | None) -> None:
     """Run a read-only SQL QUERY against a running collector ('-' reads it from stdin).
@@ -126,7 +177,9 @@ def sql(query: str, fmt: str, params: tuple[str, ...], api_url: str, token: str 
         if not sep or not name:
             raise click.BadParameter(f"expected NAME=VALUE, got {item!r}", param_hint="--param")
         values[name] = value
-    response = api_call(api_url, token, "POST", "/v1/sql", json={"query": query, "format": fmt, "params": values})
+    response = api_call(
+        api_url, token, "POST", "/v1/sql", json={"query": query, "format": fmt, "params": values}
+    )
     click.echo(response.text, nl=not response.text.endswith("\n"))
 
 

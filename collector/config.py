@@ -40,7 +40,12 @@ class PriceConfig(_Section):
     cache_write_per_mtok: float | None = Field(default=None, ge=0)
 
     def to_price(self) -> Price:
-        return Price(self.input_per_mtok, self.output_per_mtok, self.cache_read_per_mtok, self.cache_write_per_mtok)
+        return Price(
+            self.input_per_mtok,
+            self.output_per_mtok,
+            self.cache_read_per_mtok,
+            self.cache_write_per_mtok,
+        )
 
 
 class ForwardConfig(_Section):
@@ -52,6 +57,7 @@ class ForwardConfig(_Section):
     headers: dict[str, str] = Field(default_factory=dict)
     compression: Literal["gzip", "none"] = "gzip"
     queue_max_requests: int = Field(default=1000, ge=1)
+    queue_max_mib: int = Field(default=64, ge=1, description="memory bound of the forwarding queue")
     senders: int = Field(default=4, ge=1, le=64, description="requests in flight at once")
     timeout_s: float = Field(default=10.0, gt=0)
     max_retry_time_s: float = Field(default=60.0, ge=0)
@@ -81,13 +87,17 @@ class ForwardConfig(_Section):
 
 class Config(_Section):
     listen: str = Field(default="127.0.0.1", description="address every listener binds to")
-    data_dir: Path = Field(default=Path("./agentwatch-data"), description="embedded store directory")
+    data_dir: Path = Field(
+        default=Path("./agentwatch-data"), description="embedded store directory"
+    )
     otlp_grpc_port: int = Field(default=4317, ge=0, le=65535, description="0 picks a free port")
     otlp_http_port: int = Field(default=4318, ge=0, le=65535)
     sql_port: int = Field(default=8123, ge=0, le=65535)
     api_port: int = Field(default=8080, ge=0, le=65535)
 
-    clickhouse_url: str | None = Field(default=None, description="use a ClickHouse server instead of chDB")
+    clickhouse_url: str | None = Field(
+        default=None, description="use a ClickHouse server instead of chDB"
+    )
     clickhouse_user: str | None = None
     clickhouse_password: str | None = None
     clickhouse_database: str | None = None
@@ -128,7 +138,9 @@ class Config(_Section):
         seen: dict[int, str] = {}
         for key, port in ports.items():
             if port and port in seen:
-                raise ValueError(f"{key} and {seen[port]} are both {port}; each listener needs its own port")
+                raise ValueError(
+                    f"{key} and {seen[port]} are both {port}; each listener needs its own port"
+                )
             seen[port] = key
         return self
 
@@ -172,6 +184,8 @@ def _describe(exc: ValidationError, file_source: str, flag_keys: set[str]) -> st
         if error["type"] == "extra_forbidden":
             msg = "unknown setting (check the spelling; see `agentwatch serve --help`)"
         got = error.get("input")
-        shown = "" if error["type"] == "extra_forbidden" or isinstance(got, dict) else f" (got {got!r})"
+        shown = (
+            "" if error["type"] == "extra_forbidden" or isinstance(got, dict) else f" (got {got!r})"
+        )
         lines.append(f"{source}: {key}: {msg}{shown}")
     return "\n".join(lines)

@@ -47,7 +47,11 @@ FIELD_KEYS: dict[str, tuple[str, ...]] = {
         "llm.token_count.completion",
         "llm.usage.completion_tokens",
     ),
-    "total_tokens": ("llm.usage.total_tokens", "llm.token_count.total", "gen_ai.usage.total_tokens"),
+    "total_tokens": (
+        "llm.usage.total_tokens",
+        "llm.token_count.total",
+        "gen_ai.usage.total_tokens",
+    ),
     "cache_read_tokens": (
         "gen_ai.usage.cache_read.input_tokens",
         "gen_ai.usage.cache_read_input_tokens",

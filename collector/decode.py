@@ -38,7 +38,9 @@ def decode_protobuf(body: bytes, rejections: Rejections) -> ExportTraceServiceRe
         try:
             lenient = _Lenient.request.FromString(body)
         except DecodeError:
-            raise PayloadError(f"not a valid OTLP ExportTraceServiceRequest: {strict_error}") from None
+            raise PayloadError(
+                f"not a valid OTLP ExportTraceServiceRequest: {strict_error}"
+            ) from None
     return _drop_invalid_utf8(lenient, rejections)
 
 
@@ -133,7 +135,9 @@ def decode_json(body: bytes, rejections: Rejections) -> ExportTraceServiceReques
             rs.schema_url = str(rs_doc.get("schemaUrl", rs_doc.get("schema_url", "")))
         for ss_doc in _list(rs_doc, "scopeSpans", "scope_spans", where="resourceSpans"):
             ss = rs.scope_spans.add()
-            problem = problem or _parse_into(ss_doc, "scope", common_pb2.InstrumentationScope, ss.scope)
+            problem = problem or _parse_into(
+                ss_doc, "scope", common_pb2.InstrumentationScope, ss.scope
+            )
             for span_doc in _list(ss_doc, "spans", "spans", where="scopeSpans"):
                 index += 1
                 if problem:
@@ -174,7 +178,9 @@ def _span_ids_to_base64(span: dict) -> dict:
         raise ValueError("span must be a JSON object")
     span = dict(span)
     for camel, length in _ID_LENGTHS.items():
-        snake = {"traceId": "trace_id", "spanId": "span_id", "parentSpanId": "parent_span_id"}[camel]
+        snake = {"traceId": "trace_id", "spanId": "span_id", "parentSpanId": "parent_span_id"}[
+            camel
+        ]
         for key in (camel, snake):
             if key in span:
                 span[key] = _hex_to_base64(span[key], key, length)
@@ -183,7 +189,12 @@ def _span_ids_to_base64(span: dict) -> dict:
         for link in span["links"]:
             if isinstance(link, dict):
                 link = dict(link)
-                for key, length in (("traceId", 16), ("spanId", 8), ("trace_id", 16), ("span_id", 8)):
+                for key, length in (
+                    ("traceId", 16),
+                    ("spanId", 8),
+                    ("trace_id", 16),
+                    ("span_id", 8),
+                ):
                     if key in link:
                         link[key] = _hex_to_base64(link[key], f"links.{key}", length)
             links.append(link)

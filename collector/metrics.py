@@ -10,15 +10,29 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "agentwatch_otlp_requests", "OTLP export requests by protocol and outcome", ["protocol", "outcome"], registry=r
+            "agentwatch_otlp_requests",
+            "OTLP export requests by protocol and outcome",
+            ["protocol", "outcome"],
+            registry=r,
         )
-        self.spans_received = Counter("agentwatch_spans_received", "Spans received", ["protocol"], registry=r)
-        self.spans_rejected = Counter("agentwatch_spans_rejected", "Spans rejected as malformed", ["protocol"], registry=r)
-        self.spans_stored = Counter("agentwatch_spans_stored", "Spans committed to the store", registry=r)
+        self.spans_received = Counter(
+            "agentwatch_spans_received", "Spans received", ["protocol"], registry=r
+        )
+        self.spans_rejected = Counter(
+            "agentwatch_spans_rejected", "Spans rejected as malformed", ["protocol"], registry=r
+        )
+        self.spans_stored = Counter(
+            "agentwatch_spans_stored", "Spans committed to the store", registry=r
+        )
         self.spans_refused = Counter(
-            "agentwatch_spans_refused", "Spans refused with a retryable status (overload, store down)", ["reason"], registry=r
+            "agentwatch_spans_refused",
+            "Spans refused with a retryable status (overload, store down)",
+            ["reason"],
+            registry=r,
         )
-        self.queue_spans = Gauge("agentwatch_write_queue_spans", "Spans waiting for the next commit", registry=r)
+        self.queue_spans = Gauge(
+            "agentwatch_write_queue_spans", "Spans waiting for the next commit", registry=r
+        )
         self.insert_seconds = Histogram(
             "agentwatch_store_insert_seconds",
             "Time of one group-commit insert",
@@ -31,11 +45,23 @@ class Metrics:
             buckets=(1, 10, 100, 512, 1000, 2500, 5000, 10000, 20000, 50000),
             registry=r,
         )
-        self.forward_sent = Counter("agentwatch_forward_requests_sent", "Requests forwarded downstream", registry=r)
-        self.forward_dropped = Counter(
-            "agentwatch_forward_requests_dropped", "Requests not forwarded, by reason", ["reason"], registry=r
+        self.forward_sent = Counter(
+            "agentwatch_forward_requests_sent", "Requests forwarded downstream", registry=r
         )
-        self.forward_queue = Gauge("agentwatch_forward_queue_requests", "Requests waiting to be forwarded", registry=r)
+        self.forward_dropped = Counter(
+            "agentwatch_forward_requests_dropped",
+            "Requests not forwarded, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.forward_retries = Counter(
+            "agentwatch_forward_retries", "Forwarding attempts that will be retried", registry=r
+        )
+        self.forward_queue = Gauge(
+            "agentwatch_forward_queue_requests", "Requests waiting to be forwarded", registry=r
+        )
         self.unpriced_models = Gauge(
-            "agentwatch_unpriced_models", "Distinct model names seen without a price (cost 0)", registry=r
+            "agentwatch_unpriced_models",
+            "Distinct model names seen without a price (cost 0)",
+            registry=r,
         )

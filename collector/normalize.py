@@ -133,7 +133,9 @@ class Normalizer:
         self.default_tenant = default_tenant
         self.unpriced_models: set[str] = set()
 
-    def normalize(self, request, rejections: Rejections | None = None) -> tuple[SpanBatch, Rejections]:
+    def normalize(
+        self, request, rejections: Rejections | None = None
+    ) -> tuple[SpanBatch, Rejections]:
         """Columns for every valid span of ``request``; invalid spans are counted in ``rejections``."""
         rejections = rejections if rejections is not None else Rejections()
         rows: list[tuple] = []
@@ -227,7 +229,9 @@ class Normalizer:
             or TRACELOOP_STEP.get(tl_kind)
             or REQUEST_TYPE_STEP.get(get("request_type", _MISSING)[3])
         )
-        tool = get("tool", _MISSING)[3] or (get("tl_entity", _MISSING)[3] if tl_kind == "tool" else "")
+        tool = get("tool", _MISSING)[3] or (
+            get("tl_entity", _MISSING)[3] if tl_kind == "tool" else ""
+        )
         if not step:
             if "input_tokens" in own or "output_tokens" in own or "total_tokens" in own:
                 step = "llm"
@@ -388,7 +392,12 @@ def _inherit_along_trace(cols: dict) -> None:
     request keep an empty ``SessionId`` here; the ``agent_spans`` view resolves those at query
     time through ``session_traces``, and the analyzer keeps its own trace -> session map.
     """
-    sessions, users, traces, tenants = cols["SessionId"], cols["UserId"], cols["TraceId"], cols["Tenant"]
+    sessions, users, traces, tenants = (
+        cols["SessionId"],
+        cols["UserId"],
+        cols["TraceId"],
+        cols["Tenant"],
+    )
     by_trace: dict[str, int] = {}
     missing = []
     for i, session in enumerate(sessions):
@@ -453,7 +462,9 @@ def _integer(hit: tuple) -> int:
         value = int(s)
     else:
         shown = s if len(s) <= 40 else s[:40] + "…"
-        raise ValueError(f"attribute {key} must be a whole number, got {which or 'empty'} {shown!r}")
+        raise ValueError(
+            f"attribute {key} must be a whole number, got {which or 'empty'} {shown!r}"
+        )
     if value < 0:
         raise ValueError(f"attribute {key} must not be negative, got {value}")
     return value

@@ -17,13 +17,17 @@ from collector.normalize import Normalizer, Rejections
 
 
 class Pipeline:
-    def __init__(self, normalizer: Normalizer, consumers: list[Consumer], metrics: Metrics, forwarder=None) -> None:
+    def __init__(
+        self, normalizer: Normalizer, consumers: list[Consumer], metrics: Metrics, forwarder=None
+    ) -> None:
         self.normalizer = normalizer
         self.consumers = consumers
         self.metrics = metrics
         self.forwarder = forwarder
 
-    async def export(self, body: bytes, encoding: Literal["protobuf", "json"], protocol: str) -> Rejections:
+    async def export(
+        self, body: bytes, encoding: Literal["protobuf", "json"], protocol: str
+    ) -> Rejections:
         rejections = Rejections()
         if encoding == "protobuf":
             request = decode_protobuf(body, rejections)

@@ -21,14 +21,20 @@ class Price:
     cache_read_per_mtok: float | None = None
     cache_write_per_mtok: float | None = None
 
-    def cost_usd(self, input_tokens: int, output_tokens: int, cache_read: int, cache_write: int) -> float:
+    def cost_usd(
+        self, input_tokens: int, output_tokens: int, cache_read: int, cache_write: int
+    ) -> float:
         """Cost of one step. ``input_tokens`` includes cached tokens (OTel GenAI semantics).
 
         >>> Price(2.5, 10.0, 1.25).cost_usd(1_000_000, 100_000, 200_000, 0)
         3.25
         """
-        cache_read_price = self.input_per_mtok if self.cache_read_per_mtok is None else self.cache_read_per_mtok
-        cache_write_price = self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
+        cache_read_price = (
+            self.input_per_mtok if self.cache_read_per_mtok is None else self.cache_read_per_mtok
+        )
+        cache_write_price = (
+            self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
+        )
         uncached = max(input_tokens - cache_read - cache_write, 0)
         total = (
             uncached * self.input_per_mtok

@@ -38,7 +38,9 @@ class ReadOnlyViolation(Exception):
 
 def _escape_param(value: str) -> str:
     # Query parameters are parsed like TSV fields: escape backslash, tab and newline.
-    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return (
+        value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    )
 
 
 def read_only_query(store: Store, query: str, params: dict | None = None) -> str:
@@ -47,10 +49,14 @@ def read_only_query(store: Store, query: str, params: dict | None = None) -> str
     Blocking: call it on the store's thread.
     """
     try:
-        out = store.query("SELECT formatQuerySingleLine({q:String})", "TSVRaw", {"q": _escape_param(query)})
+        out = store.query(
+            "SELECT formatQuerySingleLine({q:String})", "TSVRaw", {"q": _escape_param(query)}
+        )
     except StoreError as exc:
         if "Multi-statements are not allowed" in str(exc):
-            raise ReadOnlyViolation("send one statement at a time (multi-statement queries are refused)") from None
+            raise ReadOnlyViolation(
+                "send one statement at a time (multi-statement queries are refused)"
+            ) from None
         raise
     statement = out.decode().strip()
     keyword = statement.split(None, 1)[0].upper() if statement else ""
@@ -74,7 +80,9 @@ def _refuse_outside_access(store: Store, statement: str, params: dict | None) ->
     if not called:
         return
     table_functions = _table_functions(store)
-    outside = sorted(name for name in called if (name in table_functions and name not in SAFE_TABLE_FUNCTIONS))
+    outside = sorted(
+        name for name in called if (name in table_functions and name not in SAFE_TABLE_FUNCTIONS)
+    )
     if outside:
         raise ReadOnlyViolation(
             f"the SQL endpoint is read-only and reads only this store's tables: {', '.join(outside)}() is refused"

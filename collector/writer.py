@@ -68,7 +68,8 @@ class GroupCommitWriter:
         if waiting and waiting + n > self._max_queue_spans:
             self._metrics.spans_refused.labels("queue_full").inc(n)
             raise Overloaded(
-                f"write queue full ({self._max_queue_spans} spans waiting); retry later", self._retry_after_s
+                f"write queue full ({self._max_queue_spans} spans waiting); retry later",
+                self._retry_after_s,
             )
         future = asyncio.get_running_loop().create_future()
         if not self._pending:
@@ -104,7 +105,11 @@ class GroupCommitWriter:
             started = time.perf_counter()
             try:
                 await loop.run_in_executor(
-                    self._executor, self._store.insert_blocks, INGEST_TABLE, INGEST_FORMAT, [g[0] for g in group]
+                    self._executor,
+                    self._store.insert_blocks,
+                    INGEST_TABLE,
+                    INGEST_FORMAT,
+                    [g[0] for g in group],
                 )
             except (StoreUnavailable, StoreError, OSError) as exc:
                 self._metrics.spans_refused.labels("store_error").inc(spans)

@@ -45,7 +45,9 @@ class RunningCollector:
         """Rows of ``sql`` straight from the store (bypasses the read-only gate)."""
         import orjson
 
-        out = self.call(self.collector.run_store(self.collector.store.query, sql, "JSONEachRow", params))
+        out = self.call(
+            self.collector.run_store(self.collector.store.query, sql, "JSONEachRow", params)
+        )
         return [orjson.loads(line) for line in out.splitlines() if line.strip()]
 
     def wait_for_rows(self, sql: str, count: int, timeout: float = 10.0) -> list[dict]:
@@ -63,7 +65,13 @@ class RunningCollector:
 @contextmanager
 def run_collector(data_dir: Path, **settings) -> Iterator[RunningCollector]:
     """Start a collector on free ports (0) with ``settings`` over the defaults; stop it after."""
-    overrides = {"otlp_grpc_port": 0, "otlp_http_port": 0, "sql_port": 0, "api_port": 0, "data_dir": data_dir}
+    overrides = {
+        "otlp_grpc_port": 0,
+        "otlp_http_port": 0,
+        "sql_port": 0,
+        "api_port": 0,
+        "data_dir": data_dir,
+    }
     overrides.update(settings)
     config = load_config(None, overrides)
     loop = asyncio.new_event_loop()

@@ -60,7 +60,9 @@ def span(
 def request(*spans: Span, resource: dict | None = None) -> ExportTraceServiceRequest:
     req = ExportTraceServiceRequest()
     rs = req.resource_spans.add()
-    rs.resource.attributes.extend(attrs(resource if resource is not None else {"service.name": "test-agent"}))
+    rs.resource.attributes.extend(
+        attrs(resource if resource is not None else {"service.name": "test-agent"})
+    )
     ss = rs.scope_spans.add()
     ss.scope.name = "tests"
     ss.spans.extend(spans)

@@ -12,7 +12,9 @@ from tests.otlp import request, span
 from tests.test_receivers import grpc_export
 
 
-def agentwatch(*args: str, api_url: str | None = None, token: str | None = None) -> subprocess.CompletedProcess:
+def agentwatch(
+    *args: str, api_url: str | None = None, token: str | None = None
+) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "collector.cli", *args]
     if api_url:
         cmd += ["--api-url", api_url]
@@ -22,7 +24,10 @@ def agentwatch(*args: str, api_url: str | None = None, token: str | None = None)
 
 
 def test_sql_formats(collector):
-    grpc_export(collector, request(span("alpha", {"gen_ai.operation.name": "chat"}), span("beta")).SerializeToString())
+    grpc_export(
+        collector,
+        request(span("alpha", {"gen_ai.operation.name": "chat"}), span("beta")).SerializeToString(),
+    )
     collector.wait_for_rows("SELECT 1 FROM otel_traces", 2)
     query = "SELECT SpanName, StepKind FROM otel_traces ORDER BY SpanName"
 
@@ -34,7 +39,11 @@ def test_sql_formats(collector):
     assert [r["SpanName"] for r in json.loads(as_json.stdout)["data"]] == ["alpha", "beta"]
 
     as_csv = agentwatch("sql", query, "--format", "csv", api_url=collector.api_url)
-    assert as_csv.stdout.splitlines() == ['"SpanName","StepKind"', '"alpha","llm"', '"beta","other"']
+    assert as_csv.stdout.splitlines() == [
+        '"SpanName","StepKind"',
+        '"alpha","llm"',
+        '"beta","other"',
+    ]
 
     with_param = agentwatch(
         "sql", "SELECT count() AS n FROM otel_traces WHERE SpanName = {name:String}", "--param", "name=beta",
@@ -44,12 +53,16 @@ def test_sql_formats(collector):
 
 
 def test_sql_errors_are_clear(collector):
-    write = agentwatch("sql", "INSERT INTO otel_traces (SpanName) VALUES ('x')", api_url=collector.api_url)
+    write = agentwatch(
+        "sql", "INSERT INTO otel_traces (SpanName) VALUES ('x')", api_url=collector.api_url
+    )
     assert write.returncode != 0 and "read-only" in write.stderr
 
     bad = agentwatch("sql", "SELECT nope FROM otel_traces", api_url=collector.api_url)
     assert bad.returncode != 0
-    assert "400:" in bad.stderr and "nope" in bad.stderr  # ClickHouse's own message reaches the user
+    assert (
+        "400:" in bad.stderr and "nope" in bad.stderr
+    )  # ClickHouse's own message reaches the user
 
     down = agentwatch("sql", "SELECT 1", api_url="http://127.0.0.1:9")
     assert down.returncode != 0 and "cannot reach the collector" in down.stderr
@@ -60,7 +73,9 @@ def test_api_token_protects_v1_but_not_health(collector_factory):
         assert requests.get(collector.api_url + "/healthz", timeout=10).json()["status"] == "ok"
         refused = agentwatch("sql", "SELECT 1", api_url=collector.api_url)
         assert refused.returncode != 0 and "API token" in refused.stderr
-        ok = agentwatch("sql", "SELECT 1 AS one", "--format", "csv", api_url=collector.api_url, token="s3cret")
+        ok = agentwatch(
+            "sql", "SELECT 1 AS one", "--format", "csv", api_url=collector.api_url, token="s3cret"
+        )
         assert ok.stdout.splitlines() == ['"one"', "1"]
 
 

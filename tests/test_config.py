@@ -35,7 +35,10 @@ def test_defaults_bind_loopback_on_the_standard_ports():
     [
         ("bad_port.yaml", "bad_port.yaml: otlp_grpc_port: Input should be a valid integer"),
         ("bad_unknown_key.yaml", "bad_unknown_key.yaml: otlp_grcp_port: unknown setting"),
-        ("bad_price.yaml", "bad_price.yaml: prices.acme-llm.input_per_mtok: Input should be greater than or equal to 0"),
+        (
+            "bad_price.yaml",
+            "bad_price.yaml: prices.acme-llm.input_per_mtok: Input should be greater than or equal to 0",
+        ),
         ("bad_same_ports.yaml", "api_port and otlp_http_port are both 9000"),
         ("bad_yaml.yaml", "bad_yaml.yaml: not valid YAML"),
         ("missing.yaml", "missing.yaml: file not found"),
@@ -48,13 +51,25 @@ def test_bad_config_names_file_key_and_expectation(name, expected):
 
 
 def test_bad_flag_value_is_named():
-    with pytest.raises(ConfigError, match=r"command line \(--clickhouse-url\): clickhouse_url: Value error, expected http\(s\)://"):
+    with pytest.raises(
+        ConfigError,
+        match=r"command line \(--clickhouse-url\): clickhouse_url: Value error, expected http\(s\)://",
+    ):
         load_config(None, {"clickhouse_url": "tcp://db:9000"})
 
 
 def test_serve_refuses_to_start_on_a_bad_config(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "collector.cli", "serve", "--config", str(CONFIGS / "bad_port.yaml"), "--data-dir", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "collector.cli",
+            "serve",
+            "--config",
+            str(CONFIGS / "bad_port.yaml"),
+            "--data-dir",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=60,

@@ -30,7 +30,9 @@ def fake_openai():
     server.close()
 
 
-def run_agent(collector, fake_openai, convention: str, exporter: str, compression: str = "none", **extra) -> str:
+def run_agent(
+    collector, fake_openai, convention: str, exporter: str, compression: str = "none", **extra
+) -> str:
     session = f"sess-{uuid.uuid4().hex[:12]}"
     endpoint = collector.grpc_endpoint if exporter == "grpc" else collector.http_url
     cmd = [
@@ -57,7 +59,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("convention", "exporter", "compression"), CASES)
-def test_agent_session_lands_normalised(shared_collector, fake_openai, convention, exporter, compression):
+def test_agent_session_lands_normalised(
+    shared_collector, fake_openai, convention, exporter, compression
+):
     session = run_agent(shared_collector, fake_openai, convention, exporter, compression)
     rows = shared_collector.wait_for_rows(
         f"SELECT * FROM agent_spans WHERE SessionId = '{session}' ORDER BY Timestamp", 4
@@ -81,7 +85,11 @@ def test_agent_session_lands_normalised(shared_collector, fake_openai, conventio
     assert tool["ToolArgs"] == '{"order_id":42}'
     # the raw span is kept too: every attribute in the exporter-compatible map
     assert llm1["SpanAttributes"], llm1
-    expected_convention = {"otel_genai": "otel_genai", "openinference": "openinference", "openllmetry": "openllmetry"}
+    expected_convention = {
+        "otel_genai": "otel_genai",
+        "openinference": "openinference",
+        "openllmetry": "openllmetry",
+    }
     assert agent["Convention"] == expected_convention[convention]
 
 

@@ -37,9 +37,16 @@ def test_otel_genai_current_names():
         )
     )
     assert row["StepKind"] == "llm"
-    assert row["Model"] == "gpt-4o-2024-08-06"  # the model that answered wins over the one asked for
+    assert (
+        row["Model"] == "gpt-4o-2024-08-06"
+    )  # the model that answered wins over the one asked for
     assert row["Provider"] == "openai"
-    assert (row["InputTokens"], row["OutputTokens"], row["CacheReadTokens"], row["ReasoningTokens"]) == (1000, 200, 400, 50)
+    assert (
+        row["InputTokens"],
+        row["OutputTokens"],
+        row["CacheReadTokens"],
+        row["ReasoningTokens"],
+    ) == (1000, 200, 400, 50)
     assert row["FinishReason"] == "tool_calls"
     assert row["SessionId"] == "conv-1"
     assert row["AgentName"] == "support"
@@ -138,7 +145,11 @@ def test_openllmetry_traceloop_spans():
         ),
     )
     workflow, llm, tool = rows
-    assert (workflow["StepKind"], workflow["AgentName"], workflow["SessionId"]) == ("agent", "support", "s-tl")
+    assert (workflow["StepKind"], workflow["AgentName"], workflow["SessionId"]) == (
+        "agent",
+        "support",
+        "s-tl",
+    )
     assert (llm["StepKind"], llm["InputTokens"], llm["Convention"]) == ("llm", 500, "openllmetry")
     assert (tool["StepKind"], tool["ToolName"]) == ("tool", "get_weather")
     assert tool["ToolArgs"] == '{"args":[],"kwargs":{"city":"Paris"}}'
@@ -147,8 +158,18 @@ def test_openllmetry_traceloop_spans():
 
 def test_usage_repeated_on_agent_spans_is_not_counted():
     rows, _ = normalize(
-        span("invoke_agent", {"gen_ai.operation.name": "invoke_agent", "gen_ai.usage.input_tokens": 5000}),
-        span("chat", {"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": 5000, "gen_ai.request.model": "gpt-4o"}),
+        span(
+            "invoke_agent",
+            {"gen_ai.operation.name": "invoke_agent", "gen_ai.usage.input_tokens": 5000},
+        ),
+        span(
+            "chat",
+            {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.usage.input_tokens": 5000,
+                "gen_ai.request.model": "gpt-4o",
+            },
+        ),
     )
     assert [r["InputTokens"] for r in rows] == [0, 5000]
     assert rows[0]["CostUsd"] == 0
@@ -156,9 +177,30 @@ def test_usage_repeated_on_agent_spans_is_not_counted():
 
 def test_same_arguments_spelled_differently_hash_the_same():
     rows, _ = normalize(
-        span("t", {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search", "gen_ai.tool.call.arguments": '{"q": "x", "n": 1}'}),
-        span("t", {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search", "gen_ai.tool.call.arguments": '{"n":1,"q":"x"}'}),
-        span("t", {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search", "gen_ai.tool.call.arguments": '{"n":2,"q":"x"}'}),
+        span(
+            "t",
+            {
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": "search",
+                "gen_ai.tool.call.arguments": '{"q": "x", "n": 1}',
+            },
+        ),
+        span(
+            "t",
+            {
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": "search",
+                "gen_ai.tool.call.arguments": '{"n":1,"q":"x"}',
+            },
+        ),
+        span(
+            "t",
+            {
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": "search",
+                "gen_ai.tool.call.arguments": '{"n":2,"q":"x"}',
+            },
+        ),
     )
     assert rows[0]["ToolArgsHash"] == rows[1]["ToolArgsHash"] != rows[2]["ToolArgsHash"]
 
@@ -168,14 +210,45 @@ def test_same_arguments_spelled_differently_hash_the_same():
     [
         ("Error code: 429 - {'error': 'rate limited'}", {}, [], "429", 429),
         ("", {"error.type": "500"}, [], "500", 500),
-        ("", {}, [("exception", {"exception.type": "openai.RateLimitError", "exception.message": "slow down"})], "openai.RateLimitError", 429),
-        ("", {}, [("exception", {"exception.type": "httpx.ReadTimeout", "exception.message": "timed out"})], "httpx.ReadTimeout", 0),
+        (
+            "",
+            {},
+            [
+                (
+                    "exception",
+                    {"exception.type": "openai.RateLimitError", "exception.message": "slow down"},
+                )
+            ],
+            "openai.RateLimitError",
+            429,
+        ),
+        (
+            "",
+            {},
+            [
+                (
+                    "exception",
+                    {"exception.type": "httpx.ReadTimeout", "exception.message": "timed out"},
+                )
+            ],
+            "httpx.ReadTimeout",
+            0,
+        ),
         ("upstream said HTTP 503 Service Unavailable", {}, [], "503", 503),
         ("boom", {}, [], "_OTHER", 0),
     ],
 )
-def test_error_type_and_http_status_from_every_place_they_hide(status_message, attributes, events, error_type, http_status):
-    [row], _ = normalize(span("chat", {"gen_ai.operation.name": "chat", **attributes}, error=status_message, events=events))
+def test_error_type_and_http_status_from_every_place_they_hide(
+    status_message, attributes, events, error_type, http_status
+):
+    [row], _ = normalize(
+        span(
+            "chat",
+            {"gen_ai.operation.name": "chat", **attributes},
+            error=status_message,
+            events=events,
+        )
+    )
     assert (row["ErrorType"], row["HttpStatus"]) == (error_type, http_status)
 
 
@@ -216,7 +289,13 @@ def test_raw_attributes_events_and_resource_are_kept_as_strings():
         ),
         resource={"service.name": "svc", "tenant.id": "acme"},
     )
-    assert row["SpanAttributes"] == {"count": "3", "ratio": "0.5", "flag": "true", "tags": '["a","b"]', "blob": "AAE="}
+    assert row["SpanAttributes"] == {
+        "count": "3",
+        "ratio": "0.5",
+        "flag": "true",
+        "tags": '["a","b"]',
+        "blob": "AAE=",
+    }
     assert row["ServiceName"] == "svc" and row["Tenant"] == "acme"
     assert row["EventsName"] == ["exception"]
     assert row["EventsAttributes"] == [{"exception.type": "ValueError"}]
@@ -225,8 +304,22 @@ def test_raw_attributes_events_and_resource_are_kept_as_strings():
 def test_price_overrides_and_unknown_models():
     normalizer = Normalizer(PriceTable({"acme-llm": Price(1.0, 2.0)}))
     rows, _ = normalize(
-        span("a", {"gen_ai.operation.name": "chat", "gen_ai.request.model": "acme-llm-v2", "gen_ai.usage.input_tokens": 1_000_000}),
-        span("b", {"gen_ai.operation.name": "chat", "gen_ai.request.model": "mystery", "gen_ai.usage.input_tokens": 10}),
+        span(
+            "a",
+            {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": "acme-llm-v2",
+                "gen_ai.usage.input_tokens": 1_000_000,
+            },
+        ),
+        span(
+            "b",
+            {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": "mystery",
+                "gen_ai.usage.input_tokens": 10,
+            },
+        ),
         normalizer=normalizer,
     )
     assert [r["CostUsd"] for r in rows] == [1.0, 0.0]

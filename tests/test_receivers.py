@@ -50,12 +50,18 @@ def test_grpc_partial_success_keeps_valid_neighbours(collector):
 
 
 def test_grpc_gzip_and_health(collector):
-    response, _ = grpc_export(collector, request(span("zipped")).SerializeToString(), grpc.Compression.Gzip)
+    response, _ = grpc_export(
+        collector, request(span("zipped")).SerializeToString(), grpc.Compression.Gzip
+    )
     assert not response.HasField("partial_success")
     assert span_names(collector, 1) == ["zipped"]
     with grpc.insecure_channel(collector.grpc_endpoint) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        status = stub.Check(health_pb2.HealthCheckRequest(service="opentelemetry.proto.collector.trace.v1.TraceService"))
+        status = stub.Check(
+            health_pb2.HealthCheckRequest(
+                service="opentelemetry.proto.collector.trace.v1.TraceService"
+            )
+        )
         assert status.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -68,7 +74,9 @@ def test_grpc_garbage_is_invalid_argument_and_not_retryable(collector):
 
 def test_grpc_oversize_message_is_refused(collector_factory):
     with collector_factory(max_recv_msg_size_mib=1) as collector:
-        big = request(*[span(f"s{i}", {"blob": "x" * 4096}) for i in range(400)]).SerializeToString()
+        big = request(
+            *[span(f"s{i}", {"blob": "x" * 4096}) for i in range(400)]
+        ).SerializeToString()
         assert len(big) > 1024 * 1024
         with pytest.raises(grpc.RpcError) as caught:
             grpc_export(collector, big)
@@ -95,7 +103,9 @@ def test_http_protobuf_partial_success(collector):
     assert response.headers["Content-Type"].startswith("application/x-protobuf")
     message = ExportTraceServiceResponse.FromString(response.content)
     assert message.partial_success.rejected_spans == 1
-    assert "gen_ai.usage.output_tokens must be a whole number" in message.partial_success.error_message
+    assert (
+        "gen_ai.usage.output_tokens must be a whole number" in message.partial_success.error_message
+    )
     assert span_names(collector, 1) == ["fine"]
 
 
@@ -122,7 +132,9 @@ def test_http_json_hex_ids_int64_strings_and_per_span_errors(collector):
     doc = {
         "resourceSpans": [
             {
-                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "json-agent"}}]},
+                "resource": {
+                    "attributes": [{"key": "service.name", "value": {"stringValue": "json-agent"}}]
+                },
                 "scopeSpans": [
                     {
                         "scope": {"name": "manual"},
@@ -132,8 +144,14 @@ def test_http_json_hex_ids_int64_strings_and_per_span_errors(collector):
                                 "5b8efff798038103d269b633813fc60c",
                                 "eee19b7ec3c1b174",
                                 attributes=[
-                                    {"key": "gen_ai.operation.name", "value": {"stringValue": "chat"}},
-                                    {"key": "gen_ai.usage.input_tokens", "value": {"intValue": "1500"}},
+                                    {
+                                        "key": "gen_ai.operation.name",
+                                        "value": {"stringValue": "chat"},
+                                    },
+                                    {
+                                        "key": "gen_ai.usage.input_tokens",
+                                        "value": {"intValue": "1500"},
+                                    },
                                 ],
                                 status={"code": 2, "message": "Error code: 503"},
                             ),
@@ -150,14 +168,18 @@ def test_http_json_hex_ids_int64_strings_and_per_span_errors(collector):
             }
         ]
     }
-    response = http_export(collector, json.dumps(doc).encode(), {"Content-Type": "application/json"})
+    response = http_export(
+        collector, json.dumps(doc).encode(), {"Content-Type": "application/json"}
+    )
     assert response.status_code == 200
     body = response.json()
     assert body["partialSuccess"]["rejectedSpans"] == "2"
     assert "traceId must be 32 hex characters" in body["partialSuccess"]["errorMessage"]
     rows = collector.wait_for_rows("SELECT * FROM otel_traces", 1)
     [row] = rows
-    assert row["TraceId"] == "5b8efff798038103d269b633813fc60c" and row["SpanId"] == "eee19b7ec3c1b174"
+    assert (
+        row["TraceId"] == "5b8efff798038103d269b633813fc60c" and row["SpanId"] == "eee19b7ec3c1b174"
+    )
     assert (row["SpanKind"], row["StatusCode"], row["HttpStatus"]) == ("Client", "Error", 503)
     assert row["InputTokens"] == 1500 and row["ServiceName"] == "json-agent"
     assert row["Duration"] == 500_000_000
@@ -206,7 +228,11 @@ def test_store_failure_is_retryable_and_nothing_is_half_kept(collector):
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "1"
 
-    ddl = [s for s in statements((SCHEMAS_DIR / "001_otel_traces.sql").read_text()) if "otel_traces_ingest" in s]
+    ddl = [
+        s
+        for s in statements((SCHEMAS_DIR / "001_otel_traces.sql").read_text())
+        if "otel_traces_ingest" in s
+    ]
     for statement in ddl:
         run(collector.collector.run_store(store.command, statement))
     response, _ = grpc_export(collector, body)
@@ -221,12 +247,17 @@ def test_full_queue_refuses_with_retry_instead_of_dropping(collector_factory):
     import threading
 
     with collector_factory(queue_max_spans=1, batch_flush_interval_s=2.0) as collector:
-        first = threading.Thread(target=grpc_export, args=(collector, request(span("first")).SerializeToString()))
+        first = threading.Thread(
+            target=grpc_export, args=(collector, request(span("first")).SerializeToString())
+        )
         first.start()
         import time
 
         deadline = time.monotonic() + 5
-        while "agentwatch_write_queue_spans 1.0" not in requests.get(collector.api_url + "/metrics", timeout=5).text:
+        while (
+            "agentwatch_write_queue_spans 1.0"
+            not in requests.get(collector.api_url + "/metrics", timeout=5).text
+        ):
             assert time.monotonic() < deadline
             time.sleep(0.02)
         response = http_export(collector, request(span("second")).SerializeToString())
@@ -240,10 +271,17 @@ def test_session_is_resolved_for_children_sent_before_their_root(collector):
     trace = os.urandom(16)
     root_id = os.urandom(8)
     child = span("chat", {"gen_ai.operation.name": "chat"}, trace_id=trace, parent=root_id)
-    root = span("agent", {"gen_ai.conversation.id": "late-root", "user.id": "u1"}, trace_id=trace, span_id=root_id)
+    root = span(
+        "agent",
+        {"gen_ai.conversation.id": "late-root", "user.id": "u1"},
+        trace_id=trace,
+        span_id=root_id,
+    )
     grpc_export(collector, request(child).SerializeToString())
     grpc_export(collector, request(root).SerializeToString())
-    rows = collector.wait_for_rows("SELECT SpanName, SessionId, UserId FROM agent_spans ORDER BY SpanName", 2)
+    rows = collector.wait_for_rows(
+        "SELECT SpanName, SessionId, UserId FROM agent_spans ORDER BY SpanName", 2
+    )
     assert rows == [
         {"SpanName": "agent", "SessionId": "late-root", "UserId": "u1"},
         {"SpanName": "chat", "SessionId": "late-root", "UserId": "u1"},

@@ -23,7 +23,9 @@ def _docker_available() -> bool:
     return True
 
 
-pytestmark = pytest.mark.skipif(not _docker_available(), reason="no Docker engine: ClickHouse server container cannot run")
+pytestmark = pytest.mark.skipif(
+    not _docker_available(), reason="no Docker engine: ClickHouse server container cannot run"
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +42,9 @@ def test_spans_land_in_a_clickhouse_server(collector_factory, clickhouse_url):
     from tests.test_receivers import grpc_export
 
     with collector_factory(clickhouse_url=clickhouse_url) as collector:
-        grpc_export(collector, request(span("on-server", {"gen_ai.operation.name": "chat"})).SerializeToString())
+        grpc_export(
+            collector,
+            request(span("on-server", {"gen_ai.operation.name": "chat"})).SerializeToString(),
+        )
         rows = collector.wait_for_rows("SELECT SpanName, StepKind FROM otel_traces", 1)
         assert rows == [{"SpanName": "on-server", "StepKind": "llm"}]

@@ -22,7 +22,9 @@ SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 
 
 class GrpcReceiver:
-    def __init__(self, pipeline: Pipeline, *, max_recv_msg_size_mib: int, max_concurrent_requests: int) -> None:
+    def __init__(
+        self, pipeline: Pipeline, *, max_recv_msg_size_mib: int, max_concurrent_requests: int
+    ) -> None:
         self._pipeline = pipeline
         size = max_recv_msg_size_mib * 1024 * 1024
         self._server = grpc.aio.server(
@@ -34,7 +36,9 @@ class GrpcReceiver:
             maximum_concurrent_rpcs=max_concurrent_requests,
         )
         handler = grpc.unary_unary_rpc_method_handler(self._export)  # bytes in, bytes out
-        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),))
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),)
+        )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self.port = 0
@@ -60,7 +64,9 @@ class GrpcReceiver:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except RetryableError as exc:
             metrics.requests.labels("grpc", "retryable").inc()
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc), trailing_metadata=_retry_info(exc))
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, str(exc), trailing_metadata=_retry_info(exc)
+            )
         response = ExportTraceServiceResponse()
         if rejections.count:
             response.partial_success.rejected_spans = rejections.count

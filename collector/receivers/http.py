@@ -73,5 +73,9 @@ def _status(http_status: int, content_type: str, message: str) -> web.Response:
 
 def _encode(http_status: int, content_type: str, message) -> web.Response:
     if content_type == PROTOBUF:
-        return web.Response(status=http_status, body=message.SerializeToString(), content_type=PROTOBUF)
-    return web.Response(status=http_status, text=json_format.MessageToJson(message, indent=None), content_type=JSON)
+        return web.Response(
+            status=http_status, body=message.SerializeToString(), content_type=PROTOBUF
+        )
+    return web.Response(
+        status=http_status, text=json_format.MessageToJson(message, indent=None), content_type=JSON
+    )

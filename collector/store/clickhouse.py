@@ -9,13 +9,19 @@ from collector.store import StoreError, StoreUnavailable
 
 class ClickHouseStore:
     def __init__(
-        self, url: str, user: str | None = None, password: str | None = None, database: str | None = None
+        self,
+        url: str,
+        user: str | None = None,
+        password: str | None = None,
+        database: str | None = None,
     ) -> None:
         import clickhouse_connect
 
         parsed = urlparse(url)
         self.database = database or parsed.path.strip("/") or "default"
-        self.description = f"ClickHouse at {parsed.scheme}://{parsed.hostname}:{parsed.port or ''}/{self.database}"
+        self.description = (
+            f"ClickHouse at {parsed.scheme}://{parsed.hostname}:{parsed.port or ''}/{self.database}"
+        )
         try:
             self._client = clickhouse_connect.get_client(
                 host=parsed.hostname,

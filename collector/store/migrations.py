@@ -37,8 +37,12 @@ def migration_files(directory: Path = SCHEMAS_DIR) -> list[tuple[int, str, Path]
 
 def statements(sql: str) -> list[str]:
     """Split a DDL file on semicolons that end a line (the DDL has none inside strings)."""
-    without_comments = "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
-    return [s.strip() for s in re.split(r";\s*$", without_comments, flags=re.MULTILINE) if s.strip()]
+    without_comments = "\n".join(
+        line for line in sql.splitlines() if not line.strip().startswith("--")
+    )
+    return [
+        s.strip() for s in re.split(r";\s*$", without_comments, flags=re.MULTILINE) if s.strip()
+    ]
 
 
 def migrate(store: Store, directory: Path = SCHEMAS_DIR) -> list[str]:

@@ -21,20 +21,37 @@ def build_app(calls: list) -> web.Application:
         model = body.get("model", "")
         if "ratelimit" in model:
             return web.json_response(
-                {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}},
+                {
+                    "error": {
+                        "message": "Rate limit reached",
+                        "type": "requests",
+                        "code": "rate_limit_exceeded",
+                    }
+                },
                 status=429,
                 headers={"Retry-After": "0"},
             )
         if "servererror" in model:
-            return web.json_response({"error": {"message": "The server had an error", "type": "server_error"}}, status=500)
-        wants_tool = bool(body.get("tools")) and not any(m.get("role") == "tool" for m in body.get("messages", []))
-        message = {"role": "assistant", "content": None if wants_tool else "Your order ships tomorrow."}
+            return web.json_response(
+                {"error": {"message": "The server had an error", "type": "server_error"}},
+                status=500,
+            )
+        wants_tool = bool(body.get("tools")) and not any(
+            m.get("role") == "tool" for m in body.get("messages", [])
+        )
+        message = {
+            "role": "assistant",
+            "content": None if wants_tool else "Your order ships tomorrow.",
+        }
         if wants_tool:
             message["tool_calls"] = [
                 {
                     "id": "call_1",
                     "type": "function",
-                    "function": {"name": body["tools"][0]["function"]["name"], "arguments": '{"order_id": 42}'},
+                    "function": {
+                        "name": body["tools"][0]["function"]["name"],
+                        "arguments": '{"order_id": 42}',
+                    },
                 }
             ]
         prompt_tokens = 40 * len(body.get("messages", []))
@@ -44,8 +61,18 @@ def build_app(calls: list) -> web.Application:
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": model + "-2024-08-06" if model == "gpt-4o" else model,
-                "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if wants_tool else "stop"}],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 12, "total_tokens": prompt_tokens + 12},
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": message,
+                        "finish_reason": "tool_calls" if wants_tool else "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": 12,
+                    "total_tokens": prompt_tokens + 12,
+                },
             }
         )
 

@@ -22,18 +22,21 @@ CONVENTIONS = ("otel_genai", "openinference", "openllmetry")
 
 def exporter(kind: str, endpoint: str, compression: str | None):
     if kind == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         from opentelemetry.exporter.otlp.proto.grpc.exporter import Compression
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         return OTLPSpanExporter(
-            endpoint=endpoint, insecure=True, compression=Compression.Gzip if compression == "gzip" else None
+            endpoint=endpoint,
+            insecure=True,
+            compression=Compression.Gzip if compression == "gzip" else None,
         )
     if kind == "http-protobuf":
         from opentelemetry.exporter.otlp.proto.http import Compression
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         return OTLPSpanExporter(
-            endpoint=endpoint + "/v1/traces", compression=Compression.Gzip if compression == "gzip" else None
+            endpoint=endpoint + "/v1/traces",
+            compression=Compression.Gzip if compression == "gzip" else None,
         )
     if kind == "http-json":
         from opentelemetry.exporter.otlp.json.http.trace_exporter import OTLPSpanExporter
@@ -54,9 +57,19 @@ def instrument(convention: str, provider: TracerProvider) -> None:
 
 def agent_attributes(convention: str, session: str, user: str) -> dict:
     if convention == "otel_genai":
-        return {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "support", "gen_ai.conversation.id": session, "user.id": user}
+        return {
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": "support",
+            "gen_ai.conversation.id": session,
+            "user.id": user,
+        }
     if convention == "openinference":
-        return {"openinference.span.kind": "AGENT", "agent.name": "support", "session.id": session, "user.id": user}
+        return {
+            "openinference.span.kind": "AGENT",
+            "agent.name": "support",
+            "session.id": session,
+            "user.id": user,
+        }
     return {
         "traceloop.span.kind": "agent",
         "traceloop.entity.name": "support",
@@ -67,16 +80,26 @@ def agent_attributes(convention: str, session: str, user: str) -> dict:
 
 def tool_attributes(convention: str, name: str, arguments: str) -> dict:
     if convention == "otel_genai":
-        return {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name, "gen_ai.tool.call.arguments": arguments}
+        return {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": name,
+            "gen_ai.tool.call.arguments": arguments,
+        }
     if convention == "openinference":
         return {"openinference.span.kind": "TOOL", "tool.name": name, "input.value": arguments}
-    return {"traceloop.span.kind": "tool", "traceloop.entity.name": name, "traceloop.entity.input": arguments}
+    return {
+        "traceloop.span.kind": "tool",
+        "traceloop.entity.name": name,
+        "traceloop.entity.input": arguments,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--convention", choices=CONVENTIONS, required=True)
-    parser.add_argument("--exporter", choices=("grpc", "http-protobuf", "http-json"), default="grpc")
+    parser.add_argument(
+        "--exporter", choices=("grpc", "http-protobuf", "http-json"), default="grpc"
+    )
     parser.add_argument("--compression", choices=("none", "gzip"), default="none")
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--openai-base-url", required=True)
@@ -87,23 +110,35 @@ def main() -> None:
     args = parser.parse_args()
 
     provider = TracerProvider(resource=Resource.create({"service.name": args.service}))
-    provider.add_span_processor(BatchSpanProcessor(exporter(args.exporter, args.endpoint, args.compression)))
+    provider.add_span_processor(
+        BatchSpanProcessor(exporter(args.exporter, args.endpoint, args.compression))
+    )
     instrument(args.convention, provider)
     tracer = provider.get_tracer("support-agent")
 
     import openai
 
     client = openai.OpenAI(base_url=args.openai_base_url, api_key="test-key", max_retries=0)
-    tools = [{"type": "function", "function": {"name": "lookup_order", "parameters": {"type": "object"}}}]
+    tools = [
+        {"type": "function", "function": {"name": "lookup_order", "parameters": {"type": "object"}}}
+    ]
     messages = [{"role": "user", "content": "Where is my order 42?"}]
-    with tracer.start_as_current_span("support", attributes=agent_attributes(args.convention, args.session, args.user)):
+    with tracer.start_as_current_span(
+        "support", attributes=agent_attributes(args.convention, args.session, args.user)
+    ):
         reply = client.chat.completions.create(model=args.model, messages=messages, tools=tools)
         call = reply.choices[0].message.tool_calls[0]
         with tracer.start_as_current_span(
-            f"execute_tool {call.function.name}", attributes=tool_attributes(args.convention, call.function.name, call.function.arguments)
+            f"execute_tool {call.function.name}",
+            attributes=tool_attributes(
+                args.convention, call.function.name, call.function.arguments
+            ),
         ):
             result = json.dumps({"status": "shipped"})
-        messages += [reply.choices[0].message.model_dump(exclude_none=True), {"role": "tool", "tool_call_id": call.id, "content": result}]
+        messages += [
+            reply.choices[0].message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": result},
+        ]
         client.chat.completions.create(model=args.model, messages=messages, tools=tools)
     provider.shutdown()
     print("done")
