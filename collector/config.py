@@ -95,6 +95,10 @@ class Config(_Section):
     sql_port: int = Field(default=8123, ge=0, le=65535)
     api_port: int = Field(default=8080, ge=0, le=65535)
 
+    embedded_server_settings: dict[str, str] = Field(
+        default_factory=dict,
+        description="ClickHouse server settings for chDB, e.g. background_pool_size",
+    )
     clickhouse_url: str | None = Field(
         default=None, description="use a ClickHouse server instead of chDB"
     )

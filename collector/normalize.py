@@ -415,19 +415,24 @@ def _inherit_along_trace(cols: dict) -> None:
 
 
 def anyvalue_to_str(v) -> str:
-    """An OTLP AnyValue as the string the ClickHouse exporter stores (JSON for arrays and maps)."""
+    """An OTLP AnyValue as the string the ClickHouse exporter stores (JSON for arrays and maps).
+
+    Called for every attribute that is not a non-empty string, so the common kinds come first.
+    """
     which = v.WhichOneof("value")
-    if which is None:
-        return ""
-    if which == "string_value":
-        return v.string_value
     if which == "int_value":
         return str(v.int_value)
-    if which == "double_value":
-        return _double_str(v.double_value)
     if which == "bool_value":
         return "true" if v.bool_value else "false"
-    if which == "bytes_value":
+    if which == "double_value":
+        return _double_str(v.double_value)
+    if which == "array_value":
+        items = [x.string_value for x in v.array_value.values]
+        if all(items):  # an array of non-empty strings (finish reasons, tags): no recursion
+            return orjson.dumps(items).decode()
+    elif which == "string_value" or which is None:
+        return ""
+    elif which == "bytes_value":
         return base64.b64encode(v.bytes_value).decode()
     return orjson.dumps(anyvalue_to_python(v)).decode()
 

@@ -37,14 +37,17 @@ class Pipeline:
             # Forward what was received (all of it, unchanged for protobuf); never waits.
             self.forwarder.submit(body if encoding == "protobuf" else request.SerializeToString())
         batch, rejections = self.normalizer.normalize(request, rejections)
-        self.metrics.spans_received.labels(protocol).inc(len(batch) + rejections.count)
+        del request  # memory: only what a consumer keeps may outlive this point
+        n_spans = len(batch)
+        self.metrics.spans_received.labels(protocol).inc(n_spans + rejections.count)
         if rejections.count:
             self.metrics.spans_rejected.labels(protocol).inc(rejections.count)
-        if len(batch):
-            if len(self.consumers) == 1:
-                await self.consumers[0].consume(batch)
-            else:
-                await asyncio.gather(*(c.consume(batch) for c in self.consumers))
+        if n_spans:
+            # Start every consumer, then let go of the batch: while the commit is awaited, an
+            # in-flight request holds only what the consumers kept (the writer: one JSON block).
+            waits = [consumer.consume(batch) for consumer in self.consumers]
+            del batch
+            await (waits[0] if len(waits) == 1 else asyncio.gather(*waits))
         unpriced = len(self.normalizer.unpriced_models)
         if unpriced:
             self.metrics.unpriced_models.set(unpriced)

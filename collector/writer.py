@@ -60,7 +60,8 @@ class GroupCommitWriter:
             await self._task
 
     async def consume(self, batch: SpanBatch) -> None:
-        n = len(batch)
+        block, n = batch.to_json(), len(batch)
+        del batch  # wait for the commit holding only the JSON block
         if self._closing:
             raise StoreDown("collector is shutting down", self._retry_after_s)
         waiting = self._pending_spans + self._in_flight_spans
@@ -74,7 +75,7 @@ class GroupCommitWriter:
         future = asyncio.get_running_loop().create_future()
         if not self._pending:
             self._first_pending_at = time.monotonic()
-        self._pending.append((batch.to_json(), n, future))
+        self._pending.append((block, n, future))
         self._pending_spans += n
         self._metrics.queue_spans.set(self._pending_spans + self._in_flight_spans)
         if self._pending_spans >= self._max_batch_spans or len(self._pending) == 1:

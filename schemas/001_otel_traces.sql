@@ -62,7 +62,15 @@ CREATE TABLE IF NOT EXISTS otel_traces
 ENGINE = MergeTree
 PARTITION BY toDate(Timestamp)
 ORDER BY (Tenant, TraceId, Timestamp)
-SETTINGS index_granularity = 8192;
+-- Background merges, not inserts, cost most of ingest's CPU and memory on a small machine
+-- (bench/ddl_variants.py): merge many parts at once and rarely (merge_selector_base), one column
+-- at a time (vertical merges), so rows are rewritten fewer times and a merge holds one column.
+SETTINGS index_granularity = 8192,
+    merge_selector_base = 20,
+    max_parts_to_merge_at_once = 10,
+    vertical_merge_algorithm_min_rows_to_activate = 1,
+    vertical_merge_algorithm_min_columns_to_activate = 1,
+    max_compress_block_size = 131072;
 
 -- The collector inserts here (a Null table: nothing is kept). Timestamps arrive as integer
 -- nanoseconds and nested events/links as parallel arrays; the view below writes otel_traces rows

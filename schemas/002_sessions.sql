@@ -13,7 +13,8 @@ CREATE TABLE IF NOT EXISTS session_traces
     LastSeen SimpleAggregateFunction(max, DateTime64(9))
 )
 ENGINE = AggregatingMergeTree
-ORDER BY (Tenant, SessionId, TraceId);
+ORDER BY (Tenant, SessionId, TraceId)
+SETTINGS merge_selector_base = 20, max_parts_to_merge_at_once = 10;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS session_traces_mv TO session_traces AS
 SELECT Tenant, SessionId, TraceId, max(UserId) AS UserId, max(ServiceName) AS ServiceName,

@@ -82,3 +82,11 @@ def test_serve_refuses_to_start_on_a_bad_config(tmp_path):
 def test_the_documented_example_config_loads():
     config = load_config(Path(__file__).parents[1] / "deploy" / "agentwatch.example.yaml")
     assert config.prices["my-finetuned-gpt-4o"].cache_read_per_mtok == 1.875
+
+
+def test_embedded_server_settings_reach_chdb(collector_factory):
+    with collector_factory(embedded_server_settings={"background_pool_size": "3"}) as collector:
+        rows = collector.query(
+            "SELECT value FROM system.server_settings WHERE name = 'background_pool_size'"
+        )
+        assert rows == [{"value": "3"}]

@@ -50,4 +50,4 @@ def open_store(config: Config) -> Store:
         )
     from collector.store.embedded import EmbeddedStore
 
-    return EmbeddedStore(config.data_dir)
+    return EmbeddedStore(config.data_dir, config.embedded_server_settings)

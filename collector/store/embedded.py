@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import threading
 from pathlib import Path
+from urllib.parse import urlencode
 
 from collector.store import StoreError, StoreUnavailable
 
@@ -16,7 +17,7 @@ _CODE = re.compile(r"Code: (\d+)\.")
 
 
 class EmbeddedStore:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, server_settings: dict[str, str] | None = None) -> None:
         import chdb
 
         data_dir = Path(data_dir)
@@ -27,7 +28,7 @@ class EmbeddedStore:
         self.description = f"embedded chDB at {data_dir.resolve()}"
         self._lock = threading.Lock()
         try:
-            self._conn = chdb.connect(str(data_dir))
+            self._conn = chdb.connect(str(data_dir) + _connection_params(server_settings or {}))
         except Exception as exc:  # chDB raises plain RuntimeError
             raise StoreUnavailable(f"cannot open {data_dir} with chDB: {exc}") from None
 
@@ -74,6 +75,11 @@ class EmbeddedStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _connection_params(settings: dict[str, str]) -> str:
+    """ClickHouse server settings (e.g. max_server_memory_usage) as chDB connection parameters."""
+    return ("?" + urlencode(settings)) if settings else ""
 
 
 def _translate(exc: Exception) -> Exception:
