@@ -99,6 +99,10 @@ class Config(_Section):
         default_factory=dict,
         description="ClickHouse server settings for chDB, e.g. background_pool_size",
     )
+    embedded_malloc_conf: str = Field(
+        default="dirty_decay_ms:1000,muzzy_decay_ms:0",
+        description="jemalloc options for chDB (JE_MALLOC_CONF); empty keeps chDB's own",
+    )
     clickhouse_url: str | None = Field(
         default=None, description="use a ClickHouse server instead of chDB"
     )

@@ -50,4 +50,6 @@ def open_store(config: Config) -> Store:
         )
     from collector.store.embedded import EmbeddedStore
 
-    return EmbeddedStore(config.data_dir, config.embedded_server_settings)
+    return EmbeddedStore(
+        config.data_dir, config.embedded_server_settings, config.embedded_malloc_conf
+    )
