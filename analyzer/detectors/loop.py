@@ -1,0 +1,113 @@
+"""Loop: an agent doing the same thing again and again without progress (semantic, SEV2).
+
+Three shapes, over a session's recent tool calls:
+
+- ``repeated_call``: the same tool with the same canonical arguments more than ``repeats`` times
+  (default 3 repeats beyond the first) within the last ``window`` tool calls. Polling with changing
+  arguments is not a loop: the arguments' hash differs.
+- ``cycle``: the last calls are one short sequence (A→B, A→B→C) repeated ``cycles`` times.
+- ``repeated_failure``: ``failures`` consecutive failed calls of one tool; failing tools are the
+  infrastructure detector's business when the backend fails (5xx), this one's when the agent keeps
+  sending calls the tool rejects.
+
+Each loop is reported once per session (its incident counts what follows).
+
+>>> from analyzer.session import SessionTable
+>>> from analyzer.step import Step
+>>> sessions, detector = SessionTable(), LoopDetector()
+>>> def call(t, tool, args_hash):
+...     step = Step(t, 1, "acme", "svc", "support", "s1", "u1", "t1", f"span{t}", "", "tool",
+...                 tool=tool, args_hash=args_hash, tool_args='{"q": "x"}')
+...     return detector.observe(step, sessions.for_step(step, t), t)
+>>> [call(t, "search", 7) for t in range(1, 4)]
+[None, None, None]
+>>> finding = call(4, "search", 7)
+>>> finding.kind, finding.signature, finding.step.span_id
+('repeated_call', 'search', 'span4')
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+
+from analyzer.finding import Finding
+from analyzer.session import SessionState
+from analyzer.step import Step
+
+
+class _LoopState:
+    __slots__ = ("calls", "failures", "failing_tool", "flagged")
+
+    def __init__(self, window: int) -> None:
+        self.calls: deque[tuple[str, int]] = deque(maxlen=window)
+        self.failures = 0
+        self.failing_tool = ""
+        self.flagged: set[str] = set()  # tools already reported in this session
+
+
+class LoopDetector:
+    name = "loop"
+
+    def __init__(
+        self, repeats: int = 3, window: int = 12, cycles: int = 3, failures: int = 3
+    ) -> None:
+        self.repeats = repeats
+        self.window = max(window, repeats + 1)
+        self.cycles = cycles
+        self.failures = failures
+
+    def observe(self, step: Step, session: SessionState, now_ns: int) -> Finding | None:
+        if step.kind != "tool" or not step.tool:
+            return None
+        state: _LoopState = session.state(self.name, lambda: _LoopState(self.window))
+        call = (step.tool, step.args_hash)
+        state.calls.append(call)
+
+        if step.failed and not step.systems_failure:
+            state.failures = state.failures + 1 if state.failing_tool == step.tool else 1
+            state.failing_tool = step.tool
+        else:
+            state.failures, state.failing_tool = 0, ""
+
+        if step.tool in state.flagged:
+            return None  # one loop, one finding: the incident counts what follows
+        if state.failures >= self.failures:
+            title = f"{step.tool} failed {state.failures} times in a row"
+            return self._flag(state, "repeated_failure", step, (step.tool,), title)
+        repeats = Counter(state.calls)[call]
+        if repeats > self.repeats:
+            title = f"{step.tool} called {repeats} times with the same arguments"
+            return self._flag(state, "repeated_call", step, (step.tool,), title)
+        cycle = self._cycle(state.calls)
+        if cycle:
+            tools = tuple(tool for tool, _ in cycle)
+            title = f"tool calls cycling {'→'.join(tools)} ×{self.cycles}"
+            return self._flag(state, "cycle", step, tools, title)
+        return None
+
+    def _cycle(self, calls: deque) -> tuple | None:
+        recent = list(calls)
+        for period in (2, 3):
+            span = period * self.cycles
+            if len(recent) < span:
+                continue
+            tail = recent[-span:]
+            pattern = tail[:period]
+            if len(set(pattern)) == period and all(
+                tail[i] == pattern[i % period] for i in range(span)
+            ):
+                return tuple(pattern)
+        return None
+
+    def _flag(self, state: _LoopState, kind: str, step: Step, tools: tuple, title: str) -> Finding:
+        state.flagged.update(tools)
+        return Finding(
+            detector=self.name,
+            kind=kind,
+            incident_class="semantic",
+            severity="SEV2",
+            title=f"{step.agent or step.service}: {title}",
+            step=step,
+            signature="→".join(tools),
+            evidence=(step.evidence(),),
+        )

@@ -1,0 +1,83 @@
+"""Bounded per-session state for the detectors.
+
+A session is keyed by (tenant, session id); a step that carries no session id (and whose trace was
+not seen with one) is keyed by its trace instead. State is bounded two ways:
+
+- a TTL: a session silent for ``ttl_s`` is forgotten;
+- a cap: beyond ``max_sessions`` live sessions the least recently active one is forgotten.
+
+Forgetting a session drops its detectors' counters (a half-seen loop starts again from zero) and
+its flagged signatures (so a later repeat may open, or rather update, the same incident: incidents
+are deduplicated by fingerprint, so nothing pages twice). The trace -> session map used to place
+children that arrive after their root lost the session id is bounded by the same cap.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from analyzer.step import Step
+
+
+class SessionState:
+    __slots__ = ("key", "service", "agent", "user", "first_ns", "last_ns", "detectors")
+
+    def __init__(self, key: tuple[str, str], step: Step) -> None:
+        self.key = key
+        self.service = step.service
+        self.agent = step.agent
+        self.user = step.user
+        self.first_ns = step.time_ns
+        self.last_ns = step.time_ns
+        self.detectors: dict[str, object] = {}  # each detector's own small state, by detector name
+
+    def state(self, detector: str, factory):
+        """This detector's state for the session, created by ``factory()`` on first use."""
+        found = self.detectors.get(detector)
+        if found is None:
+            found = self.detectors[detector] = factory()
+        return found
+
+
+class SessionTable:
+    def __init__(self, ttl_s: float = 1800.0, max_sessions: int = 100_000) -> None:
+        self.ttl_ns = int(ttl_s * 1e9)
+        self.max_sessions = max_sessions
+        self._sessions: OrderedDict[tuple[str, str], SessionState] = OrderedDict()
+        self._trace_session: OrderedDict[str, str] = OrderedDict()
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def for_step(self, step: Step, now_ns: int) -> SessionState:
+        """The step's session (created if new); fills ``step.session`` from its trace if known."""
+        if step.session:
+            self._trace_session[step.trace_id] = step.session
+            self._trace_session.move_to_end(step.trace_id)
+            if len(self._trace_session) > self.max_sessions:
+                self._trace_session.popitem(last=False)
+        else:
+            step.session = self._trace_session.get(step.trace_id, "")
+        key = (step.tenant, step.session or f"trace:{step.trace_id}")
+        state = self._sessions.get(key)
+        if state is None:
+            state = self._sessions[key] = SessionState(key, step)
+            self._evict(now_ns)
+        else:
+            self._sessions.move_to_end(key)
+            if step.user and not state.user:
+                state.user = step.user
+            if step.agent and not state.agent:
+                state.agent = step.agent
+        state.last_ns = max(state.last_ns, step.time_ns)
+        return state
+
+    def _evict(self, now_ns: int) -> None:
+        while self._sessions:
+            oldest = next(iter(self._sessions.values()))
+            if len(self._sessions) > self.max_sessions or oldest.last_ns < now_ns - self.ttl_ns:
+                self._sessions.popitem(last=False)
+                self.evicted += 1
+            else:
+                break

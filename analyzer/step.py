@@ -1,0 +1,111 @@
+"""``Step``: one normalised span as the detectors see it, built from a ``SpanBatch``'s columns.
+
+Detectors key on these normalised fields (DESIGN.md §3), never on span names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from collector.normalize import SpanBatch
+
+# batch column -> Step field, in Step's field order
+_COLUMNS = {
+    "TimestampNs": "time_ns",
+    "Duration": "duration_ns",
+    "Tenant": "tenant",
+    "ServiceName": "service",
+    "AgentName": "agent",
+    "SessionId": "session",
+    "UserId": "user",
+    "TraceId": "trace_id",
+    "SpanId": "span_id",
+    "ParentSpanId": "parent_span_id",
+    "StepKind": "kind",
+    "Model": "model",
+    "ToolName": "tool",
+    "ToolArgs": "tool_args",
+    "ToolArgsHash": "args_hash",
+    "InputTokens": "input_tokens",
+    "OutputTokens": "output_tokens",
+    "CostUsd": "cost_usd",
+    "StatusCode": "status",
+    "ErrorType": "error_type",
+    "HttpStatus": "http_status",
+    "FinishReason": "finish_reason",
+}
+
+
+_SYSTEMS_ERROR_WORDS = ("timeout", "timedout", "connect", "unavailable", "unreachable", "ratelimit")
+
+
+@dataclass(slots=True)
+class Step:
+    time_ns: int
+    duration_ns: int
+    tenant: str
+    service: str
+    agent: str
+    session: str
+    user: str
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    kind: str  # llm, tool, agent, retrieval, embedding, other
+    model: str = ""
+    tool: str = ""
+    tool_args: str = ""
+    args_hash: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    status: str = "Unset"  # Unset, Ok, Error
+    error_type: str = ""
+    http_status: int = 0
+    finish_reason: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "Error"
+
+    @property
+    def systems_failure(self) -> bool:
+        """Failed because a system failed (429, 5xx, timeout, unreachable), not the agent's call.
+
+        A 4xx other than 408/429 is the agent's misuse (bad arguments): semantic, not this.
+        """
+        if not self.failed:
+            return False
+        if self.http_status:
+            return self.http_status in (408, 429) or self.http_status >= 500
+        lowered = self.error_type.lower()
+        return any(word in lowered for word in _SYSTEMS_ERROR_WORDS)
+
+    @property
+    def end_ns(self) -> int:
+        return self.time_ns + self.duration_ns
+
+    def evidence(self) -> dict:
+        """What an incident shows of this step: enough to act on, no raw attributes."""
+        out = {
+            "span_id": self.span_id,
+            "trace_id": self.trace_id,
+            "kind": self.kind,
+            "time_ns": self.time_ns,
+        }
+        if self.tool:
+            out.update(tool=self.tool, tool_args=self.tool_args)
+        if self.model:
+            out.update(
+                model=self.model, input_tokens=self.input_tokens, output_tokens=self.output_tokens
+            )
+        if self.status != "Unset":
+            out["status"] = self.status
+        if self.error_type:
+            out.update(error_type=self.error_type, http_status=self.http_status)
+        return out
+
+
+def steps_from_batch(batch: SpanBatch) -> list[Step]:
+    """Steps in arrival order. Costs one tuple per span (the batch is already columnar)."""
+    return [Step(*row) for row in batch.rows(list(_COLUMNS))]
