@@ -16,13 +16,17 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from analyzer.policy import DEFAULT_POLICY, AgentPolicy
 from analyzer.step import Step
 
 
 class SessionState:
-    __slots__ = ("key", "service", "agent", "user", "first_ns", "last_ns", "detectors")
+    __slots__ = ("key", "service", "agent", "user", "first_ns", "last_ns", "detectors", "policy")
 
-    def __init__(self, key: tuple[str, str], step: Step) -> None:
+    def __init__(
+        self, key: tuple[str, str], step: Step, policy: AgentPolicy = DEFAULT_POLICY
+    ) -> None:
+        self.policy = policy  # the agent's rule, resolved once when the session is first seen
         self.key = key
         self.service = step.service
         self.agent = step.agent
@@ -40,7 +44,8 @@ class SessionState:
 
 
 class SessionTable:
-    def __init__(self, ttl_s: float = 1800.0, max_sessions: int = 100_000) -> None:
+    def __init__(self, ttl_s: float = 1800.0, max_sessions: int = 100_000, policy_for=None) -> None:
+        self._policy_for = policy_for or (lambda service, agent: DEFAULT_POLICY)
         self.ttl_ns = int(ttl_s * 1e9)
         self.max_sessions = max_sessions
         self._sessions: OrderedDict[tuple[str, str], SessionState] = OrderedDict()
@@ -62,7 +67,8 @@ class SessionTable:
         key = (step.tenant, step.session or f"trace:{step.trace_id}")
         state = self._sessions.get(key)
         if state is None:
-            state = self._sessions[key] = SessionState(key, step)
+            policy = self._policy_for(step.service, step.agent)
+            state = self._sessions[key] = SessionState(key, step, policy)
             self._evict(now_ns)
         else:
             self._sessions.move_to_end(key)
