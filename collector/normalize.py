@@ -140,7 +140,6 @@ class Normalizer:
         rejections = rejections if rejections is not None else Rejections()
         rows: list[tuple] = []
         append_row = rows.append
-        field_priority = _FIELD_PRIORITY
         index = -1
         for rs in request.resource_spans:
             r_found: dict = {}
@@ -158,20 +157,8 @@ class Normalizer:
                     if problem:
                         rejections.add(f"span {index} ({span.name!r}): {problem}")
                         continue
-                    attrs: dict[str, str] = {}
                     found: dict = {}
-                    for kv in span.attributes:
-                        k = kv.key
-                        v = kv.value
-                        s = v.string_value
-                        if not s:
-                            s = anyvalue_to_str(v)
-                        attrs[k] = s
-                        fp = field_priority.get(k)
-                        if fp is not None:
-                            cur = found.get(fp[0])
-                            if cur is None or fp[1] < cur[0]:
-                                found[fp[0]] = (fp[1], k, v, s)
+                    attrs = _attributes(span.attributes, found)
                     try:
                         agent = self._agent_fields(span, found, r_found)
                     except ValueError as exc:

@@ -12,11 +12,11 @@ import grpc
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from collector.consumer import PermanentError, RetryableError
 from collector.decode import PayloadError
 from collector.pipeline import Pipeline
+from collector.receivers import export_response
 
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 
@@ -67,13 +67,7 @@ class GrpcReceiver:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE, str(exc), trailing_metadata=_retry_info(exc)
             )
-        response = ExportTraceServiceResponse()
-        if rejections.count:
-            response.partial_success.rejected_spans = rejections.count
-            response.partial_success.error_message = rejections.summary()
-            metrics.requests.labels("grpc", "partial").inc()
-        else:
-            metrics.requests.labels("grpc", "ok").inc()
+        response = export_response(rejections, metrics, "grpc")
         return response.SerializeToString()
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 from aiohttp import web
 from google.protobuf import json_format
 from google.rpc import status_pb2
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from collector.consumer import PermanentError, RetryableError
 from collector.decode import PayloadError
 from collector.pipeline import Pipeline
+from collector.receivers import export_response
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -56,13 +56,7 @@ class _Receiver:
             response = _status(503, content_type, str(exc))
             response.headers["Retry-After"] = str(exc.retry_after_s)
             return response
-        message = ExportTraceServiceResponse()
-        if rejections.count:
-            message.partial_success.rejected_spans = rejections.count
-            message.partial_success.error_message = rejections.summary()
-            metrics.requests.labels("http", "partial").inc()
-        else:
-            metrics.requests.labels("http", "ok").inc()
+        message = export_response(rejections, metrics, "http")
         return _encode(200, content_type, message)
 
 
