@@ -1,0 +1,195 @@
+"""Incidents: findings grouped by fingerprint, with a lifecycle, written to ClickHouse.
+
+A finding's fingerprint hashes its stable labels (tenant, service, agent, detector, kind,
+signature), so repeats update one open incident (occurrences, sessions and users affected, last
+seen) instead of opening new ones. An incident is open until acknowledged or resolved; one that
+stays quiet for ``quiet_period_s`` resolves itself. A finding whose fingerprint's last incident
+was resolved opens a new incident (a recurrence: same fingerprint, new id).
+
+Every change appends a version to ``incidents`` and an event to ``incident_events``; the manager
+only produces rows, the caller writes them (``IncidentRows``), so this module does no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+
+from analyzer.finding import Finding
+
+SEVERITY_RANK = {"SEV3": 3, "SEV2": 2, "SEV1": 1}
+
+
+def utc_text(ns: int) -> str:
+    """Nanoseconds since the epoch as ClickHouse's DateTime64(9, 'UTC') text.
+
+    >>> utc_text(1_763_000_000_123_456_789)
+    '2025-11-13 02:13:20.123456789'
+    """
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    return f"{datetime.fromtimestamp(seconds, UTC):%Y-%m-%d %H:%M:%S}.{nanos:09d}"
+
+
+_MAX_TRACKED = 10_000  # sessions/users remembered per incident for the affected counts
+
+
+def fingerprint_of(finding: Finding) -> str:
+    """Stable labels only: the same problem in the same agent gets the same fingerprint.
+
+    >>> from analyzer.step import Step
+    >>> step = Step(1, 1, "acme", "svc", "support", "s1", "u1", "t1", "sp1", "", "tool", tool="search")
+    >>> f = Finding("loop", "repeated_call", "semantic", "SEV2", "x", step, "search")
+    >>> fingerprint_of(f) == fingerprint_of(Finding("loop", "repeated_call", "semantic", "SEV2", "y",
+    ...     Step(9, 1, "acme", "svc", "support", "s2", "u2", "t2", "sp9", "", "tool"), "search"))
+    True
+    """
+    s = finding.step
+    labels = "\x1f".join(
+        (s.tenant, s.service, s.agent, finding.detector, finding.kind, finding.signature)
+    )
+    return hashlib.sha256(labels.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Incident:
+    incident_id: str
+    fingerprint: str
+    finding: Finding  # the first finding: its step is the flagged (off-rails) step
+    severity: str
+    status: str = "open"
+    first_seen_ns: int = 0
+    last_seen_ns: int = 0
+    occurrences: int = 1
+    sessions: set[str] = field(default_factory=set)
+    users: set[str] = field(default_factory=set)
+    version: int = 0
+
+    def row(self, link_template: str) -> dict:
+        f, s = self.finding, self.finding.step
+        return {
+            "incident_id": self.incident_id,
+            "fingerprint": self.fingerprint,
+            "version": self.version,
+            "detector": f.detector,
+            "kind": f.kind,
+            "class": f.incident_class,
+            "severity": self.severity,
+            "status": self.status,
+            "title": f.title,
+            "summary": _summary(self),
+            "tenant": s.tenant,
+            "service": s.service,
+            "agent": s.agent,
+            "session_id": s.session,
+            "user_id": s.user,
+            "trace_id": s.trace_id,
+            "span_id": s.span_id,
+            "evidence": orjson.dumps(list(f.evidence)).decode(),
+            "first_seen": utc_text(self.first_seen_ns),
+            "last_seen": utc_text(self.last_seen_ns),
+            "occurrences": self.occurrences,
+            "sessions_affected": len(self.sessions),
+            "users_affected": len(self.users),
+            "link": link_template.format(
+                trace_id=s.trace_id, span_id=s.span_id, session_id=s.session
+            ),
+        }
+
+
+def _summary(incident: Incident) -> str:
+    f = incident.finding
+    return (
+        f"{f.incident_class} {incident.severity} {f.detector}/{f.kind} in {f.step.agent or f.step.service}: "
+        f"{incident.occurrences} occurrence(s), {len(incident.sessions)} session(s), {len(incident.users)} user(s)"
+    )
+
+
+@dataclass
+class IncidentRows:
+    """Rows for the store (JSONEachRow): incident versions and their events."""
+
+    incidents: list[dict] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.incidents or self.events)
+
+
+class IncidentManager:
+    def __init__(self, link_template: str = "", quiet_period_s: float = 1800.0) -> None:
+        self.link_template = link_template
+        self.quiet_ns = int(quiet_period_s * 1e9)
+        self.open: dict[str, Incident] = {}  # fingerprint -> the incident not yet resolved
+        self.rows = IncidentRows()
+
+    def on_finding(self, finding: Finding, now_ns: int) -> Incident:
+        fp = fingerprint_of(finding)
+        step = finding.step
+        incident = self.open.get(fp)
+        if incident is None:
+            incident = Incident(
+                incident_id=f"inc-{hashlib.sha256(f'{fp}:{now_ns}'.encode()).hexdigest()[:12]}",
+                fingerprint=fp,
+                finding=finding,
+                severity=finding.severity,
+                first_seen_ns=step.time_ns,
+                last_seen_ns=step.time_ns,
+            )
+            self.open[fp] = incident
+            event = "opened"
+        else:
+            incident.occurrences += 1
+            incident.last_seen_ns = max(incident.last_seen_ns, step.time_ns)
+            event = "updated"
+            if SEVERITY_RANK[finding.severity] < SEVERITY_RANK[incident.severity]:
+                incident.severity = finding.severity
+                event = "escalated"
+        for values, key in ((incident.sessions, step.session), (incident.users, step.user)):
+            if key and len(values) < _MAX_TRACKED:
+                values.add(key)
+        self._record(incident, event, now_ns, "agentwatch", finding.title)
+        return incident
+
+    def set_status(
+        self, incident_id: str, status: str, actor: str, now_ns: int, reason: str = ""
+    ) -> Incident | None:
+        """Acknowledge or resolve (by a person, or by the quiet-period timer)."""
+        incident = next((i for i in self.open.values() if i.incident_id == incident_id), None)
+        if incident is None:
+            return None
+        incident.status = status
+        if status == "resolved":
+            del self.open[incident.fingerprint]
+        self._record(incident, status, now_ns, actor, reason)
+        return incident
+
+    def tick(self, now_ns: int) -> list[Incident]:
+        """Resolve incidents quiet for longer than the quiet period."""
+        quiet = [i for i in self.open.values() if i.last_seen_ns < now_ns - self.quiet_ns]
+        for incident in quiet:
+            self.set_status(
+                incident.incident_id, "resolved", "agentwatch", now_ns, "quiet period elapsed"
+            )
+        return quiet
+
+    def take_rows(self) -> IncidentRows:
+        rows, self.rows = self.rows, IncidentRows()
+        return rows
+
+    def _record(self, incident: Incident, event: str, now_ns: int, actor: str, detail: str) -> None:
+        # Versions grow with the clock, so a restarted collector's updates still win.
+        incident.version = max(incident.version + 1, now_ns)
+        self.rows.incidents.append(incident.row(self.link_template))
+        self.rows.events.append(
+            {
+                "incident_id": incident.incident_id,
+                "fingerprint": incident.fingerprint,
+                "at": utc_text(now_ns),
+                "event": event,
+                "actor": actor,
+                "detail": detail,
+            }
+        )
