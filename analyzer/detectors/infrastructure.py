@@ -1,0 +1,382 @@
+"""Infrastructure: the systems an agent depends on are failing (infrastructure class, SEV1–3).
+
+A failed llm/embedding or tool/retrieval step is classified by its cause (``failure_kind``), from
+the normalised ``error_type`` and ``http_status`` only (DESIGN.md §3; the collector derives both
+from the span status, ``error.type`` and exception events):
+
+- ``rate_limit``: HTTP 429, or RateLimit / TooManyRequests in the error type;
+- ``auth``: an llm/embedding step with 401/403, or Authentication / PermissionDenied in the type.
+  A tool's bare 401/403 is left to the semantic detectors: it cannot be told apart from the agent
+  reaching for something it may not touch;
+- ``context_length``: an llm/embedding step whose error type names the context window
+  (``context_length_exceeded``, ContextWindowExceeded, "maximum context length"). Limit: the
+  exception *message* is not on the ``Step``, so a plain ``openai.BadRequestError``/400 whose
+  message says "maximum context length" is indistinguishable from any other bad request and is
+  not counted (instrumentations that set ``error.type`` to the provider's error code are);
+- ``timeout``: 408, or Timeout / TimedOut / DeadlineExceeded in the error type (llm or tool);
+- ``provider_5xx``: an llm/embedding step answered with 5xx (529 overloaded included), or that
+  could not reach the provider at all (connection errors);
+- ``tool_backend``: a tool/retrieval step answered with 5xx or failing to connect.
+
+Anything else is not infrastructure: above all a tool rejecting bad arguments with a plain 4xx
+(400, 404, 422, …) is the agent's misuse, the loop detector's business. An error with neither a
+status nor a telling type (``_OTHER``) is not classified either.
+
+Two rules judge the classified failures:
+
+- **rate** (across sessions): per window key ``(tenant, service, llm|tool, model or tool)`` a
+  sliding window of ``window_s`` (default 60 s) kept as a ring of ``buckets`` (12 × 5 s) counts
+  every call and, per kind, the failures. A kind is flagged when, in the window, failures ≥
+  ``min_failures`` (5) AND failures / calls ≥ ``min_rate`` (0.2) AND the failures come from ≥
+  ``min_sessions`` (2) distinct sessions: SEV2, or SEV1 once the failing signature spans ≥
+  ``spread_sessions`` (10) sessions. Every llm/tool step is observed so the rate has its
+  denominator; an SDK-retried 429 followed by success is one failure among calls, far below both
+  thresholds, and opens nothing.
+- **streak** (one session): ``session_failures`` (3) consecutive failures with one signature in
+  one session (a success of the same model/tool, or a non-infrastructure answer from it, breaks
+  the streak): SEV3, isolated and caught early. Reported once per streak.
+
+Signature: ``kind:model`` or ``kind:tool``, never ids. Each signature is reported at most once per
+window (cooldown ``window_s``) whichever rule fires, so a sustained outage updates one incident
+instead of paging again; only an escalation (SEV3→SEV2→SEV1) is reported within the cooldown.
+
+Clock: the window advances with ``now_ns``; a step counts in the bucket of its own time clamped to
+the live window (a late span counts in the oldest live bucket, a span from a skewed clock in the
+newest). Thresholds other than ``window_s``/``buckets`` may be overridden per agent by policy
+(``thresholds.infrastructure.<name>``); the window's shape is the detector's.
+
+Memory, bounded (measured with the tests' recursive ``sys.getsizeof``, CPython 3.11, 64-bit,
+key strings, UUID session ids and hex span/trace ids included):
+
+- at most ``max_keys`` (4,096) window keys, least recently used evicted first, and keys idle for a
+  whole window dropped as they reach the LRU end. A key with calls only is ≈ 0.5 KB (the key tuple
+  and its strings, a 12-bucket ``array`` of counts, the LRU entry); each kind failing on it adds
+  ≈ 2.1 KB at its caps (its own 12-bucket ring, 2 × ``session_cap`` (32) int64 session slots,
+  ``_SAMPLES`` (3) sample tuples, session ids cut to 64 and error types to 80 characters); a kind quiet for a window
+  and out of cooldown is dropped. An llm key can fail in 5 kinds, a tool key in 3, so a key stays
+  under ``KEY_BYTES_MAX`` = 12 KiB: ≤ 48 MiB at the default cap if every key failed every way at
+  once, ≈ 2 MiB for 4,096 healthy keys;
+- per session, one ``_Streak`` (≈ 0.2 KB with its signature string) inside ``SessionState``,
+  bounded with it by the session table.
+
+Distinct sessions per window are counted exactly up to ``session_cap`` (fixed slots of session
+hash and last failing bucket; when all are taken the stalest goes, the first to leave the window
+anyway), so ``sessions_affected`` is a floor past 32 and SEV1 needs ``spread_sessions`` ≤ the cap.
+
+Losing a key (LRU/idle) forgets its counts and its cooldown: a later burst may report again, which
+updates the same incident (incidents are deduplicated by fingerprint).
+
+>>> from analyzer.session import SessionTable
+>>> from analyzer.step import Step
+>>> sessions, detector = SessionTable(), InfrastructureDetector()
+>>> def call(t, session, status=0):
+...     step = Step(t * 10**9, 1, "acme", "svc", "support", session, "u1", f"t-{session}",
+...                 f"span{t}", "", "llm", model="gpt-4o", status="Error" if status else "Ok",
+...                 error_type="openai.RateLimitError" if status else "", http_status=status)
+...     return detector.observe(step, sessions.for_step(step, step.time_ns), step.time_ns)
+>>> [call(0, "s0", 429), call(1, "s0")]  # one 429, retried successfully: nothing
+[None, None]
+>>> [call(t, f"s{t}", 429) for t in range(2, 5)]
+[None, None, None]
+>>> finding = call(5, "s5", 429)  # 5 failures of 6 calls from 5 sessions within 60 s
+>>> finding.kind, finding.severity, finding.signature, finding.incident_class
+('rate_limit', 'SEV2', 'rate_limit:gpt-4o', 'infrastructure')
+>>> call(7, "s7", 429) is None  # the same window: the incident counts the rest
+True
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import OrderedDict
+
+from analyzer.finding import Finding
+from analyzer.session import SessionState
+from analyzer.step import Step
+
+KEY_BYTES_MAX = 12 * 1024  # documented worst case per window key, checked by the tests
+
+_MODEL_STEPS = ("llm", "embedding")
+_BACKEND_STEPS = ("tool", "retrieval")
+_SEVERITY_RANK = {"": 0, "SEV3": 1, "SEV2": 2, "SEV1": 3}
+_SAMPLES = 3
+_NEVER = -(2**63)
+
+_CONTEXT_WORDS = (
+    "context_length",
+    "contextlength",
+    "contextwindow",
+    "context_window",
+    "maximum context length",
+)
+_RATE_LIMIT_WORDS = ("ratelimit", "rate_limit", "toomanyrequests", "too_many_requests")
+_AUTH_WORDS = ("authentication", "permissiondenied", "permission_denied", "unauthorized")
+_TIMEOUT_WORDS = ("timeout", "timedout", "timed_out", "deadlineexceeded", "deadline_exceeded")
+_5XX_WORDS = ("internalserver", "serviceunavailable", "overloaded", "badgateway")
+_CONNECT_WORDS = ("connect", "unreachable", "unavailable", "remotedisconnected", "nameresolution")
+
+
+def failure_kind(step: Step) -> str | None:
+    """The infrastructure cause of a failed step, or None (succeeded, or not infrastructure).
+
+    >>> from analyzer.step import Step
+    >>> def failed(kind, error_type="", status=0):
+    ...     return failure_kind(Step(0, 0, "t", "s", "a", "", "", "tr", "sp", "", kind,
+    ...                              status="Error", error_type=error_type, http_status=status))
+    >>> failed("llm", "openai.RateLimitError", 429), failed("llm", "httpx.ReadTimeout")
+    ('rate_limit', 'timeout')
+    >>> failed("llm", "openai.InternalServerError", 500), failed("tool", "503", 503)
+    ('provider_5xx', 'tool_backend')
+    >>> failed("llm", "context_length_exceeded", 400), failed("llm", "openai.BadRequestError", 400)
+    ('context_length', None)
+    >>> failed("tool", "ValueError", 400), failed("tool", "_OTHER"), failed("llm", "403", 403)
+    (None, None, 'auth')
+    """
+    if not step.failed:
+        return None
+    model_side = step.kind in _MODEL_STEPS
+    if not model_side and step.kind not in _BACKEND_STEPS:
+        return None
+    et = step.error_type.lower()
+    status = step.http_status
+    if model_side and any(word in et for word in _CONTEXT_WORDS):
+        return "context_length"
+    if status == 429 or any(word in et for word in _RATE_LIMIT_WORDS):
+        return "rate_limit"
+    if model_side and (status in (401, 403) or any(word in et for word in _AUTH_WORDS)):
+        return "auth"
+    if 400 <= status < 500 and status != 408:
+        return None  # the request was refused as such: the agent's call, not a failing system
+    if status == 408 or any(word in et for word in _TIMEOUT_WORDS):
+        return "timeout"
+    if 500 <= status < 600 or any(word in et for word in _5XX_WORDS + _CONNECT_WORDS):
+        return "provider_5xx" if model_side else "tool_backend"
+    return None
+
+
+class _Failures:
+    """One kind's failures on one window key."""
+
+    __slots__ = ("counts", "sessions", "samples", "reported_ns", "reported")
+
+    def __init__(self, buckets: int, session_cap: int) -> None:
+        self.counts = array("I", bytes(4 * buckets))
+        # distinct failing sessions: hash of the session key and its last failing epoch, side by
+        # side in two fixed arrays (no int objects); an empty slot's epoch is _NEVER
+        self.sessions = (array("q", bytes(8 * session_cap)), array("q", [_NEVER]) * session_cap)
+        self.samples: list[tuple] = []  # the most recent failures (≤ _SAMPLES), for evidence
+        self.reported_ns = 0  # when this signature was last reported (the cooldown's start)
+        self.reported = ""  # the severity reported then
+
+
+class _Window:
+    """Calls on one (tenant, service, llm|tool, model or tool) over the sliding window."""
+
+    __slots__ = ("epoch", "calls", "kinds")
+
+    def __init__(self, buckets: int, epoch: int) -> None:
+        self.epoch = epoch  # index of the newest bucket (time // bucket length)
+        self.calls = array("I", bytes(4 * buckets))
+        self.kinds: dict[str, _Failures] = {}
+
+
+class _Streak:
+    """A session's current run of consecutive infrastructure failures with one signature."""
+
+    __slots__ = ("subject", "signature", "count")
+
+    def __init__(self) -> None:
+        self.subject: tuple = ()
+        self.signature = ""
+        self.count = 0
+
+
+class InfrastructureDetector:
+    name = "infrastructure"
+
+    def __init__(
+        self,
+        window_s: float = 60.0,
+        buckets: int = 12,
+        min_failures: int = 5,
+        min_rate: float = 0.2,
+        min_sessions: int = 2,
+        session_failures: int = 3,
+        spread_sessions: int = 10,
+        max_keys: int = 4096,
+        session_cap: int = 32,
+    ) -> None:
+        self.buckets = max(1, buckets)
+        self.bucket_ns = max(1, int(window_s * 1e9) // self.buckets)
+        self.window_ns = self.bucket_ns * self.buckets
+        self.min_failures = min_failures
+        self.min_rate = min_rate
+        self.min_sessions = min_sessions
+        self.session_failures = session_failures
+        self.spread_sessions = spread_sessions
+        self.max_keys = max_keys
+        self.session_cap = max(session_cap, 1)
+        self._windows: OrderedDict[tuple, _Window] = OrderedDict()
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        """Live window keys (never more than ``max_keys``)."""
+        return len(self._windows)
+
+    def observe(self, step: Step, session: SessionState, now_ns: int) -> Finding | None:
+        if step.kind in _MODEL_STEPS:
+            group, label = "llm", step.model or "unknown"
+        elif step.kind in _BACKEND_STEPS:
+            group, label = "tool", step.tool or step.kind
+        else:
+            return None
+        epoch = now_ns // self.bucket_ns
+        key = (step.tenant, step.service, group, label)
+        window = self._window(key, epoch)
+        # the step's own bucket, clamped into the live window
+        at = min(max(step.time_ns // self.bucket_ns, window.epoch - self.buckets + 1), window.epoch)
+        slot = at % self.buckets
+        window.calls[slot] += 1
+
+        kind = failure_kind(step)
+        streak: _Streak = session.state(self.name, _Streak)
+        subject = (group, label)
+        if kind is None:
+            if streak.subject == subject:  # the model/tool answered: any streak on it is over
+                streak.subject, streak.signature, streak.count = (), "", 0
+            return None
+
+        signature = f"{kind}:{label}"
+        failures = window.kinds.get(kind)
+        if failures is None:
+            failures = window.kinds[kind] = _Failures(self.buckets, self.session_cap)
+        failures.counts[slot] += 1
+        _add_session(failures.sessions, hash(session.key), at)
+        if len(failures.samples) >= _SAMPLES:
+            del failures.samples[0]
+        failures.samples.append(
+            (step.span_id, step.trace_id, step.session[:64], step.error_type[:80], step.http_status)
+        )
+        if streak.signature == signature:
+            streak.count += 1
+        else:
+            streak.subject, streak.signature, streak.count = subject, signature, 1
+
+        policy = session.policy
+        limit = lambda name, default: policy.threshold(self.name, name, default)  # noqa: E731
+        failed = sum(failures.counts)
+        calls = max(sum(window.calls), failed)
+        live = window.epoch - self.buckets
+        spread = sum(1 for last in failures.sessions[1] if last > live)
+        rate = failed / calls
+
+        severity, rule = "", ""
+        if (
+            failed >= limit("min_failures", self.min_failures)
+            and rate >= limit("min_rate", self.min_rate)
+            and spread >= limit("min_sessions", self.min_sessions)
+        ):
+            severity = (
+                "SEV1" if spread >= limit("spread_sessions", self.spread_sessions) else "SEV2"
+            )
+            rule = "rate"
+        elif streak.count == int(limit("session_failures", self.session_failures)):
+            severity, rule = "SEV3", "streak"
+        if not severity:
+            return None
+        cooling = failures.reported and now_ns - failures.reported_ns < self.window_ns
+        if cooling and _SEVERITY_RANK[severity] <= _SEVERITY_RANK[failures.reported]:
+            return None  # reported in this window: the incident counts what follows
+        failures.reported_ns, failures.reported = now_ns, severity
+
+        subject_field = "model" if group == "llm" else "tool"
+        if rule == "rate":
+            title = (
+                f"{step.service}: {kind} on {label}: {failed}/{calls} calls failed "
+                f"({rate:.0%}) in {self.window_ns / 1e9:g}s across {spread} sessions"
+            )
+        else:
+            title = (
+                f"{step.agent or step.service}: {streak.count} {kind} failures in a row on {label}"
+            )
+        summary = {
+            "rule": rule,
+            "kind": kind,
+            subject_field: label,
+            "window_s": self.window_ns / 1e9,
+            "failures": failed,
+            "calls": calls,
+            "rate": round(rate, 4),
+            "sessions_affected": spread,  # exact up to session_cap, then a floor
+            "session_streak": streak.count,
+            "samples": [
+                {
+                    "span_id": span_id,
+                    "trace_id": trace_id,
+                    "session": session_id,
+                    "error_type": error_type,
+                    "http_status": http_status,
+                }
+                for span_id, trace_id, session_id, error_type, http_status in failures.samples
+            ],
+        }
+        return Finding(
+            detector=self.name,
+            kind=kind,
+            incident_class="infrastructure",
+            severity=severity,
+            title=title,
+            step=step,
+            signature=signature,
+            evidence=(summary, step.evidence()),
+        )
+
+    def _window(self, key: tuple, epoch: int) -> _Window:
+        """The key's window advanced to ``epoch`` (created if new); evicts idle and LRU keys."""
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = _Window(self.buckets, epoch)
+            self._evict(epoch)
+        else:
+            self._windows.move_to_end(key)
+            self._roll(window, epoch)
+        return window
+
+    def _roll(self, window: _Window, epoch: int) -> None:
+        gap = epoch - window.epoch
+        if gap <= 0:
+            return  # the clock never moves a window back
+        slots = range(self.buckets) if gap >= self.buckets else [
+            e % self.buckets for e in range(window.epoch + 1, epoch + 1)
+        ]  # fmt: skip
+        for slot in slots:
+            window.calls[slot] = 0
+        for kind, failures in list(window.kinds.items()):
+            for slot in slots:
+                failures.counts[slot] = 0
+            if not any(failures.counts) and epoch * self.bucket_ns - failures.reported_ns >= (
+                self.window_ns
+            ):
+                del window.kinds[kind]  # quiet and out of cooldown: nothing left to remember
+        window.epoch = epoch
+
+    def _evict(self, epoch: int) -> None:
+        while self._windows:
+            oldest = next(iter(self._windows.values()))
+            if len(self._windows) > self.max_keys or oldest.epoch <= epoch - self.buckets:
+                self._windows.popitem(last=False)
+                self.evicted += 1
+            else:
+                break
+
+
+def _add_session(sessions: tuple[array, array], session: int, at: int) -> None:
+    """Record a failing session; a new one takes an empty slot, else the stalest one's."""
+    keys, lasts = sessions
+    try:
+        i = keys.index(session)
+    except ValueError:
+        i = lasts.index(min(lasts))  # an empty slot, or the first session to leave the window
+        keys[i], lasts[i] = session, at
+    else:
+        lasts[i] = max(lasts[i], at)

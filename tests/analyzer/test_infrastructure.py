@@ -1,0 +1,309 @@
+"""Infrastructure detector timelines on a virtual clock."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections import deque
+
+from analyzer.detectors.infrastructure import KEY_BYTES_MAX, InfrastructureDetector, failure_kind
+from analyzer.policy import AgentPolicy
+from analyzer.session import SessionTable
+from tests.analyzer.timeline import SECOND, llm, run, tool
+
+
+def rate_limited(t_s: float, session: str, model: str = "gpt-4o"):
+    return llm(
+        t_s, 1000, 0, session=session, model=model, status="Error",
+        error_type="openai.RateLimitError", http_status=429,
+    )  # fmt: skip
+
+
+def timed_out(t_s: float, session: str = "s1"):
+    return llm(t_s, 1000, 0, session=session, status="Error", error_type="httpx.ReadTimeout")
+
+
+def ok(t_s: float, session: str, model: str = "gpt-4o"):
+    return llm(t_s, 1000, 200, session=session, model=model)
+
+
+def deep_size(obj, seen: set | None = None) -> int:
+    """Bytes held by ``obj`` and everything it references (``sys.getsizeof``, recursively)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    size = sys.getsizeof(obj)
+    if isinstance(obj, dict):
+        size += sum(deep_size(k, seen) + deep_size(v, seen) for k, v in obj.items())
+    elif isinstance(obj, list | tuple | set | frozenset | deque):
+        size += sum(deep_size(item, seen) for item in obj)
+    elif hasattr(obj, "__slots__"):
+        size += sum(deep_size(getattr(obj, name), seen) for name in obj.__slots__)
+    return size
+
+
+# --- classification ------------------------------------------------------------------------------
+
+
+def test_classification_table():
+    def llm_failure(error_type, status=0):
+        return failure_kind(llm(0, 1, 0, status="Error", error_type=error_type, http_status=status))
+
+    def tool_failure(error_type, status=0):
+        return failure_kind(tool(0, "crm", failed=True, http_status=status, error_type=error_type))
+
+    assert llm_failure("openai.RateLimitError", 429) == "rate_limit"
+    assert llm_failure("TooManyRequests") == "rate_limit"
+    assert llm_failure("openai.APITimeoutError") == "timeout"
+    assert llm_failure("408", 408) == "timeout"
+    assert llm_failure("openai.InternalServerError", 500) == "provider_5xx"
+    assert llm_failure("anthropic.OverloadedError", 529) == "provider_5xx"
+    assert llm_failure("openai.APIConnectionError") == "provider_5xx"
+    assert llm_failure("openai.AuthenticationError", 401) == "auth"
+    assert llm_failure("openai.PermissionDeniedError", 403) == "auth"
+    assert llm_failure("context_length_exceeded", 400) == "context_length"
+    assert llm_failure("litellm.ContextWindowExceededError", 400) == "context_length"
+    assert llm_failure("openai.BadRequestError", 400) is None  # message not on the Step
+    assert llm_failure("_OTHER") is None
+    assert tool_failure("503", 503) == "tool_backend"
+    assert tool_failure("httpx.ConnectError") == "tool_backend"
+    assert tool_failure("ConnectionRefusedError") == "tool_backend"
+    assert tool_failure("httpx.ReadTimeout") == "timeout"
+    assert tool_failure("429", 429) == "rate_limit"
+    assert tool_failure("400", 400) is None  # bad arguments: the agent's misuse
+    assert tool_failure("422", 422) is None
+    assert tool_failure("403", 403) is None  # a tool's refusal: left to the semantic detectors
+    assert failure_kind(ok(0, "s1")) is None
+
+
+# --- rate across sessions ------------------------------------------------------------------------
+
+
+def test_a_burst_of_429s_across_8_sessions_is_sev2_rate_limit():
+    steps = [rate_limited(t * 5, f"s{t}") for t in range(8)]  # within 40 s
+    findings = run(InfrastructureDetector(), steps)
+    assert len(findings) == 1
+    [f] = findings
+    assert (f.detector, f.kind, f.incident_class, f.severity, f.signature) == (
+        "infrastructure",
+        "rate_limit",
+        "infrastructure",
+        "SEV2",
+        "rate_limit:gpt-4o",
+    )
+    assert f.step is steps[4]  # the fifth failure crosses min_failures
+    summary = f.evidence[0]
+    assert summary["failures"] == 5 and summary["calls"] == 5 and summary["rate"] == 1.0
+    assert summary["sessions_affected"] == 5 and summary["window_s"] == 60
+    assert summary["model"] == "gpt-4o"
+    assert len(summary["samples"]) == 3
+    assert summary["samples"][-1]["span_id"] == steps[4].span_id
+    assert summary["samples"][-1]["http_status"] == 429
+    assert summary["samples"][-1]["error_type"] == "openai.RateLimitError"
+    assert f.evidence[1]["span_id"] == steps[4].span_id
+    assert "session" not in f.signature and "span" not in f.signature
+
+
+def test_a_burst_of_429s_across_12_sessions_escalates_to_sev1():
+    steps = [rate_limited(t * 4, f"s{t}") for t in range(12)]  # within 44 s
+    findings = run(InfrastructureDetector(), steps)
+    assert [f.severity for f in findings] == ["SEV2", "SEV1"]  # escalation, within the cooldown
+    assert findings[1].step is steps[9]  # the tenth distinct session
+    assert findings[1].evidence[0]["sessions_affected"] == 10
+    assert {f.signature for f in findings} == {"rate_limit:gpt-4o"}
+
+
+def test_one_429_then_success_is_nothing():
+    steps = [rate_limited(1, "s1"), ok(2, "s1"), ok(3, "s1")]
+    assert run(InfrastructureDetector(), steps) == []
+
+
+def test_retried_429s_across_many_sessions_at_a_low_rate_are_nothing():
+    steps = []
+    for i in range(40):  # 40 sessions in 40 s; every fourth one has a 429 that the SDK retries
+        if i % 4 == 0:
+            steps.append(rate_limited(i, f"s{i}"))
+        steps += [ok(i + 0.1, f"s{i}"), ok(i + 0.2, f"s{i}")]
+    # 10 failures ≥ min_failures, but 10 / 90 calls < min_rate
+    assert run(InfrastructureDetector(), steps) == []
+
+
+def test_failures_from_one_session_only_never_pass_the_rate_rule():
+    steps = [rate_limited(t, "s1") for t in range(8)]
+    [f] = run(InfrastructureDetector(), steps)
+    assert f.severity == "SEV3"  # the session streak; one session is isolated
+
+
+def test_failures_spread_over_ten_minutes_at_a_low_rate_are_nothing():
+    steps = []
+    for t in range(0, 600, 2):
+        session = f"s{t // 30}"
+        if t % 30 == 0:
+            steps.append(rate_limited(t, session))
+        else:
+            steps.append(ok(t, session))
+    assert run(InfrastructureDetector(), steps) == []
+
+
+def test_the_window_slides_old_failures_expire():
+    early = [rate_limited(t, f"a{t}") for t in (0, 1, 2, 3)]  # 4: one short of min_failures
+    late = [rate_limited(t, f"b{t}") for t in (70, 71, 72, 73)]  # 4 again, after 60 s
+    assert run(InfrastructureDetector(), early + late) == []
+    within = [rate_limited(t, f"c{t}") for t in (40, 41)]
+    findings = run(InfrastructureDetector(), early + within)
+    assert len(findings) == 1 and findings[0].step is within[0]
+
+
+def test_the_window_follows_the_injected_clock():
+    detector, sessions = InfrastructureDetector(), SessionTable()
+
+    def feed(step, now_s):
+        return detector.observe(step, sessions.for_step(step, step.time_ns), int(now_s * SECOND))
+
+    for i in range(4):
+        assert feed(rate_limited(i, f"s{i}"), now_s=i) is None
+    # a late span stamped at t=4 but processed at t=100: the first four have left the window
+    assert feed(rate_limited(4, "s4"), now_s=100) is None
+    assert detector._windows[("acme", "support-svc", "llm", "gpt-4o")].calls.count(0) == 11
+
+
+def test_a_sustained_outage_yields_one_finding_per_window():
+    # 3 minutes of 429s, one a second, across 4 sessions, no successes
+    steps = [rate_limited(t, f"s{t % 4}") for t in range(180)]
+    findings = run(InfrastructureDetector(), steps)
+    assert [f.severity for f in findings] == ["SEV2"] * 3
+    times = [f.step.time_ns / SECOND for f in findings]
+    assert times == [4, 64, 124]  # first crossing, then once per 60 s cooldown
+    assert {f.signature for f in findings} == {"rate_limit:gpt-4o"}
+
+
+def test_different_models_are_different_signatures():
+    steps = [rate_limited(t, f"s{t}", model="gpt-4o" if t % 2 else "claude") for t in range(10)]
+    findings = run(InfrastructureDetector(), steps)
+    assert sorted(f.signature for f in findings) == ["rate_limit:claude", "rate_limit:gpt-4o"]
+
+
+def test_thresholds_come_from_policy():
+    policy = AgentPolicy(thresholds={"infrastructure": {"min_failures": 2}})
+    sessions = SessionTable(policy_for=lambda service, agent: policy)
+    detector, steps = InfrastructureDetector(), [rate_limited(t, f"s{t}") for t in (1, 2)]
+    findings = [detector.observe(s, sessions.for_step(s, s.time_ns), s.time_ns) for s in steps]
+    assert findings[0] is None and findings[1].severity == "SEV2"
+
+
+# --- one session ---------------------------------------------------------------------------------
+
+
+def test_three_timeouts_in_a_row_in_one_session_is_sev3_timeout():
+    steps = [timed_out(t) for t in (1, 2, 3)]
+    [f] = run(InfrastructureDetector(), steps)
+    assert (f.kind, f.severity, f.signature, f.incident_class) == (
+        "timeout",
+        "SEV3",
+        "timeout:gpt-4o",
+        "infrastructure",
+    )
+    assert f.step is steps[2]
+    assert f.evidence[0]["rule"] == "streak" and f.evidence[0]["session_streak"] == 3
+
+
+def test_a_success_breaks_the_streak():
+    steps = [timed_out(1), timed_out(2), ok(3, "s1"), timed_out(4), timed_out(5)]
+    assert run(InfrastructureDetector(), steps) == []
+
+
+def test_a_success_of_another_tool_does_not_break_an_llm_streak():
+    steps = [timed_out(1), tool(1.5, "search"), timed_out(2), tool(2.5, "search"), timed_out(3)]
+    [f] = run(InfrastructureDetector(), steps)
+    assert f.kind == "timeout" and f.step is steps[4]
+
+
+def test_streaks_in_two_sessions_report_once_per_window():
+    steps = [timed_out(t, "a") for t in (1, 2, 3)] + [timed_out(t, "b") for t in (10, 11, 12)]
+    findings = run(InfrastructureDetector(), steps)
+    # the second streak also makes 6 failures from 2 sessions at 100 %: escalates to SEV2
+    assert [f.severity for f in findings] == ["SEV3", "SEV2"]
+
+
+# --- tools ---------------------------------------------------------------------------------------
+
+
+def test_5xx_from_a_tool_backend_is_tool_backend():
+    steps = [
+        tool(t, "crm_lookup", args=t, session=f"s{t % 3}", failed=True, http_status=503,
+             error_type="503")
+        for t in range(6)
+    ]  # fmt: skip
+    findings = run(InfrastructureDetector(), steps)
+    assert [(f.kind, f.severity, f.signature) for f in findings] == [
+        ("tool_backend", "SEV2", "tool_backend:crm_lookup")
+    ]
+    assert findings[0].evidence[0]["tool"] == "crm_lookup"
+
+
+def test_a_single_session_tool_backend_streak_is_sev3():
+    steps = [tool(t, "crm_lookup", args=t, failed=True, error_type="httpx.ConnectError") for t in (1, 2, 3)]  # fmt: skip
+    [f] = run(InfrastructureDetector(), steps)
+    assert (f.kind, f.severity) == ("tool_backend", "SEV3")
+
+
+def test_a_tool_rejecting_bad_arguments_is_not_infrastructure():
+    steps = [
+        tool(t, "refund", args=t, session=f"s{t % 5}", failed=True, http_status=400,
+             error_type="400")
+        for t in range(30)
+    ]  # fmt: skip
+    assert run(InfrastructureDetector(), steps) == []
+
+
+def test_other_step_kinds_are_ignored():
+    detector = InfrastructureDetector()
+    step = llm(0, 1, 0, status="Error", http_status=503)
+    step.kind = "agent"
+    assert run(detector, [step] * 10) == [] and len(detector) == 0
+
+
+# --- memory --------------------------------------------------------------------------------------
+
+
+def test_10000_distinct_keys_stay_within_the_documented_cap():
+    detector = InfrastructureDetector(max_keys=1000)
+    sessions = SessionTable(max_sessions=100)
+    for i in range(10_000):  # distinct tools on one second: nothing idles out, the LRU cap holds
+        step = tool(i / 10_000, f"tool{i}", session=f"s{i % 50}", failed=True, http_status=503)
+        detector.observe(step, sessions.for_step(step, step.time_ns), step.time_ns)
+    assert len(detector) == 1000 and detector.evicted == 9000
+    total = deep_size(detector._windows)
+    assert total <= 1000 * KEY_BYTES_MAX
+    per_key = total / 1000
+    print(f"bytes per key, one failing kind: {per_key:.0f}")
+    assert per_key < 3 * 1024  # one failing kind, one session, one sample
+
+
+def test_a_key_at_its_caps_stays_within_key_bytes_max():
+    detector = InfrastructureDetector(session_cap=32)
+    kinds = [
+        ("openai.RateLimitError", 429), ("httpx.ReadTimeout", 0), ("openai.InternalServerError", 500),
+        ("openai.AuthenticationError", 401), ("context_length_exceeded", 400),
+    ]  # fmt: skip
+    steps = [
+        llm(
+            i / 10, 1, 0, session=str(uuid.UUID(int=i)), status="Error", error_type=e, http_status=s
+        )
+        for i in range(500)
+        for e, s in [kinds[i % len(kinds)]]
+    ]
+    run(detector, steps)
+    [window] = detector._windows.values()
+    assert len(window.kinds) == 5
+    assert all(min(f.sessions[1]) >= 0 for f in window.kinds.values())  # all 32 slots taken
+    size = deep_size(window) + deep_size(("acme", "support-svc", "llm", "gpt-4o"))
+    print(f"bytes per key at its caps, 5 failing kinds: {size}")
+    assert size <= KEY_BYTES_MAX
+
+
+def test_idle_keys_are_dropped():
+    detector = InfrastructureDetector()
+    run(detector, [tool(0, f"tool{i}") for i in range(100)] + [tool(600, "late")])
+    assert len(detector) == 1
