@@ -36,7 +36,15 @@ _COLUMNS = {
 }
 
 
-_SYSTEMS_ERROR_WORDS = ("timeout", "timedout", "deadline", "connect", "unavailable", "unreachable", "ratelimit")
+_SYSTEMS_ERROR_WORDS = (
+    "timeout",
+    "timedout",
+    "deadline",
+    "connect",
+    "unavailable",
+    "unreachable",
+    "ratelimit",
+)
 
 
 @dataclass(slots=True)

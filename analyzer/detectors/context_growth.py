@@ -1,0 +1,148 @@
+"""Context growth: a session's prompt growing out of hand, step after step (semantic).
+
+Over a session's LLM steps (``kind == "llm"`` with ``input_tokens > 0``; agent spans that repeat
+their children's usage are ``kind == "agent"`` and ignored), two kinds:
+
+- ``spiral`` (SEV2): each of the last ``steps`` LLM steps (default 3) sent at least
+  ``growth_factor`` (default 2.0) times the input tokens of the one before — 2k → 4k → 8k → 16k
+  is flagged at the 16k step — and that step sent at least ``min_input_tokens`` (default 8,000:
+  a prompt doubling from 200 to 1,600 tokens costs nothing). Agents normally grow their context
+  additively (a tool result appended per step); multiplicative growth is the history being
+  re-sent into itself, which ends at the context limit after a few more steps, at a cost that
+  doubles on each. A step that grows less resets the count.
+- ``near_context_limit`` (SEV3): one step's input tokens reached ``context_share`` (default 0.8)
+  of the model's context window (``analyzer.models.context_window``, or the policy threshold
+  ``context_window`` when set, for models the table does not know; unknown and not set: this
+  check is skipped). SEV3 because it is caught before the failure: the call still succeeded, and
+  the one that overflows is the infrastructure detector's (a context-length error).
+
+A policy ``severity`` override for ``context_growth`` wins over both. Each kind is reported once
+per session. When both fire on the same step the spiral is reported (it is the cause and the
+higher severity) and the limit stays armed for the next step. Signature: the model family
+(``gpt-4o``, ``claude-sonnet-4``), so one model's spirals of one agent are one incident. Evidence:
+the last few steps' input tokens and span ids (oldest first), then the flagged step.
+
+Thresholds (``growth_factor``, ``steps``, ``min_input_tokens``, ``context_share``,
+``context_window``) come from ``session.policy.threshold("context_growth", key, default)``, the
+defaults from the constructor. The clock is not used: growth is counted in steps, not time.
+
+Limitations: one growth chain per session across models and traces, so a session interleaving a
+small router model with a large worker model, or running sub-agents in parallel, resets its chain
+on each small call (a spiral there may be missed, never invented). The comparison with the agent's
+own baseline growth (DESIGN.md §5) is not done here.
+
+State per session (``_GrowthState``): the last ``_HISTORY`` (4) steps as (input tokens, span id)
+pairs, the growth run length and two flags. Measured with ``sys.getsizeof`` over the object, its
+tuples, ints and span-id strings (16 hex characters): about 780 bytes when full, fixed
+whatever the session's length (``tests/analyzer/test_context_growth.py`` checks < 1 KiB).
+
+>>> from analyzer.session import SessionTable
+>>> from analyzer.step import Step
+>>> sessions, detector = SessionTable(), ContextGrowthDetector()
+>>> def prompt(t, input_tokens, model="gpt-4o-2024-08-06"):
+...     step = Step(t, 1, "acme", "svc", "support", "s1", "u1", "t1", f"span{t}", "", "llm",
+...                 model=model, input_tokens=input_tokens, output_tokens=300)
+...     return detector.observe(step, sessions.for_step(step, t), t)
+>>> [prompt(t, tokens) for t, tokens in enumerate((2_000, 4_100, 8_300))]
+[None, None, None]
+>>> finding = prompt(3, 17_000)
+>>> finding.kind, finding.severity, finding.signature, finding.step.span_id
+('spiral', 'SEV2', 'gpt-4o', 'span3')
+>>> [e["input_tokens"] for e in finding.evidence[:-1]]
+[2000, 4100, 8300, 17000]
+>>> finding = prompt(4, 110_000)
+>>> finding.kind, finding.severity
+('near_context_limit', 'SEV3')
+"""
+
+from __future__ import annotations
+
+from analyzer.finding import Finding
+from analyzer.models import context_window, model_family
+from analyzer.session import SessionState
+from analyzer.step import Step
+
+_HISTORY = 4  # steps kept per session for evidence; the run length itself is a counter
+_SPIRAL, _NEAR_LIMIT = 1, 2  # flag bits: each kind once per session
+_SEVERITIES = ("SEV1", "SEV2", "SEV3")
+
+
+class _GrowthState:
+    __slots__ = ("recent", "run", "flagged")
+
+    def __init__(self) -> None:
+        self.recent: tuple[tuple[int, str], ...] = ()  # (input tokens, span id), oldest first
+        self.run = 0  # consecutive LLM steps that each grew by >= growth_factor
+        self.flagged = 0  # bits: _SPIRAL, _NEAR_LIMIT
+
+
+class ContextGrowthDetector:
+    name = "context_growth"
+
+    def __init__(
+        self,
+        growth_factor: float = 2.0,
+        steps: int = 3,
+        min_input_tokens: int = 8_000,
+        context_share: float = 0.8,
+    ) -> None:
+        self.growth_factor = growth_factor
+        self.steps = steps
+        self.min_input_tokens = min_input_tokens
+        self.context_share = context_share
+
+    def observe(self, step: Step, session: SessionState, now_ns: int) -> Finding | None:
+        if step.kind != "llm" or step.input_tokens <= 0:
+            return None
+        state: _GrowthState = session.state(self.name, _GrowthState)
+        policy = session.policy
+        tokens = step.input_tokens
+        factor = policy.threshold(self.name, "growth_factor", self.growth_factor)
+        previous = state.recent[-1][0] if state.recent else 0
+        state.run = state.run + 1 if previous and tokens >= factor * previous else 0
+        state.recent = (*state.recent[1 - _HISTORY :], (tokens, step.span_id))  # no deque: 760 B
+
+        if not state.flagged & _SPIRAL:
+            steps = policy.threshold(self.name, "steps", self.steps)
+            floor = policy.threshold(self.name, "min_input_tokens", self.min_input_tokens)
+            if state.run >= steps and tokens >= floor:
+                title = (
+                    f"input tokens grew ×{factor:g} or more on {state.run} LLM steps in a row, "
+                    f"to {tokens:,}"
+                )
+                return self._flag(state, _SPIRAL, "spiral", "SEV2", step, session, title)
+        if not state.flagged & _NEAR_LIMIT:
+            window = int(policy.threshold(self.name, "context_window", 0)) or context_window(
+                step.model
+            )
+            share = policy.threshold(self.name, "context_share", self.context_share)
+            if window and tokens >= share * window:
+                title = f"input tokens {tokens:,} reached {tokens / window:.0%} of the {window:,}-token context window"
+                return self._flag(
+                    state, _NEAR_LIMIT, "near_context_limit", "SEV3", step, session, title
+                )
+        return None
+
+    def _flag(
+        self,
+        state: _GrowthState,
+        bit: int,
+        kind: str,
+        severity: str,
+        step: Step,
+        session: SessionState,
+        title: str,
+    ) -> Finding:
+        state.flagged |= bit
+        override = session.policy.severity.get(self.name)
+        growth = tuple({"span_id": span_id, "input_tokens": n} for n, span_id in state.recent)
+        return Finding(
+            detector=self.name,
+            kind=kind,
+            incident_class="semantic",
+            severity=override if override in _SEVERITIES else severity,
+            title=f"{step.agent or session.agent or step.service}: {title}",
+            step=step,
+            signature=model_family(step.model) or "unknown",
+            evidence=(*growth, step.evidence()),
+        )
