@@ -32,7 +32,7 @@ class SessionState:
         self.agent = step.agent
         self.user = step.user
         self.first_ns = step.time_ns
-        self.last_ns = step.time_ns
+        self.last_ns = 0  # arrival time of the latest step (the TTL runs on arrival, not span time)
         self.detectors: dict[str, object] = {}  # each detector's own small state, by detector name
 
     def state(self, detector: str, factory):
@@ -69,14 +69,15 @@ class SessionTable:
         if state is None:
             policy = self._policy_for(step.service, step.agent)
             state = self._sessions[key] = SessionState(key, step, policy)
-            self._evict(now_ns)
+            state.last_ns = now_ns
+            self._evict(now_ns)  # after the new session is stamped, so it is never its own victim
         else:
             self._sessions.move_to_end(key)
             if step.user and not state.user:
                 state.user = step.user
             if step.agent and not state.agent:
                 state.agent = step.agent
-        state.last_ns = max(state.last_ns, step.time_ns)
+        state.last_ns = now_ns
         return state
 
     def _evict(self, now_ns: int) -> None:
