@@ -7,6 +7,7 @@ the store in one small INSERT per batch that produced any.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
@@ -19,6 +20,7 @@ from analyzer.step import steps_from_batch
 from collector.normalize import SpanBatch
 
 WriteRows = Callable[[IncidentRows], Awaitable[None]]
+log = logging.getLogger("agentwatch.analyzer")
 
 
 class Analyzer:
@@ -36,6 +38,25 @@ class Analyzer:
         self.write_rows = write_rows
         self.clock = clock
 
+    async def tick(self) -> None:
+        """Resolve quiet incidents and write what changed (called periodically)."""
+        self.incidents.tick(self.clock())
+        await self._flush()
+
+    async def _flush(self) -> None:
+        """Write pending incident rows; on failure keep them for the next flush (never raise into
+        ingest: the spans' own commit decides what their exporter is told)."""
+        rows = self.incidents.take_rows()
+        if not rows:
+            return
+        try:
+            await self.write_rows(rows)
+        except Exception:
+            log.exception(
+                "writing %d incident rows failed; kept for the next attempt", len(rows.incidents)
+            )
+            self.incidents.put_back(rows)
+
     async def consume(self, batch: SpanBatch) -> None:
         now = self.clock()
         detectors, sessions, incidents = self.detectors, self.sessions, self.incidents
@@ -46,9 +67,26 @@ class Analyzer:
                 if finding is not None:
                     incidents.on_finding(finding, now)
         incidents.tick(now)
-        rows = incidents.take_rows()
-        if rows:
-            await self.write_rows(rows)
+        await self._flush()
+
+
+def default_detectors() -> list[Detector]:
+    """Every detector with its default thresholds (policy overrides them per agent)."""
+    from analyzer.detectors.context_growth import ContextGrowthDetector
+    from analyzer.detectors.cost_runaway import CostRunawayDetector
+    from analyzer.detectors.infrastructure import InfrastructureDetector
+    from analyzer.detectors.loop import LoopDetector
+    from analyzer.detectors.out_of_scope_tool import OutOfScopeToolDetector
+    from analyzer.detectors.token_ratio import TokenRatioDetector
+
+    return [
+        LoopDetector(),
+        ContextGrowthDetector(),
+        TokenRatioDetector(),
+        OutOfScopeToolDetector(),
+        CostRunawayDetector(),
+        InfrastructureDetector(),
+    ]
 
 
 def store_writer(store, run_store) -> WriteRows:

@@ -34,6 +34,7 @@ def utc_text(ns: int) -> str:
 
 
 _MAX_TRACKED = 10_000  # sessions/users remembered per incident for the affected counts
+_MAX_PENDING_ROWS = 10_000  # incident rows kept while the store refuses them
 
 
 def fingerprint_of(finding: Finding) -> str:
@@ -178,6 +179,13 @@ class IncidentManager:
     def take_rows(self) -> IncidentRows:
         rows, self.rows = self.rows, IncidentRows()
         return rows
+
+    def put_back(self, rows: IncidentRows) -> None:
+        """Rows that could not be written go first in the next batch (bounded: oldest dropped)."""
+        self.rows.incidents[:0] = rows.incidents
+        self.rows.events[:0] = rows.events
+        del self.rows.incidents[:-_MAX_PENDING_ROWS]
+        del self.rows.events[:-_MAX_PENDING_ROWS]
 
     def _record(self, incident: Incident, event: str, now_ns: int, actor: str, detail: str) -> None:
         # Versions grow with the clock, so a restarted collector's updates still win.

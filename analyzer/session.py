@@ -77,6 +77,8 @@ class SessionTable:
                 state.user = step.user
             if step.agent and not state.agent:
                 state.agent = step.agent
+            elif not step.agent:
+                step.agent = state.agent  # a child step that names no agent acts for its session's
         state.last_ns = now_ns
         return state
 

@@ -42,6 +42,8 @@ class Collector:
         self._writer: GroupCommitWriter | None = None
         self.forwarder = None
         self.pipeline: Pipeline | None = None
+        self.analyzer = None
+        self._tasks: list[asyncio.Task] = []
 
     async def run_store(self, fn, *args):
         """Run a blocking store call on the store's thread."""
@@ -68,9 +70,14 @@ class Collector:
 
             self.forwarder = Forwarder(config.forward, self.metrics)
             await self.forwarder.start()
+        consumers = [self._writer]
+        if config.detect:
+            self.analyzer = self._build_analyzer()
+            consumers.append(self.analyzer)
+            self._tasks.append(asyncio.get_running_loop().create_task(self._tick_analyzer()))
         prices = PriceTable({name: p.to_price() for name, p in config.prices.items()})
         self.pipeline = Pipeline(
-            Normalizer(prices, config.default_tenant), [self._writer], self.metrics, self.forwarder
+            Normalizer(prices, config.default_tenant), consumers, self.metrics, self.forwarder
         )
         self._grpc = GrpcReceiver(
             self.pipeline,
@@ -87,6 +94,23 @@ class Collector:
         self.ports["sql"] = await self._serve(build_sql_app(self), config.sql_port)
         self.ports["api"] = await self._serve(build_api_app(self), config.api_port)
 
+    def _build_analyzer(self):
+        from analyzer.engine import Analyzer, default_detectors, store_writer
+        from analyzer.incidents import IncidentManager
+        from analyzer.session import SessionTable
+
+        incidents = IncidentManager(
+            self.config.incident_link_template, self.config.incident_quiet_period_s
+        )
+        return Analyzer(
+            default_detectors(), SessionTable(), incidents, store_writer(self.store, self.run_store)
+        )
+
+    async def _tick_analyzer(self, every_s: float = 10.0) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            await self.analyzer.tick()
+
     async def _serve(self, app: web.Application, port: int) -> int:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -97,6 +121,8 @@ class Collector:
 
     async def stop(self) -> None:
         """Stop taking requests, commit what was accepted, then close the store."""
+        for task in self._tasks:
+            task.cancel()
         if self._grpc:
             await self._grpc.stop()
         for runner in self._runners:

@@ -121,9 +121,28 @@ class Config(_Section):
     sql_token: str | None = None
     api_token: str | None = None
 
+    detect: bool = Field(default=True, description="run the streaming detectors on every span")
+    incident_link_template: str = Field(
+        default="",
+        description="trace link of an incident, e.g. https://grafana/explore?trace={trace_id}",
+    )
+    incident_quiet_period_s: float = Field(
+        default=1800.0, gt=0, description="auto-resolve after this quiet time"
+    )
     default_tenant: str = "default"
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
     forward: ForwardConfig | None = None
+
+    @field_validator("incident_link_template")
+    @classmethod
+    def _link_template(cls, value: str) -> str:
+        try:
+            value.format(trace_id="t", span_id="s", session_id="x")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"may use only {{trace_id}}, {{span_id}} and {{session_id}} ({exc})"
+            ) from None
+        return value
 
     @field_validator("clickhouse_url")
     @classmethod

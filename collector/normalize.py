@@ -373,18 +373,15 @@ _NO_EVENTS_OR_LINKS = (_EMPTY,) * 7
 
 
 def _inherit_along_trace(cols: dict) -> None:
-    """Children usually arrive with their root in one export: give them its session, user, tenant.
+    """Children usually arrive with their root in one export: give them its session, user,
+    tenant and (when they name none) agent.
 
     The session id is often set only on the root/agent span. Spans whose root comes in a later
     request keep an empty ``SessionId`` here; the ``agent_spans`` view resolves those at query
     time through ``session_traces``, and the analyzer keeps its own trace -> session map.
     """
-    sessions, users, traces, tenants = (
-        cols["SessionId"],
-        cols["UserId"],
-        cols["TraceId"],
-        cols["Tenant"],
-    )
+    sessions, users, traces = cols["SessionId"], cols["UserId"], cols["TraceId"]
+    tenants, agents = cols["Tenant"], cols["AgentName"]
     by_trace: dict[str, int] = {}
     missing = []
     for i, session in enumerate(sessions):
@@ -399,6 +396,12 @@ def _inherit_along_trace(cols: dict) -> None:
             if not users[i]:
                 users[i] = users[j]
             tenants[i] = tenants[j]
+    if by_trace:
+        for i, agent in enumerate(agents):
+            if not agent:
+                j = by_trace.get(traces[i])
+                if j is not None:
+                    agents[i] = agents[j]
 
 
 def anyvalue_to_str(v) -> str:

@@ -1,0 +1,97 @@
+"""End to end: real OTel SDK exporter -> collector -> detectors -> an incident row in ClickHouse."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Status, StatusCode
+
+
+def agent_tracer(collector, service: str = "support-svc"):
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(
+        BatchSpanProcessor(OTLPSpanExporter(endpoint=collector.grpc_endpoint, insecure=True))
+    )
+    return provider, provider.get_tracer("agent")
+
+
+def wait_for_incidents(collector, where: str, timeout_s: float = 15.0) -> list[dict]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = collector.query(f"SELECT * FROM incidents_current WHERE {where}")
+        if rows or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
+
+
+def test_a_looping_agent_opens_one_semantic_incident_at_the_off_rails_step(collector):
+    provider, tracer = agent_tracer(collector)
+    span_ids = []
+    attrs = {
+        "gen_ai.operation.name": "invoke_agent",
+        "gen_ai.agent.name": "support",
+        "gen_ai.conversation.id": "loop-1",
+        "user.id": "u-1",
+    }
+    with tracer.start_as_current_span("invoke_agent support", attributes=attrs):
+        for _ in range(6):
+            tool_attrs = {
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": "lookup_order",
+                "gen_ai.tool.call.arguments": json.dumps({"order_id": 42}),
+            }
+            with tracer.start_as_current_span(
+                "execute_tool lookup_order", attributes=tool_attrs
+            ) as span:
+                span_ids.append(format(span.get_span_context().span_id, "016x"))
+    provider.shutdown()
+
+    [incident] = wait_for_incidents(collector, "detector = 'loop'")
+    assert (incident["kind"], incident["class"], incident["severity"], incident["status"]) == (
+        "repeated_call", "semantic", "SEV2", "open",
+    )  # fmt: skip
+    assert (
+        incident["span_id"] == span_ids[3]
+    )  # the fourth identical call is where it went off the rails
+    assert (incident["session_id"], incident["user_id"], incident["agent"]) == (
+        "loop-1",
+        "u-1",
+        "support",
+    )
+    assert incident["service"] == "support-svc"
+
+
+def test_rate_limits_across_sessions_open_an_infrastructure_incident(collector):
+    provider, tracer = agent_tracer(collector, "billing-svc")
+    for session in range(8):
+        attrs = {
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": "billing",
+            "gen_ai.conversation.id": f"rl-{session}",
+        }
+        with tracer.start_as_current_span("invoke_agent billing", attributes=attrs):
+            with tracer.start_as_current_span(
+                "chat gpt-4o",
+                attributes={
+                    "gen_ai.operation.name": "chat",
+                    "gen_ai.request.model": "gpt-4o",
+                    "error.type": "429",
+                },
+            ) as span:
+                span.set_status(Status(StatusCode.ERROR, "Error code: 429 - rate limit reached"))
+    provider.shutdown()
+
+    [incident] = wait_for_incidents(collector, "detector = 'infrastructure'")
+    assert (incident["kind"], incident["class"]) == ("rate_limit", "infrastructure")
+    assert incident["severity"] in ("SEV1", "SEV2")
+    assert incident["sessions_affected"] >= 1
+
+
+def test_detection_can_be_turned_off(collector_factory):
+    with collector_factory(detect=False) as collector:
+        assert collector.collector.analyzer is None
