@@ -17,6 +17,7 @@ from analyzer.detectors import Detector
 from analyzer.incidents import IncidentManager, IncidentRows
 from analyzer.session import SessionTable
 from analyzer.step import steps_from_batch
+from collector.conventions import STEP_KINDS
 from collector.normalize import SpanBatch
 
 WriteRows = Callable[[IncidentRows], Awaitable[None]]
@@ -33,6 +34,11 @@ class Analyzer:
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self.detectors = detectors
+        # Most detectors look at one kind of step (tools, LLM calls): only ask those that care.
+        self._by_kind: dict[str, list[Detector]] = {
+            kind: [d for d in detectors if kind in getattr(d, "kinds", STEP_KINDS)]
+            for kind in STEP_KINDS
+        }
         self.sessions = sessions
         self.incidents = incidents
         self.write_rows = write_rows
@@ -59,10 +65,10 @@ class Analyzer:
 
     async def consume(self, batch: SpanBatch) -> None:
         now = self.clock()
-        detectors, sessions, incidents = self.detectors, self.sessions, self.incidents
+        by_kind, sessions, incidents = self._by_kind, self.sessions, self.incidents
         for step in steps_from_batch(batch):
             session = sessions.for_step(step, now)
-            for detector in detectors:
+            for detector in by_kind.get(step.kind, self.detectors):
                 finding = detector.observe(step, session, now)
                 if finding is not None:
                     incidents.on_finding(finding, now)

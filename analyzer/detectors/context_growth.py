@@ -78,6 +78,7 @@ class _GrowthState:
 
 class ContextGrowthDetector:
     name = "context_growth"
+    kinds = frozenset({"llm"})  # the engine asks this detector about LLM steps only
 
     def __init__(
         self,

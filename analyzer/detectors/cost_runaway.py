@@ -88,6 +88,7 @@ class _Baseline:
 
 class CostRunawayDetector:
     name = "cost_runaway"
+    kinds = frozenset({"llm"})  # the engine asks this detector about LLM steps only
 
     def __init__(
         self,

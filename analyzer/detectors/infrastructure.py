@@ -193,6 +193,7 @@ class _Streak:
 
 class InfrastructureDetector:
     name = "infrastructure"
+    kinds = frozenset({"llm", "embedding", "tool", "retrieval"})  # calls to other systems
 
     def __init__(
         self,

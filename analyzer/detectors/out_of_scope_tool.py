@@ -105,6 +105,7 @@ class _ScopeState:
 
 class OutOfScopeToolDetector:
     name = "out_of_scope_tool"
+    kinds = frozenset({"tool"})  # the engine asks this detector about tool calls only
 
     def __init__(self, max_signatures: int = 64) -> None:
         self.max_signatures = max_signatures

@@ -134,6 +134,7 @@ class _RatioState:
 
 class TokenRatioDetector:
     name = "token_ratio"
+    kinds = frozenset({"llm"})  # the engine asks this detector about LLM steps only
 
     def __init__(
         self,
