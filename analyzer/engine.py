@@ -47,14 +47,16 @@ class Analyzer:
     async def tick(self) -> None:
         """Resolve quiet incidents and write what changed (called periodically)."""
         self.incidents.tick(self.clock())
-        await self._flush()
+        await self.flush()
 
-    async def _flush(self) -> None:
+    async def flush(self) -> bool:
         """Write pending incident rows; on failure keep them for the next flush (never raise into
-        ingest: the spans' own commit decides what their exporter is told)."""
+        ingest: the spans' own commit decides what their exporter is told). True when nothing is
+        left pending (the API's acknowledge/resolve use this to say whether the change is stored).
+        """
         rows = self.incidents.take_rows()
         if not rows:
-            return
+            return True
         try:
             await self.write_rows(rows)
         except Exception:
@@ -62,6 +64,10 @@ class Analyzer:
                 "writing %d incident rows failed; kept for the next attempt", len(rows.incidents)
             )
             self.incidents.put_back(rows)
+            return False
+        return True
+
+    _flush = flush  # the earlier private name
 
     async def consume(self, batch: SpanBatch) -> None:
         now = self.clock()
@@ -73,7 +79,7 @@ class Analyzer:
                 if finding is not None:
                     incidents.on_finding(finding, now)
         incidents.tick(now)
-        await self._flush()
+        await self.flush()
 
 
 def default_detectors() -> list[Detector]:

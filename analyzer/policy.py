@@ -1,8 +1,31 @@
 """The behavioural SLA per agent: what each detector compares a session against.
 
 This module holds the resolved, typed form (``AgentPolicy``) that detectors read from
-``session.policy``. Loading the YAML policy file, its JSON Schema (``schemas/policy.schema.json``),
-glob matching on service and agent, and ``agentwatch policy check`` build on it.
+``session.policy``, and the policy file that resolves it: ``load_policy(path) -> Policy``, then
+``Policy.for_agent(service, agent) -> AgentPolicy``. The file (``deploy/policy.example.yaml``)::
+
+    defaults: {thresholds: {loop: {repeats: 3}}}
+    agents:                      # first match wins; globs on service and agent name
+      - match: {service: "support-*", agent: "*"}
+        allowed_tools: [search_docs, get_weather, lookup_order]
+        budgets: {session_cost_usd: 1.0}
+        severity: {token_ratio: SEV2}
+        actions: {SEV1: pause_session}
+
+Resolution: the first rule of ``agents`` whose ``match`` globs (fnmatch, case-sensitive; an
+omitted glob is ``*``) match the session's service and agent names, with ``defaults`` under it:
+lists and scalars in the rule replace the defaults' (``allowed_tools``, ``builtin_tools``, each
+budget); mappings merge key by key (``thresholds`` per detector and key, ``severity``, ``actions``,
+``tool_constraints`` per tool). No rule matching: ``defaults`` alone (rule name ``defaults``).
+
+>>> policy = parse_policy({"defaults": {"thresholds": {"loop": {"repeats": 3, "window": 20}}},
+...     "agents": [{"match": {"service": "support-*"}, "thresholds": {"loop": {"repeats": 1}}}]})
+>>> p = policy.for_agent("support-eu", "triage")
+>>> p.rule, p.threshold("loop", "repeats", 9), p.threshold("loop", "window", 9)
+('agents[0]', 1, 20)
+>>> policy.for_agent("billing", "x").rule
+'defaults'
+
 """
 
 from __future__ import annotations
@@ -10,7 +33,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from types import MappingProxyType
+from functools import lru_cache
+from pathlib import Path
+from types import MappingProxyType, UnionType
+from typing import ClassVar, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 #: Tools that frameworks call on their own (not the agent's choice): never out of scope.
 BUILTIN_TOOLS = ("final_answer", "transfer_to_*", "handoff_to_*", "think")
@@ -70,3 +99,360 @@ class AgentPolicy:
 
 
 DEFAULT_POLICY = AgentPolicy()
+
+
+# --- the policy file ----------------------------------------------------------------------------
+#
+# The pydantic models below are the single source of truth for the file's shape: ``load_policy``
+# validates with them, and ``schemas/policy.schema.json`` is generated from them
+# (``agentwatch policy schema > schemas/policy.schema.json``; a test checks the two agree). The
+# models are strict (no "3" for 3, no true for 1), so that what the schema accepts and what the
+# loader accepts are the same.
+
+DETECTORS = (
+    "loop",
+    "context_growth",
+    "token_ratio",
+    "out_of_scope_tool",
+    "cost_runaway",
+    "infrastructure",
+)
+SEVERITIES = ("SEV1", "SEV2", "SEV3")
+ACTIONS = (
+    "pause_session",
+    "freeze_session",
+    "quarantine_user",
+    "open_tool_circuit",
+    "kill_agent",
+    "none",
+)
+#: Cached (service, agent) resolutions per Policy; beyond it the least recently used is dropped.
+RESOLVE_CACHE_SIZE = 4096
+
+Severity = Literal["SEV1", "SEV2", "SEV3"]
+Action = Literal[
+    "pause_session", "freeze_session", "quarantine_user", "open_tool_circuit", "kill_agent", "none"
+]
+
+
+class PolicyError(ValueError):
+    """The policy file cannot be used: which file, which key, what was expected."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    #: what an unknown key of this mapping is, in error messages
+    what: ClassVar[str] = "key"
+
+
+class _Thresholds(_Model):
+    what: ClassVar[str] = "threshold"
+
+
+def _num(description: str, **bounds):
+    return Field(default=None, description=description, **bounds)
+
+
+class LoopThresholds(_Thresholds):
+    repeats: int | None = _num("identical calls beyond the first that make a loop (3)", ge=1)
+    window: int | None = _num("recent tool calls looked at (12)", ge=2)
+    cycles: int | None = _num("repetitions of an A→B(→C) sequence that make a cycle (3)", ge=2)
+    failures: int | None = _num("consecutive rejected calls of one tool (3)", ge=1)
+
+
+class ContextGrowthThresholds(_Thresholds):
+    growth_factor: float | None = _num("input growth per LLM step that counts (2.0)", gt=1)
+    steps: int | None = _num("consecutive growing steps that make a spiral (3)", ge=1)
+    min_input_tokens: int | None = _num("input tokens below which nothing is flagged", ge=0)
+    context_window: int | None = _num("the model's context window in tokens (model table)", ge=1)
+    context_share: float | None = _num(
+        "share of the context window that is near the limit", gt=0, le=1
+    )
+
+
+class TokenRatioThresholds(_Thresholds):
+    max_ratio: float | None = _num("input/output ratio flagged without a baseline", gt=0)
+    default_ratio: float | None = _num("normal input/output ratio without a baseline", gt=0)
+    min_sessions: int | None = _num("finished sessions before the baseline is used", ge=1)
+    min_llm_steps: int | None = _num("LLM steps before a session is judged", ge=1)
+    min_input_tokens: int | None = _num("input tokens before a session is judged", ge=0)
+    z: float | None = _num("robust deviations from the baseline that are flagged", gt=0)
+    min_factor: float | None = _num("ratio at least this many times the normal one", gt=0)
+
+
+class OutOfScopeToolThresholds(_Thresholds):
+    """No thresholds: scope comes from ``allowed_tools`` and ``tool_constraints``."""
+
+
+class CostRunawayThresholds(_Thresholds):
+    factor: float | None = _num("session cost this many times the agent's median", gt=1)
+    min_sessions: int | None = _num("finished sessions before the baseline is used", ge=1)
+    default_session_cost_usd: float | None = _num("cost guard without a baseline (USD)", ge=0)
+
+
+class InfrastructureThresholds(_Thresholds):
+    min_failures: int | None = _num("failed calls in the window", ge=1)
+    min_rate: float | None = _num("failure rate in the window", ge=0, le=1)
+    min_sessions: int | None = _num("distinct failing sessions", ge=1)
+    spread_sessions: int | None = _num("distinct failing sessions that make it SEV1", ge=1)
+    session_failures: int | None = _num("consecutive failures in one session (SEV3)", ge=1)
+
+
+class Thresholds(_Model):
+    what: ClassVar[str] = "detector name"
+    loop: LoopThresholds | None = None
+    context_growth: ContextGrowthThresholds | None = None
+    token_ratio: TokenRatioThresholds | None = None
+    out_of_scope_tool: OutOfScopeToolThresholds | None = None
+    cost_runaway: CostRunawayThresholds | None = None
+    infrastructure: InfrastructureThresholds | None = None
+
+
+class SeverityOverrides(_Model):
+    """Detector name -> the severity its findings get instead of the detector's own."""
+
+    what: ClassVar[str] = "detector name"
+    loop: Severity | None = None
+    context_growth: Severity | None = None
+    token_ratio: Severity | None = None
+    out_of_scope_tool: Severity | None = None
+    cost_runaway: Severity | None = None
+    infrastructure: Severity | None = None
+
+
+class Actions(_Model):
+    """Severity or detector name -> containment action (a detector's entry wins over its SEV's)."""
+
+    what: ClassVar[str] = "severity (SEV1..SEV3) or detector name"
+    SEV1: Action | None = None
+    SEV2: Action | None = None
+    SEV3: Action | None = None
+    loop: Action | None = None
+    context_growth: Action | None = None
+    token_ratio: Action | None = None
+    out_of_scope_tool: Action | None = None
+    cost_runaway: Action | None = None
+    infrastructure: Action | None = None
+
+
+class Budgets(_Model):
+    session_cost_usd: float | None = _num("a session costing more is a cost incident", ge=0)
+    session_tokens: int | None = _num("a session using more tokens is a cost incident", ge=0)
+
+
+class ToolConstraintSpec(_Model):
+    path_prefixes: list[str] | None = Field(
+        default=None, description="path arguments must lie under one of these"
+    )
+    hosts: list[str] | None = Field(
+        default=None, description="URL/host arguments must name one of these (*.example.com)"
+    )
+    sql_verbs: list[str] | None = Field(
+        default=None, description="SQL arguments may use only these statements (SELECT)"
+    )
+
+
+class Match(_Model):
+    service: str = Field(default="*", description="glob on the service name (service.name)")
+    agent: str = Field(default="*", description="glob on the agent name")
+
+
+class RuleBody(_Model):
+    allowed_tools: list[str] | None = Field(
+        default=None, description="globs; a tool outside them is out of scope"
+    )
+    tool_constraints: dict[str, ToolConstraintSpec] | None = Field(
+        default=None, description="tool name or glob -> argument limits"
+    )
+    consequential_tools: list[str] | None = Field(
+        default=None, description="globs of tools whose misuse is SEV1 (send_*, delete_*)"
+    )
+    builtin_tools: list[str] | None = Field(
+        default=None, description="globs of framework tools never out of scope (replaces the list)"
+    )
+    budgets: Budgets | None = None
+    thresholds: Thresholds | None = None
+    severity: SeverityOverrides | None = None
+    actions: Actions | None = None
+
+
+class AgentRule(RuleBody):
+    name: str | None = Field(default=None, description="shown in incidents; default agents[i]")
+    match: Match
+
+
+class PolicyFile(_Model):
+    """The policy file: ``defaults`` under every rule, then ``agents`` (first match wins)."""
+
+    version: Literal[1] = 1
+    defaults: RuleBody | None = None
+    agents: list[AgentRule] = Field(default_factory=list)
+
+
+def policy_json_schema() -> dict:
+    """The JSON Schema (draft 2020-12) of the policy file, generated from the models."""
+    schema = PolicyFile.model_json_schema()
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://agentwatch.dev/schemas/policy.schema.json",
+        **schema,
+        "title": "agentwatch policy file",
+    }
+
+
+class Policy:
+    """A loaded policy file. ``for_agent(service, agent)`` resolves (and caches) an AgentPolicy."""
+
+    def __init__(self, spec: PolicyFile, source: str = "<policy>") -> None:
+        self.spec = spec
+        self.source = source
+        self.for_agent = lru_cache(maxsize=RESOLVE_CACHE_SIZE)(self._resolve)
+
+    def rule_name(self, index: int) -> str:
+        return self.spec.agents[index].name or f"agents[{index}]"
+
+    def match_index(self, service: str, agent: str) -> int | None:
+        """Index of the first rule whose globs match, or None."""
+        for i, rule in enumerate(self.spec.agents):
+            if fnmatchcase(service or "", rule.match.service) and fnmatchcase(
+                agent or "", rule.match.agent
+            ):
+                return i
+        return None
+
+    def _resolve(self, service: str, agent: str) -> AgentPolicy:
+        index = self.match_index(service, agent)
+        layers = [self.spec.defaults] if self.spec.defaults is not None else []
+        if index is not None:
+            layers.append(self.spec.agents[index])
+            name = self.rule_name(index)
+        else:
+            name = "defaults"
+        return _build(name, layers)
+
+
+def _build(name: str, layers: list[RuleBody]) -> AgentPolicy:
+    """Later layers win: scalars and lists replace; mappings merge key by key."""
+    fields: dict = {"rule": name}
+    thresholds: dict[str, dict[str, float]] = {}
+    severity: dict[str, str] = {}
+    actions: dict[str, str] = {}
+    constraints: dict[str, ToolConstraint] = {}
+    for layer in layers:
+        for key in ("allowed_tools", "consequential_tools", "builtin_tools"):
+            value = getattr(layer, key)
+            if value is not None:
+                fields[key] = tuple(value)
+        if layer.budgets is not None:
+            fields.update(layer.budgets.model_dump(exclude_none=True))
+        if layer.thresholds is not None:
+            for detector, values in layer.thresholds:
+                if values is not None:
+                    thresholds.setdefault(detector, {}).update(values.model_dump(exclude_none=True))
+        if layer.severity is not None:
+            severity.update(layer.severity.model_dump(exclude_none=True))
+        if layer.actions is not None:
+            actions.update(layer.actions.model_dump(exclude_none=True))
+        for tool, spec in (layer.tool_constraints or {}).items():
+            constraints[tool] = ToolConstraint(  # a rule's entry replaces the defaults' entry
+                tuple(spec.path_prefixes or ()),
+                tuple(spec.hosts or ()),
+                tuple(spec.sql_verbs or ()),
+            )
+    return AgentPolicy(
+        **fields,
+        tool_constraints=MappingProxyType(constraints),
+        thresholds=MappingProxyType({d: MappingProxyType(v) for d, v in thresholds.items() if v}),
+        severity=MappingProxyType(severity),
+        actions=MappingProxyType(actions),
+    )
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate a YAML policy file; ``PolicyError`` names the file, key and expectation."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise PolicyError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"{path}: cannot read: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{path}: not valid YAML: {exc}") from None
+    return parse_policy(data, str(path))
+
+
+def parse_policy(data, source: str = "<policy>") -> Policy:
+    """Validate already-parsed YAML/JSON data (``source`` names it in errors)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PolicyError(f"{source}: expected a mapping with 'defaults' and 'agents' at the top")
+    try:
+        spec = PolicyFile.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError("\n".join(_describe(source, error) for error in exc.errors())) from None
+    return Policy(spec, source)
+
+
+def _key_path(loc: tuple) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(top level)"
+
+
+def _unwrap(annotation):
+    """``X | None`` -> ``X``; anything else as it is."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
+        return args[0]
+    return annotation
+
+
+_COMPARISONS = (
+    ("greater than or equal to", ">="),
+    ("less than or equal to", "<="),
+    ("greater than", ">"),
+    ("less than", "<"),
+)
+
+
+def _describe(source: str, error: dict) -> str:
+    loc = tuple(error["loc"])
+    # list[X] / dict[str, X]: pydantic puts the index or key in loc; walk through them
+    parent = _walk(loc[:-1]) if loc else None
+    kind, msg = error["type"], error["msg"]
+    if kind == "extra_forbidden" and loc:
+        key = loc[-1]
+        what = getattr(parent, "what", "key") if parent else "key"
+        known = ", ".join(parent.model_fields) if parent else ""
+        expected = f" (expected one of: {known})" if known else " (this mapping takes no keys)"
+        return f"{source}: {_key_path(loc[:-1])}: unknown {what} {key!r}{expected}"
+    if kind == "missing":
+        return f"{source}: {_key_path(loc)}: required key missing"
+    got = error.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    msg = msg.replace("Input should be", "expected")
+    for words, sign in _COMPARISONS:
+        msg = msg.replace(words, sign)
+    return f"{source}: {_key_path(loc)}: {msg}{shown}"
+
+
+def _walk(loc: tuple):
+    """The model class at ``loc``, stepping through list indexes and dict keys."""
+    current: object = PolicyFile
+    for part in loc:
+        current = _unwrap(current)
+        origin = get_origin(current)
+        if origin is list or origin is dict:
+            current = _unwrap(get_args(current)[-1])
+            continue
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field_info = current.model_fields.get(str(part))
+            if field_info is None:
+                return None
+            current = field_info.annotation
+        else:
+            return None
+    current = _unwrap(current)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None

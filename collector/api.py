@@ -33,6 +33,9 @@ def build_api_app(collector) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/sql", sql)
+    from collector.incidents_api import add_incident_routes  # its handlers use COLLECTOR
+
+    add_incident_routes(app)  # /v1/incidents, /v1/incidents/{id}, …/ack, …/resolve
     return app
 
 

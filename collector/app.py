@@ -43,6 +43,7 @@ class Collector:
         self.forwarder = None
         self.pipeline: Pipeline | None = None
         self.analyzer = None
+        self.policy = None  # analyzer.policy.Policy from config.policy_file; see reload_policy
         self._tasks: list[asyncio.Task] = []
 
     async def run_store(self, fn, *args):
@@ -99,12 +100,49 @@ class Collector:
         from analyzer.incidents import IncidentManager
         from analyzer.session import SessionTable
 
+        if self.config.policy_file is not None and self.policy is None:
+            from analyzer.policy import load_policy
+
+            self.policy = load_policy(self.config.policy_file)
         incidents = IncidentManager(
             self.config.incident_link_template, self.config.incident_quiet_period_s
         )
+        sessions = SessionTable(policy_for=self._policy_for)
         return Analyzer(
-            default_detectors(), SessionTable(), incidents, store_writer(self.store, self.run_store)
+            default_detectors(), sessions, incidents, store_writer(self.store, self.run_store)
         )
+
+    def _policy_for(self, service: str, agent: str):
+        """The current policy's rule for a new session (reads ``self.policy`` at every call)."""
+        if self.policy is None:
+            from analyzer.policy import DEFAULT_POLICY
+
+            return DEFAULT_POLICY
+        return self.policy.for_agent(service, agent)
+
+    def reload_policy(self):
+        """Read ``config.policy_file`` again and swap it in; on ``PolicyError`` keep the old one.
+
+        Nothing else is touched: sessions, detector state and incidents stay. A session keeps the
+        rule resolved when it was first seen until it ends (TTL or eviction); sessions first seen
+        after the reload get the new policy. Returns the new Policy.
+        """
+        from analyzer.policy import PolicyError, load_policy
+
+        if self.config.policy_file is None:
+            raise PolicyError("no policy file configured (start with --policy FILE)")
+        policy = load_policy(self.config.policy_file)
+        self.policy = policy
+        log.info("policy reloaded from %s: %d agents rules", policy.source, len(policy.spec.agents))
+        return policy
+
+    def _reload_on_signal(self) -> None:
+        from analyzer.policy import PolicyError
+
+        try:
+            self.reload_policy()
+        except PolicyError as exc:
+            log.error("policy not reloaded, the previous one stays in force:\n%s", exc)
 
     async def _tick_analyzer(self, every_s: float = 10.0) -> None:
         while True:
@@ -137,7 +175,8 @@ class Collector:
 
 
 async def serve(config: Config, ready=None) -> None:
-    """Run until SIGINT/SIGTERM. ``ready(collector)`` is called once every port is bound."""
+    """Run until SIGINT/SIGTERM (SIGHUP reloads the policy file). ``ready(collector)`` is called
+    once every port is bound."""
     collector = Collector(config)
     await collector.start()
     if ready:
@@ -146,6 +185,8 @@ async def serve(config: Config, ready=None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if config.policy_file is not None:
+        loop.add_signal_handler(signal.SIGHUP, collector._reload_on_signal)
     try:
         await stop.wait()
     finally:

@@ -62,6 +62,12 @@ def main() -> None:
     help="Protocol of --forward-endpoint.",
 )
 @click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(path_type=Path),
+    help="YAML policy file (behavioural SLA per agent); SIGHUP reloads it.",
+)
+@click.option(
     "--sql-writable",
     is_flag=True,
     default=None,
@@ -181,6 +187,294 @@ def sql(query: str, fmt: str, params: tuple[str, ...], api_url: str, token: str 
         api_url, token, "POST", "/v1/sql", json={"query": query, "format": fmt, "params": values}
     )
     click.echo(response.text, nl=not response.text.endswith("\n"))
+
+
+# --- incidents ------------------------------------------------------------------------------------
+
+
+@main.group()
+def incidents() -> None:
+    """List, inspect, acknowledge and resolve incidents of a running collector.
+
+    \b
+    Examples:
+      agentwatch incidents list                      # open and acknowledged, newest first
+      agentwatch incidents list --status all --severity SEV1 --detector loop
+      agentwatch incidents show inc-3f2a9c1b7d4e
+      agentwatch incidents ack inc-3f2a9c1b7d4e --reason "looking"
+      agentwatch incidents resolve inc-3f2a9c1b7d4e --reason "tool fixed"
+    """
+
+
+def _when(iso: str) -> str:
+    """'2026-11-22T06:14:38.696914422Z' -> '2026-11-22 06:14:38Z (3m ago)'."""
+    from datetime import UTC, datetime
+
+    try:
+        at = datetime.fromisoformat(iso[:19]).replace(tzinfo=UTC)
+    except (TypeError, ValueError):
+        return str(iso)
+    seconds = max(0, int((datetime.now(UTC) - at).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            ago = f"{seconds // size}{unit} ago"
+            break
+    else:
+        ago = f"{seconds}s ago"
+    return f"{at:%Y-%m-%d %H:%M:%S}Z ({ago})"
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _without_prefix(text: str, prefix: str) -> str:
+    return text[len(prefix) :] if text.startswith(prefix) else text
+
+
+def _incident_table(rows: list[dict]) -> str:
+    header = ("ID", "SEV", "STATUS", "CLASS", "DETECTOR/KIND", "AGENT", "TITLE", "OCC", "SESS")
+    header += ("LAST SEEN",)
+    lines = [
+        (
+            r["incident_id"],
+            r["severity"],
+            r["status"],
+            r["class"],
+            f"{r['detector']}/{r['kind']}",
+            _clip(r["agent"] or r["service"], 24),
+            _clip(_without_prefix(r["title"], f"{r['agent'] or r['service']}: "), 56),
+            str(r["occurrences"]),
+            str(r["sessions_affected"]),
+            _when(r["last_seen"]),
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *lines]
+    )
+
+
+@incidents.command("list")
+@click.option(
+    "--status",
+    type=click.Choice(["open", "acknowledged", "resolved", "active", "all"]),
+    default="active",
+    show_default=True,
+    help="active = open or acknowledged.",
+)
+@click.option("--severity", type=click.Choice(["SEV1", "SEV2", "SEV3"], case_sensitive=False))
+@click.option("--detector", help="loop, context_growth, token_ratio, out_of_scope_tool, …")
+@click.option("--agent", help="Only this agent.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@_client_options
+def incidents_list(status, severity, detector, agent, limit, fmt, api_url, token) -> None:
+    """Incidents, most recently seen first."""
+    params = {"status": status, "limit": limit}
+    for name, value in (("severity", severity), ("detector", detector), ("agent", agent)):
+        if value:
+            params[name] = value.upper() if name == "severity" else value
+    rows = api_call(api_url, token, "GET", "/v1/incidents", params=params).json()
+    if fmt == "json":
+        import json
+
+        click.echo(json.dumps(rows, indent=2))
+    elif rows:
+        click.echo(_incident_table(rows))
+    else:
+        click.echo(f"no incidents ({status})")
+
+
+def _incident_path(incident_id: str, action: str = "") -> str:
+    from urllib.parse import quote
+
+    return f"/v1/incidents/{quote(incident_id, safe='')}" + (f"/{action}" if action else "")
+
+
+@incidents.command("show")
+@click.argument("incident_id", metavar="ID")
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@_client_options
+def incidents_show(incident_id, fmt, api_url, token) -> None:
+    """One incident: what, where, evidence and its timeline."""
+    import json
+
+    i = api_call(api_url, token, "GET", _incident_path(incident_id)).json()
+    if fmt == "json":
+        click.echo(json.dumps(i, indent=2))
+        return
+    out = [
+        f"{i['incident_id']}  {i['severity']}  {i['status'].upper()}  {i['class']}  "
+        f"{i['detector']}/{i['kind']}",
+        f"  {i['title']}",
+        f"  {i['summary']}",
+        f"  service     {i['service']}   agent {i['agent'] or '-'}   tenant {i['tenant']}",
+        f"  session     {i['session_id'] or '-'}   user {i['user_id'] or '-'}",
+        f"  trace       {i['trace_id']}   flagged span {i['span_id']}",
+        f"  first seen  {_when(i['first_seen'])}",
+        f"  last seen   {_when(i['last_seen'])}",
+        f"  seen        {i['occurrences']} time(s) in {i['sessions_affected']} session(s), "
+        f"{i['users_affected']} user(s)",
+        f"  fingerprint {i['fingerprint']}",
+    ]
+    if i.get("link"):
+        out.append(f"  link        {i['link']}")
+    out.append("evidence:")
+    evidence = i["evidence"] if isinstance(i["evidence"], list) else [i["evidence"]]
+    out += [f"  {json.dumps(item, sort_keys=True)}" for item in evidence]
+    out.append("timeline:")
+    for e in i.get("timeline", []):
+        detail = f"  {e['detail']}" if e["detail"] else ""
+        out.append(f"  {e['at'][:19].replace('T', ' ')}Z  {e['event']:<12} {e['actor']}{detail}")
+    click.echo("\n".join(out))
+
+
+def _set_status(action: str, incident_id, reason, actor, api_url, token) -> None:
+    import getpass
+
+    if not actor:
+        try:
+            actor = getpass.getuser()
+        except (KeyError, OSError):  # no login name (e.g. a container's anonymous uid)
+            actor = "cli"
+    i = api_call(
+        api_url,
+        token,
+        "POST",
+        _incident_path(incident_id, action),
+        json={"actor": actor, "reason": reason or ""},
+    ).json()
+    click.echo(f"{i['incident_id']} {i['status']} by {actor}: {i['title']}")
+
+
+def _status_options(fn):
+    fn = click.option("--actor", help="Who does it.  [default: your login name]")(fn)
+    fn = click.option("--reason", help="Why (kept in the incident's timeline).")(fn)
+    fn = click.argument("incident_id", metavar="ID")(fn)
+    return fn
+
+
+@incidents.command("ack")
+@_status_options
+@_client_options
+def incidents_ack(incident_id, reason, actor, api_url, token) -> None:
+    """Acknowledge incident ID (someone is on it)."""
+    _set_status("ack", incident_id, reason, actor, api_url, token)
+
+
+@incidents.command("resolve")
+@_status_options
+@_client_options
+def incidents_resolve(incident_id, reason, actor, api_url, token) -> None:
+    """Resolve incident ID (the same problem again opens a new incident)."""
+    _set_status("resolve", incident_id, reason, actor, api_url, token)
+
+
+@main.group()
+def policy() -> None:
+    """Check the policy file (the behavioural SLA per agent) before the collector uses it."""
+
+
+@policy.command("check")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--agent",
+    "agent",
+    metavar="SERVICE/AGENT",
+    help="Also show the policy resolved for this service and agent name.",
+)
+def policy_check(file: Path, agent: str | None) -> None:
+    """Validate FILE: print a summary of its rules (exit 0) or its errors (exit 1).
+
+    \b
+    Examples:
+      agentwatch policy check deploy/policy.example.yaml
+      agentwatch policy check policy.yaml --agent support-eu/triage
+    """
+    from analyzer.policy import PolicyError, load_policy
+
+    try:
+        loaded = load_policy(file)
+    except PolicyError as exc:
+        raise click.ClickException(f"invalid policy\n{exc}") from None
+    spec = loaded.spec
+    click.echo(f"{file}: OK, {len(spec.agents)} agents rules (first match wins)")
+    if spec.defaults is not None:
+        click.echo(f"  defaults: {_policy_sections(spec.defaults) or '(empty)'}")
+    for i, rule in enumerate(spec.agents):
+        sections = _policy_sections(rule)
+        click.echo(
+            f"  {loaded.rule_name(i)}: service={rule.match.service!r} agent={rule.match.agent!r}"
+            + (f"  [{sections}]" if sections else "")
+        )
+    if agent is not None:
+        service, sep, name = agent.partition("/")
+        if not sep:
+            raise click.BadParameter("expected SERVICE/AGENT", param_hint="--agent")
+        click.echo(f"\n{service}/{name} resolves to:")
+        click.echo(_format_agent_policy(loaded.for_agent(service, name)))
+
+
+@policy.command("schema")
+def policy_schema() -> None:
+    """Print the policy file's JSON Schema (generated; schemas/policy.schema.json is this)."""
+    import json
+
+    from analyzer.policy import policy_json_schema
+
+    click.echo(json.dumps(policy_json_schema(), indent=2))
+
+
+def _policy_sections(body) -> str:
+    """The sections a rule sets, e.g. ``allowed_tools(3), budgets, thresholds(loop)``."""
+    parts = []
+    for key in type(body).model_fields:
+        if key in ("match", "name", "version", "defaults", "agents"):
+            continue
+        value = getattr(body, key)
+        if value is None:
+            continue
+        if isinstance(value, list):
+            parts.append(f"{key}({len(value)})")
+        elif isinstance(value, dict):
+            parts.append(f"{key}({', '.join(value)})")
+        else:
+            parts.append(f"{key}({', '.join(value.model_dump(exclude_none=True))})")
+    return ", ".join(parts)
+
+
+def _format_agent_policy(resolved) -> str:
+    import json
+    from dataclasses import asdict
+
+    def plain(value):
+        if isinstance(value, dict) or hasattr(value, "items"):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        return value
+
+    fields = {
+        "rule": resolved.rule,
+        "allowed_tools": resolved.allowed_tools,
+        "tool_constraints": {k: asdict(v) for k, v in resolved.tool_constraints.items()},
+        "consequential_tools": resolved.consequential_tools,
+        "builtin_tools": resolved.builtin_tools,
+        "session_cost_usd": resolved.session_cost_usd,
+        "session_tokens": resolved.session_tokens,
+        "thresholds": resolved.thresholds,
+        "severity": resolved.severity,
+        "actions": resolved.actions,
+    }
+    return json.dumps(plain(fields), indent=2)
 
 
 if __name__ == "__main__":

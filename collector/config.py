@@ -130,6 +130,10 @@ class Config(_Section):
         default=1800.0, gt=0, description="auto-resolve after this quiet time"
     )
     default_tenant: str = "default"
+    policy_file: Path | None = Field(
+        default=None,
+        description="YAML policy file: the behavioural SLA per agent (reloaded on SIGHUP)",
+    )
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
     forward: ForwardConfig | None = None
 
@@ -196,9 +200,22 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     data.update(flags)
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source, set(flags))) from None
+    if config.policy_file is not None:
+        check_policy_file(config.policy_file)
+    return config
+
+
+def check_policy_file(path: Path):
+    """Load the policy file; a bad one stops start-up with its file, key path and expectation."""
+    from analyzer.policy import PolicyError, load_policy
+
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        raise ConfigError(f"policy file: {exc}") from None
 
 
 def _describe(exc: ValidationError, file_source: str, flag_keys: set[str]) -> str:

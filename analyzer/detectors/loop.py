@@ -10,7 +10,10 @@ Three shapes, over a session's recent tool calls:
   infrastructure detector's business when the backend fails (5xx), this one's when the agent keeps
   sending calls the tool rejects.
 
-Each loop is reported once per session (its incident counts what follows).
+Each loop is reported once per session (its incident counts what follows). The four numbers come
+from ``session.policy.threshold("loop", key, default)`` (policy ``thresholds.loop``), the
+constructor's values being the defaults; ``window`` is read when the session's loop state is
+created. A policy ``severity`` for ``loop`` replaces SEV2.
 
 >>> from analyzer.session import SessionTable
 >>> from analyzer.step import Step
@@ -36,9 +39,22 @@ from analyzer.step import Step
 
 
 class _LoopState:
-    __slots__ = ("calls", "failures", "failing_tool", "flagged")
+    __slots__ = (
+        "calls",
+        "failures",
+        "failing_tool",
+        "flagged",
+        "repeats",
+        "cycles",
+        "max_failures",
+        "severity",
+    )
 
-    def __init__(self, window: int) -> None:
+    def __init__(
+        self, window: int, repeats: int, cycles: int, failures: int, severity: str = "SEV2"
+    ) -> None:
+        self.repeats, self.cycles, self.max_failures = repeats, cycles, failures
+        self.severity = severity
         self.calls: deque[tuple[str, int]] = deque(maxlen=window)
         self.failures = 0
         self.failing_tool = ""
@@ -59,7 +75,7 @@ class LoopDetector:
     def observe(self, step: Step, session: SessionState, now_ns: int) -> Finding | None:
         if step.kind != "tool" or not step.tool:
             return None
-        state: _LoopState = session.state(self.name, lambda: _LoopState(self.window))
+        state: _LoopState = session.state(self.name, lambda: self._new_state(session))
         call = (step.tool, step.args_hash)
         state.calls.append(call)
 
@@ -71,24 +87,38 @@ class LoopDetector:
 
         if step.tool in state.flagged:
             return None  # one loop, one finding: the incident counts what follows
-        if state.failures >= self.failures:
+        if state.failures >= state.max_failures:
             title = f"{step.tool} failed {state.failures} times in a row"
             return self._flag(state, "repeated_failure", step, (step.tool,), title)
         repeats = Counter(state.calls)[call]
-        if repeats > self.repeats:
+        if repeats > state.repeats:
             title = f"{step.tool} called {repeats} times with the same arguments"
             return self._flag(state, "repeated_call", step, (step.tool,), title)
-        cycle = self._cycle(state.calls)
+        cycle = self._cycle(state.calls, state.cycles)
         if cycle:
             tools = tuple(tool for tool, _ in cycle)
-            title = f"tool calls cycling {'→'.join(tools)} ×{self.cycles}"
+            title = f"tool calls cycling {'→'.join(tools)} ×{state.cycles}"
             return self._flag(state, "cycle", step, tools, title)
         return None
 
-    def _cycle(self, calls: deque) -> tuple | None:
+    def _new_state(self, session: SessionState) -> _LoopState:
+        """The session's loop state, with its agent's thresholds (read once per session)."""
+        policy = session.policy
+        repeats = int(policy.threshold(self.name, "repeats", self.repeats))
+        window = int(policy.threshold(self.name, "window", self.window))
+        return _LoopState(
+            max(window, repeats + 1),
+            repeats,
+            int(policy.threshold(self.name, "cycles", self.cycles)),
+            int(policy.threshold(self.name, "failures", self.failures)),
+            policy.severity.get(self.name, "SEV2"),
+        )
+
+    @staticmethod
+    def _cycle(calls: deque, cycles: int) -> tuple | None:
         recent = list(calls)
         for period in (2, 3):
-            span = period * self.cycles
+            span = period * cycles
             if len(recent) < span:
                 continue
             tail = recent[-span:]
@@ -105,7 +135,7 @@ class LoopDetector:
             detector=self.name,
             kind=kind,
             incident_class="semantic",
-            severity="SEV2",
+            severity=state.severity,
             title=f"{step.agent or step.service}: {title}",
             step=step,
             signature="→".join(tools),
