@@ -83,19 +83,28 @@ class AgentPolicy:
     )  # SEV -> action
 
     def threshold(self, detector: str, key: str, default: float) -> float:
-        return self.thresholds.get(detector, {}).get(key, default)
+        return self.thresholds.get(detector, _NO_THRESHOLDS).get(key, default)
 
     def is_consequential(self, tool: str) -> bool:
-        return any(fnmatchcase(tool, pattern) for pattern in self.consequential_tools)
+        return matches_any(self.consequential_tools, tool)
 
     def is_builtin(self, tool: str) -> bool:
-        return any(fnmatchcase(tool, pattern) for pattern in self.builtin_tools)
+        return matches_any(self.builtin_tools, tool)
 
     def allows(self, tool: str) -> bool:
         """True when no scope is declared, or the tool matches an allowed glob or is built in."""
         if self.allowed_tools is None or self.is_builtin(tool):
             return True
-        return any(fnmatchcase(tool, pattern) for pattern in self.allowed_tools)
+        return matches_any(self.allowed_tools, tool)
+
+
+_NO_THRESHOLDS: Mapping[str, float] = MappingProxyType({})
+
+
+@lru_cache(maxsize=8192)
+def matches_any(patterns: tuple[str, ...], name: str) -> bool:
+    """Whether ``name`` matches one of the globs (cached: tools and rules are few, calls many)."""
+    return any(fnmatchcase(name, pattern) for pattern in patterns)
 
 
 DEFAULT_POLICY = AgentPolicy()

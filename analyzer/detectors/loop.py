@@ -63,6 +63,7 @@ class _LoopState:
 
 class LoopDetector:
     name = "loop"
+    kinds = frozenset({"tool"})  # the engine asks this detector about tool calls only
 
     def __init__(
         self, repeats: int = 3, window: int = 12, cycles: int = 3, failures: int = 3
