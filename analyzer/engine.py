@@ -44,6 +44,9 @@ class Analyzer:
         self.write_rows = write_rows
         self.clock = clock
 
+    def detectors_for(self, kind: str) -> list[Detector]:
+        return self._by_kind.get(kind, self.detectors)
+
     async def tick(self) -> None:
         """Resolve quiet incidents and write what changed (called periodically)."""
         self.incidents.tick(self.clock())

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 import orjson
 
 from analyzer.finding import Finding
+from analyzer.step import Step
 
 SEVERITY_RANK = {"SEV3": 3, "SEV2": 2, "SEV1": 1}
 
@@ -67,6 +68,10 @@ class Incident:
     sessions: set[str] = field(default_factory=set)
     users: set[str] = field(default_factory=set)
     version: int = 0
+    # Counts carried over from the table when a restarted collector adopts an open incident
+    # (the session and user sets themselves are not stored).
+    earlier_sessions: int = 0
+    earlier_users: int = 0
 
     def row(self, link_template: str) -> dict:
         f, s = self.finding, self.finding.step
@@ -92,8 +97,8 @@ class Incident:
             "first_seen": utc_text(self.first_seen_ns),
             "last_seen": utc_text(self.last_seen_ns),
             "occurrences": self.occurrences,
-            "sessions_affected": len(self.sessions),
-            "users_affected": len(self.users),
+            "sessions_affected": self.earlier_sessions + len(self.sessions),
+            "users_affected": self.earlier_users + len(self.users),
             "link": link_template.format(
                 trace_id=s.trace_id, span_id=s.span_id, session_id=s.session
             ),
@@ -152,6 +157,43 @@ class IncidentManager:
             if key and len(values) < _MAX_TRACKED:
                 values.add(key)
         self._record(incident, event, now_ns, "agentwatch", finding.title)
+        return incident
+
+    def adopt(self, row: dict) -> Incident:
+        """Take over an open incident from the table (after a restart), so repeats update it.
+
+        ``row`` is an ``incidents`` row with ``first_ns``/``last_ns`` as integer nanoseconds.
+        The flagged step is rebuilt from the row's columns.
+        """
+        step = Step(
+            row["first_ns"], 0, row["tenant"], row["service"], row["agent"], row["session_id"],
+            row["user_id"], row["trace_id"], row["span_id"], "", "other",
+        )  # fmt: skip
+        evidence = tuple(orjson.loads(row["evidence"] or "[]"))
+        finding = Finding(
+            row["detector"],
+            row["kind"],
+            row["class"],
+            row["severity"],
+            row["title"],
+            step,
+            "",
+            evidence,
+        )
+        incident = Incident(
+            incident_id=row["incident_id"],
+            fingerprint=row["fingerprint"],
+            finding=finding,
+            severity=row["severity"],
+            status=row["status"],
+            first_seen_ns=row["first_ns"],
+            last_seen_ns=row["last_ns"],
+            occurrences=row["occurrences"],
+            version=row["version"],
+            earlier_sessions=row["sessions_affected"],
+            earlier_users=row["users_affected"],
+        )
+        self.open[incident.fingerprint] = incident
         return incident
 
     def set_status(

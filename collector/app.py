@@ -73,7 +73,10 @@ class Collector:
             await self.forwarder.start()
         consumers = [self._writer]
         if config.detect:
+            from analyzer.restore import restore
+
             self.analyzer = self._build_analyzer()
+            await self.run_store(restore, self.analyzer, self.store)
             consumers.append(self.analyzer)
             self._tasks.append(asyncio.get_running_loop().create_task(self._tick_analyzer()))
         prices = PriceTable({name: p.to_price() for name, p in config.prices.items()})

@@ -1,0 +1,68 @@
+"""Restart safety: rebuild the analyzer's memory from ClickHouse before taking new spans.
+
+1. Open (and acknowledged) incidents are adopted, so a repeat after a restart updates the incident
+   already open instead of opening a second one.
+2. Recent steps (by arrival, ``IngestedAt``, within ``lookback_s``, at most ``max_steps`` of the
+   newest) are replayed through the detectors with their findings discarded: a half-seen loop is
+   remembered, and a loop already reported is not reported again.
+
+What is not rebuilt: baselines learned from sessions older than the look-back (token ratio, spend)
+start again from their warm-up defaults; the infrastructure detector's windows are refilled at
+the current time (a burst just before the restart counts as now).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import orjson
+
+from analyzer.step import Step
+from collector.store import Store
+
+log = logging.getLogger("agentwatch.analyzer")
+
+_OPEN_INCIDENTS = """
+SELECT * EXCEPT (first_seen, last_seen), toUnixTimestamp64Nano(first_seen) AS first_ns,
+       toUnixTimestamp64Nano(last_seen) AS last_ns
+FROM incidents FINAL WHERE status != 'resolved'
+"""
+
+_RECENT_STEPS = """
+SELECT * FROM (
+    SELECT toUnixTimestamp64Nano(Timestamp) AS t, Duration, Tenant, ServiceName, AgentName,
+           SessionId, UserId, TraceId, SpanId, ParentSpanId, StepKind, Model, ToolName, ToolArgs,
+           ToolArgsHash, InputTokens, OutputTokens, CostUsd, StatusCode, ErrorType, HttpStatus,
+           FinishReason, IngestedAt
+    FROM agent_spans
+    WHERE IngestedAt > now64(3) - toIntervalSecond({lookback:UInt32})
+      AND StepKind IN ('llm', 'tool', 'embedding', 'retrieval')
+    ORDER BY IngestedAt DESC
+    LIMIT {max_steps:UInt32}
+) ORDER BY IngestedAt, t
+"""
+
+
+def restore(
+    analyzer, store: Store, lookback_s: int = 1800, max_steps: int = 200_000
+) -> tuple[int, int]:
+    """Blocking (run it on the store's thread before serving). Returns (incidents, steps)."""
+    rows = _json_rows(store.query(_OPEN_INCIDENTS, "JSONEachRow"))
+    for row in rows:
+        analyzer.incidents.adopt(row)
+    params = {"lookback": str(lookback_s), "max_steps": str(max_steps)}
+    steps = _json_rows(store.query(_RECENT_STEPS, "JSONCompactEachRow", params))
+    now = time.time_ns()
+    for values in steps:
+        step = Step(*values[:-1])
+        session = analyzer.sessions.for_step(step, now)
+        for detector in analyzer.detectors_for(step.kind):
+            detector.observe(step, session, now)  # findings dropped: they were reported before
+    if rows or steps:
+        log.info("restored %d open incidents and %d recent steps", len(rows), len(steps))
+    return len(rows), len(steps)
+
+
+def _json_rows(out: bytes) -> list:
+    return [orjson.loads(line) for line in out.splitlines() if line.strip()]
