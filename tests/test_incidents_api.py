@@ -165,12 +165,13 @@ def test_the_api_token_is_required_when_set(collector_factory):
         assert current(collector, iid)["status"] == "acknowledged"
 
 
-def test_changes_after_a_restart_go_to_the_table(tmp_path):
-    """Not in the analyzer's memory any more: a new version row and an event, written directly."""
+def test_ack_and_resolve_after_a_restart(tmp_path):
+    """A restarted collector adopts the open incident (analyzer/restore.py); people act on it."""
     with run_collector(tmp_path / "data") as collector:
         iid = loop_incident(collector)["incident_id"]
     with run_collector(tmp_path / "data") as collector:
-        assert collector.collector.analyzer.incidents.open == {}
+        adopted = collector.collector.analyzer.incidents.open.values()
+        assert [i.incident_id for i in adopted] == [iid]
         url = f"{collector.api_url}/v1/incidents/{iid}"
         acked = requests.post(f"{url}/ack", json={"actor": "carol", "reason": "after restart"})
         assert acked.status_code == 200, acked.text
@@ -372,3 +373,14 @@ def test_views_and_api_through_a_clickhouse_server_store(collector_factory):
                 readme_query("blast radius"), {"id": iid, "window_minutes": "5"}
             )
             assert (blast["sessions"], blast["calls"]) == (1, 6)
+
+
+def test_changes_with_detection_off_go_to_the_table(tmp_path):
+    """An incident the analyzer does not hold: a new version row and an event, written directly."""
+    with run_collector(tmp_path / "data") as collector:
+        iid = loop_incident(collector)["incident_id"]
+    with run_collector(tmp_path / "data", detect=False) as collector:
+        url = f"{collector.api_url}/v1/incidents/{iid}"
+        assert requests.post(f"{url}/ack", json={"actor": "dan"}).json()["status"] == "acknowledged"
+        assert current(collector, iid)["status"] == "acknowledged"
+        assert [e[0] for e in events(collector, iid)] == ["opened", "acknowledged"]
