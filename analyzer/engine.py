@@ -70,8 +70,6 @@ class Analyzer:
             return False
         return True
 
-    _flush = flush  # the earlier private name
-
     async def consume(self, batch: SpanBatch) -> None:
         now = self.clock()
         by_kind, sessions, incidents = self._by_kind, self.sessions, self.incidents
@@ -81,8 +79,7 @@ class Analyzer:
                 finding = detector.observe(step, session, now)
                 if finding is not None:
                     incidents.on_finding(finding, now)
-        incidents.tick(now)
-        await self.flush()
+        await self.flush()  # quiet-period resolution is the periodic tick's job, not ingest's
 
 
 def default_detectors() -> list[Detector]:

@@ -29,27 +29,34 @@ def wait_for_incidents(collector, where: str, timeout_s: float = 15.0) -> list[d
         time.sleep(0.1)
 
 
-def test_a_looping_agent_opens_one_semantic_incident_at_the_off_rails_step(collector):
-    provider, tracer = agent_tracer(collector)
+def run_agent(collector, session: str, user: str, order_ids: list[int], service="support-svc"):
+    """One agent session calling lookup_order once per item of ``order_ids``; returns span ids."""
+    provider, tracer = agent_tracer(collector, service)
     span_ids = []
     attrs = {
         "gen_ai.operation.name": "invoke_agent",
         "gen_ai.agent.name": "support",
-        "gen_ai.conversation.id": "loop-1",
-        "user.id": "u-1",
+        "gen_ai.conversation.id": session,
     }
+    if user:
+        attrs["user.id"] = user
     with tracer.start_as_current_span("invoke_agent support", attributes=attrs):
-        for _ in range(6):
+        for order_id in order_ids:
             tool_attrs = {
                 "gen_ai.operation.name": "execute_tool",
                 "gen_ai.tool.name": "lookup_order",
-                "gen_ai.tool.call.arguments": json.dumps({"order_id": 42}),
+                "gen_ai.tool.call.arguments": json.dumps({"order_id": order_id}),
             }
             with tracer.start_as_current_span(
                 "execute_tool lookup_order", attributes=tool_attrs
             ) as span:
                 span_ids.append(format(span.get_span_context().span_id, "016x"))
     provider.shutdown()
+    return span_ids
+
+
+def test_a_looping_agent_opens_one_semantic_incident_at_the_off_rails_step(collector):
+    span_ids = run_agent(collector, "loop-1", "u-1", [42] * 6)
 
     [incident] = wait_for_incidents(collector, "detector = 'loop'")
     assert (incident["kind"], incident["class"], incident["severity"], incident["status"]) == (

@@ -14,34 +14,9 @@ import pytest
 import requests
 
 from tests.conftest import run_collector
-from tests.test_detect_e2e import agent_tracer, wait_for_incidents
+from tests.test_detect_e2e import run_agent, wait_for_incidents
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def run_agent(collector, session: str, user: str, order_ids: list[int], service="support-svc"):
-    """One agent session calling lookup_order once per item of ``order_ids``; returns span ids."""
-    provider, tracer = agent_tracer(collector, service)
-    span_ids = []
-    attrs = {
-        "gen_ai.operation.name": "invoke_agent",
-        "gen_ai.agent.name": "support",
-        "gen_ai.conversation.id": session,
-        "user.id": user,
-    }
-    with tracer.start_as_current_span("invoke_agent support", attributes=attrs):
-        for order_id in order_ids:
-            tool_attrs = {
-                "gen_ai.operation.name": "execute_tool",
-                "gen_ai.tool.name": "lookup_order",
-                "gen_ai.tool.call.arguments": json.dumps({"order_id": order_id}),
-            }
-            with tracer.start_as_current_span(
-                "execute_tool lookup_order", attributes=tool_attrs
-            ) as span:
-                span_ids.append(format(span.get_span_context().span_id, "016x"))
-    provider.shutdown()
-    return span_ids
 
 
 def loop_incident(collector, session: str = "loop-1", user: str = "u-1") -> dict:

@@ -3,33 +3,12 @@ incident that is already open."""
 
 from __future__ import annotations
 
-import json
-
 from tests.conftest import run_collector
-from tests.test_detect_e2e import agent_tracer, wait_for_incidents
+from tests.test_detect_e2e import run_agent, wait_for_incidents
 
 
 def tool_calls(collector, session: str, n: int) -> list[str]:
-    provider, tracer = agent_tracer(collector)
-    span_ids = []
-    root = {
-        "gen_ai.operation.name": "invoke_agent",
-        "gen_ai.agent.name": "support",
-        "gen_ai.conversation.id": session,
-    }
-    with tracer.start_as_current_span("invoke_agent support", attributes=root):
-        for _ in range(n):
-            attrs = {
-                "gen_ai.operation.name": "execute_tool",
-                "gen_ai.tool.name": "lookup_order",
-                "gen_ai.tool.call.arguments": json.dumps({"order_id": 42}),
-            }
-            with tracer.start_as_current_span(
-                "execute_tool lookup_order", attributes=attrs
-            ) as span:
-                span_ids.append(format(span.get_span_context().span_id, "016x"))
-    provider.shutdown()
-    return span_ids
+    return run_agent(collector, session, "", [42] * n)
 
 
 def test_a_half_seen_loop_is_remembered_across_a_restart(tmp_path):
