@@ -21,6 +21,10 @@ from collector.conventions import STEP_KINDS
 from collector.normalize import SpanBatch
 
 WriteRows = Callable[[IncidentRows], Awaitable[None]]
+# Called with every batch of incident rows once the store has them: paging and containment
+# subscribe here (``Collector.publish_incident_rows``). One row per incident version, one event per
+# change; a listener must not raise (errors are logged and swallowed).
+RowsWritten = Callable[[IncidentRows], Awaitable[None]]
 log = logging.getLogger("agentwatch.analyzer")
 
 
@@ -32,6 +36,7 @@ class Analyzer:
         incidents: IncidentManager,
         write_rows: WriteRows,
         clock: Callable[[], int] = time.time_ns,
+        on_written: RowsWritten | None = None,
     ) -> None:
         self.detectors = detectors
         # Most detectors look at one kind of step (tools, LLM calls): only ask those that care.
@@ -43,6 +48,7 @@ class Analyzer:
         self.incidents = incidents
         self.write_rows = write_rows
         self.clock = clock
+        self.on_written = on_written
 
     def detectors_for(self, kind: str) -> list[Detector]:
         return self._by_kind.get(kind, self.detectors)
@@ -68,6 +74,8 @@ class Analyzer:
             )
             self.incidents.put_back(rows)
             return False
+        if self.on_written is not None:
+            await self.on_written(rows)
         return True
 
     async def consume(self, batch: SpanBatch) -> None:

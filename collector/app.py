@@ -45,6 +45,8 @@ class Collector:
         self.analyzer = None
         self.policy = None  # analyzer.policy.Policy from config.policy_file; see reload_policy
         self._tasks: list[asyncio.Task] = []
+        # Async callables given every batch of incident rows once stored (paging, containment).
+        self.incident_listeners: list = []
 
     async def run_store(self, fn, *args):
         """Run a blocking store call on the store's thread."""
@@ -112,8 +114,25 @@ class Collector:
         )
         sessions = SessionTable(policy_for=self._policy_for)
         return Analyzer(
-            default_detectors(), sessions, incidents, store_writer(self.store, self.run_store)
+            default_detectors(),
+            sessions,
+            incidents,
+            store_writer(self.store, self.run_store),
+            on_written=self.publish_incident_rows,
         )
+
+    async def publish_incident_rows(self, rows) -> None:
+        """Hand stored incident rows (``analyzer.incidents.IncidentRows``) to every listener.
+
+        Both writers call this: the analyzer after each flush, and the incidents API when it
+        changes an incident the analyzer does not hold. A failing listener is logged, never
+        raised: the incident is stored whatever a pager or policy does with it.
+        """
+        for listener in self.incident_listeners:
+            try:
+                await listener(rows)
+            except Exception:
+                log.exception("incident listener %r failed", listener)
 
     def _policy_for(self, service: str, agent: str):
         """The current policy's rule for a new session (reads ``self.policy`` at every call)."""

@@ -248,6 +248,9 @@ async def _apply(
         )
     except (StoreError, StoreUnavailable) as exc:
         return _error(503, f"cannot write the incident's new status: {exc}")
+    from analyzer.incidents import IncidentRows
+
+    await collector.publish_incident_rows(IncidentRows([row], [event]))
     return None
 
 
