@@ -93,6 +93,7 @@ class Incident:
             "user_id": s.user,
             "trace_id": s.trace_id,
             "span_id": s.span_id,
+            "tool": s.tool,
             "evidence": orjson.dumps(list(f.evidence)).decode(),
             "first_seen": utc_text(self.first_seen_ns),
             "last_seen": utc_text(self.last_seen_ns),
@@ -156,7 +157,7 @@ class IncidentManager:
         for values, key in ((incident.sessions, step.session), (incident.users, step.user)):
             if key and len(values) < _MAX_TRACKED:
                 values.add(key)
-        self._record(incident, event, now_ns, "agentwatch", finding.title)
+        self._record(incident, event, now_ns, "agentwatch", finding.title, step)
         return incident
 
     def adopt(self, row: dict) -> Incident:
@@ -168,6 +169,7 @@ class IncidentManager:
         step = Step(
             row["first_ns"], 0, row["tenant"], row["service"], row["agent"], row["session_id"],
             row["user_id"], row["trace_id"], row["span_id"], "", "other",
+            tool=row.get("tool", ""),
         )  # fmt: skip
         evidence = tuple(orjson.loads(row["evidence"] or "[]"))
         finding = Finding(
@@ -229,7 +231,17 @@ class IncidentManager:
         del self.rows.incidents[:-_MAX_PENDING_ROWS]
         del self.rows.events[:-_MAX_PENDING_ROWS]
 
-    def _record(self, incident: Incident, event: str, now_ns: int, actor: str, detail: str) -> None:
+    def _record(
+        self,
+        incident: Incident,
+        event: str,
+        now_ns: int,
+        actor: str,
+        detail: str,
+        step: Step | None = None,
+    ) -> None:
+        """Append the incident's new version and the event; ``step`` is the finding's step (its
+        session and trace go on the event, so repeats from other sessions are visible)."""
         # Versions grow with the clock, so a restarted collector's updates still win.
         incident.version = max(incident.version + 1, now_ns)
         self.rows.incidents.append(incident.row(self.link_template))
@@ -241,5 +253,7 @@ class IncidentManager:
                 "event": event,
                 "actor": actor,
                 "detail": detail,
+                "session_id": step.session if step else "",
+                "trace_id": step.trace_id if step else "",
             }
         )

@@ -81,6 +81,15 @@ class AgentPolicy:
     actions: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({})
     )  # SEV -> action
+    # Tool circuit breaker: this many sessions with a finding on one tool within the window open
+    # that tool's circuit (0: never), for the agent, the service or everyone (``scope``).
+    tool_circuit_sessions: int = 3
+    tool_circuit_window_s: float = 600.0
+    tool_circuit_scope: str = "agent"
+
+    def action_for(self, detector: str, severity: str) -> str:
+        """The containment action for a finding: the detector's entry wins over its SEV's."""
+        return self.actions.get(detector) or self.actions.get(severity) or "none"
 
     def threshold(self, detector: str, key: str, default: float) -> float:
         return self.thresholds.get(detector, _NO_THRESHOLDS).get(key, default)
@@ -261,6 +270,17 @@ class ToolConstraintSpec(_Model):
     )
 
 
+class ToolCircuit(_Model):
+    sessions: int | None = _num(
+        "sessions with a finding on one tool within the window that open its circuit (3; 0: off)",
+        ge=0,
+    )
+    window_s: float | None = _num("the window in seconds (600)", gt=0)
+    scope: Literal["agent", "service", "global"] | None = Field(
+        default=None, description="whom the open circuit stops: this agent (default), service, all"
+    )
+
+
 class Match(_Model):
     service: str = Field(default="*", description="glob on the service name (service.name)")
     agent: str = Field(default="*", description="glob on the agent name")
@@ -283,6 +303,7 @@ class RuleBody(_Model):
     thresholds: Thresholds | None = None
     severity: SeverityOverrides | None = None
     actions: Actions | None = None
+    tool_circuit: ToolCircuit | None = None
 
 
 class AgentRule(RuleBody):
@@ -362,6 +383,9 @@ def _build(name: str, layers: list[RuleBody]) -> AgentPolicy:
             severity.update(layer.severity.model_dump(exclude_none=True))
         if layer.actions is not None:
             actions.update(layer.actions.model_dump(exclude_none=True))
+        if layer.tool_circuit is not None:
+            for key, value in layer.tool_circuit.model_dump(exclude_none=True).items():
+                fields[f"tool_circuit_{key}"] = value
         for tool, spec in (layer.tool_constraints or {}).items():
             constraints[tool] = ToolConstraint(  # a rule's entry replaces the defaults' entry
                 tuple(spec.path_prefixes or ()),

@@ -1,7 +1,7 @@
 """The API and web port (default 8080): health, Prometheus metrics, and the endpoints the CLI uses.
 
-Later issues add incidents and control endpoints here. ``/healthz`` and ``/metrics`` are open;
-``/v1/*`` needs the API token when one is configured.
+``/healthz`` and ``/metrics`` are open; ``/v1/*`` (SQL, incidents, control) and ``/ofrep/*``
+(flag checks) need the API token when one is configured.
 """
 
 from __future__ import annotations
@@ -36,13 +36,16 @@ def build_api_app(collector) -> web.Application:
     from collector.incidents_api import add_incident_routes  # its handlers use COLLECTOR
 
     add_incident_routes(app)  # /v1/incidents, /v1/incidents/{id}, …/ack, …/resolve
+    from collector.control_api import add_control_routes
+
+    add_control_routes(app)  # /v1/control…, /ofrep/v1/evaluate/flags…
     return app
 
 
 def _token_middleware(token: str | None):
     @web.middleware
     async def check_token(request: web.Request, handler):
-        if token and request.path.startswith("/v1/"):
+        if token and request.path.startswith(("/v1/", "/ofrep/")):
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 return _error(

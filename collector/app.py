@@ -44,6 +44,7 @@ class Collector:
         self.pipeline: Pipeline | None = None
         self.analyzer = None
         self.policy = None  # analyzer.policy.Policy from config.policy_file; see reload_policy
+        self.control = None  # collector.control.ControlBoard: what agents may do now
         self._tasks: list[asyncio.Task] = []
         # Async callables given every batch of incident rows once stored (paging, containment).
         self.incident_listeners: list = []
@@ -58,6 +59,7 @@ class Collector:
         applied = await self.run_store(migrate, self.store)
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
+        await self._start_control()
         self._writer = GroupCommitWriter(
             self.store,
             self._executor,
@@ -99,6 +101,26 @@ class Collector:
 
         self.ports["sql"] = await self._serve(build_sql_app(self), config.sql_port)
         self.ports["api"] = await self._serve(build_api_app(self), config.api_port)
+
+    async def _start_control(self) -> None:
+        """Containment state from the store, refreshed every second; with detection on, policy
+        actions and tool circuit breakers listen to incidents."""
+        from collector.control import ControlBoard
+
+        self.control = ControlBoard(self.store, self.run_store)
+        in_force = await self.control.load()
+        if in_force:
+            log.info("%d containment controls in force", in_force)
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self.control.refresh_forever()))
+        if self.config.detect:
+            from analyzer.containment import Containment, store_events
+
+            self.incident_listeners.append(
+                Containment(
+                    self.control, self._policy_for, store_events(self.store, self.run_store)
+                )
+            )
 
     def _build_analyzer(self):
         from analyzer.engine import Analyzer, default_detectors, store_writer

@@ -477,5 +477,13 @@ def _format_agent_policy(resolved) -> str:
     return json.dumps(plain(fields), indent=2)
 
 
+def _register_more_commands() -> None:
+    from collector.cli_control import register as register_control
+
+    register_control(main, _client_options, api_call)  # kill, pause, …, resume, control
+
+
+_register_more_commands()
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,278 @@
+"""Containment over HTTP, on the API port: agents check, people (and their tools) flip.
+
+For agents, with no agentwatch code on their side:
+
+- OpenFeature Remote Evaluation Protocol (OFREP): ``POST /ofrep/v1/evaluate/flags/{key}`` and the
+  bulk ``POST /ofrep/v1/evaluate/flags``, body ``{"context": {...}}``. Flags: ``agent.enabled``
+  (may it take a new consequential action), ``agent.runs.enabled`` (may a new run start),
+  ``agent.state`` (``enabled``, ``budget_frozen``, ``quarantined``, ``paused`` or ``killed``),
+  ``tool.enabled`` (the context's ``tool``) and ``tool.<name>.enabled``. Context keys: ``service``
+  (or ``service.name``), ``agent`` (``gen_ai.agent.name``), ``session`` (``session.id``,
+  ``session_id``, ``gen_ai.conversation.id``; the targeting key when none is given), ``user``
+  (``user.id``, ``user_id``) and ``tool``; others are ignored.
+- ``GET /v1/control/check?service=&agent=&session=&user=&tool=``: the same decision as JSON.
+
+For people: ``GET /v1/control`` (what is in force), ``POST /v1/control`` with
+``{"mode": "paused", "scope": {"agent": "support"}, "reason": "...", "actor": "alice"}``
+(``"scope": {}`` is global), ``POST /v1/control/resume`` with ``{"scope": ..., "reason": ...}``.
+Changes need the API token when one is configured, and are refused outright when the collector
+listens beyond loopback without one (anyone who can reach it could otherwise stop every agent).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import orjson
+from aiohttp import web
+
+from collector.control import (
+    CIRCUIT_OPEN,
+    MODES,
+    SCOPE_COLUMNS,
+    Context,
+    ControlError,
+    Decision,
+    scope_from,
+)
+from collector.store import StoreError, StoreUnavailable
+
+# OFREP context keys -> Context fields (the first present wins)
+CONTEXT_KEYS = {
+    "service": ("service", "service.name"),
+    "agent": ("agent", "gen_ai.agent.name", "agent.name"),
+    "session": ("session", "session.id", "session_id", "gen_ai.conversation.id", "targetingKey"),
+    "user": ("user", "user.id", "user_id", "enduser.id"),
+    "tool": ("tool", "gen_ai.tool.name", "tool.name"),
+}
+STATIC_FLAGS = ("agent.enabled", "agent.runs.enabled", "agent.state", "tool.enabled")
+
+
+def add_control_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/control", list_controls)
+    app.router.add_post("/v1/control", set_control)
+    app.router.add_post("/v1/control/resume", resume_control)
+    app.router.add_get("/v1/control/check", check)
+    app.router.add_post("/ofrep/v1/evaluate/flags/{key}", ofrep_evaluate)
+    app.router.add_post("/ofrep/v1/evaluate/flags", ofrep_bulk)
+
+
+def _board(request: web.Request):
+    from collector.api import COLLECTOR
+
+    return request.app[COLLECTOR].control
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _dumps(value) -> str:
+    return orjson.dumps(value).decode()
+
+
+# --- agents ---------------------------------------------------------------------------------
+
+
+async def check(request: web.Request) -> web.Response:
+    unknown = set(request.query) - set(SCOPE_COLUMNS)
+    if unknown:
+        return _error(
+            400,
+            f"unknown parameter(s) {', '.join(sorted(unknown))}; expected {', '.join(SCOPE_COLUMNS)}",
+        )
+    context = Context(**{name: request.query.get(name, "") for name in SCOPE_COLUMNS})
+    return web.json_response(_board(request).decide(context).as_json(), dumps=_dumps)
+
+
+class _BadContext(Exception):
+    pass
+
+
+def _context(raw: bytes, tool: str = "") -> Context:
+    try:
+        body = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError as exc:
+        raise _BadContext(f"PARSE_ERROR: body is not JSON: {exc}") from None
+    context = body.get("context", {}) if isinstance(body, dict) else None
+    if not isinstance(context, dict):
+        raise _BadContext('INVALID_CONTEXT: body must be {"context": {...}}')
+    values = {}
+    for name, keys in CONTEXT_KEYS.items():
+        for key in keys:
+            value = context.get(key)
+            if value is None or value == "":
+                continue
+            if not isinstance(value, str):
+                raise _BadContext(f"INVALID_CONTEXT: context key {key!r} must be a string")
+            values[name] = value
+            break
+    if tool:
+        values["tool"] = tool
+    return Context(**values)
+
+
+def _flag(key: str, decision: Decision) -> dict | None:
+    """OFREP's evaluation success for one flag, or None for an unknown flag."""
+    if key == "agent.state":
+        value, variant = decision.state, decision.state
+    elif key in ("agent.enabled", "agent.runs.enabled", "tool.enabled") or (
+        key.startswith("tool.") and key.endswith(".enabled") and len(key) > len("tool..enabled")
+    ):
+        value = {
+            "agent.enabled": decision.agent_enabled,
+            "agent.runs.enabled": decision.runs_enabled,
+        }.get(key, decision.tool_enabled)
+        variant = "on" if value else "off"
+    else:
+        return None
+    controls = decision.because
+    return {
+        "key": key,
+        "value": value,
+        "variant": variant,
+        "reason": "TARGETING_MATCH" if controls else "DEFAULT",
+        "metadata": {
+            "controls": "; ".join(f"{c.scope.key}: {c.mode} ({c.reason})" for c in controls)
+        },
+    }
+
+
+def _tool_of(key: str) -> str:
+    if key.startswith("tool.") and key.endswith(".enabled") and key != "tool.enabled":
+        return key[len("tool.") : -len(".enabled")]
+    return ""
+
+
+async def ofrep_evaluate(request: web.Request) -> web.Response:
+    key = request.match_info["key"]
+    try:
+        context = _context(await request.read(), _tool_of(key))
+    except _BadContext as exc:
+        code, _, details = str(exc).partition(": ")
+        return web.json_response(
+            {"key": key, "errorCode": code, "errorDetails": details}, status=400
+        )
+    result = _flag(key, _board(request).decide(context))
+    if result is None:
+        return web.json_response(
+            {
+                "key": key,
+                "errorCode": "FLAG_NOT_FOUND",
+                "errorDetails": f"no flag {key!r}; flags are {', '.join(STATIC_FLAGS)} and"
+                " tool.<name>.enabled",
+            },
+            status=404,
+        )
+    return web.json_response(result, dumps=_dumps)
+
+
+async def ofrep_bulk(request: web.Request) -> web.Response:
+    try:
+        context = _context(await request.read())
+    except _BadContext as exc:
+        code, _, details = str(exc).partition(": ")
+        return web.json_response({"errorCode": code, "errorDetails": details}, status=400)
+    decision = _board(request).decide(context)
+    flags = [_flag(key, decision) for key in STATIC_FLAGS]
+    for control in decision.because:  # every open circuit that applies, by its tool
+        if control.mode == CIRCUIT_OPEN:
+            flags.append(_flag(f"tool.{control.scope.tool}.enabled", decision))
+    return web.json_response({"flags": flags}, dumps=_dumps)
+
+
+# --- people ---------------------------------------------------------------------------------
+
+
+async def list_controls(request: web.Request) -> web.Response:
+    controls = [c.for_people() for c in _board(request).table.all()]
+    return web.json_response({"controls": controls}, dumps=_dumps)
+
+
+def _listens_beyond_loopback(listen: str) -> bool:
+    if listen == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(listen).is_loopback
+    except ValueError:
+        return True  # a host name: assume it is reachable from elsewhere
+
+
+async def _change_request(request: web.Request) -> dict:
+    from collector.api import COLLECTOR
+
+    config = request.app[COLLECTOR].config
+    if not config.api_token and _listens_beyond_loopback(config.listen):
+        raise ControlError(
+            f"403: control changes need an API token when the collector listens on {config.listen}:"
+            " set api_token in the config and send 'Authorization: Bearer <token>'"
+        )
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict):
+        raise ControlError(
+            '400: body must be a JSON object: {"mode": "paused", "scope": {"agent": "support"},'
+            ' "reason": "..."}'
+        )
+    if "scope" not in body:
+        raise ControlError('400: "scope" is required: {} for global, or e.g. {"agent": "support"}')
+    if not isinstance(body["scope"], dict):
+        raise ControlError('400: "scope" must be an object such as {"session": "s1"}')
+    for name in ("reason", "actor"):
+        if not isinstance(body.get(name, ""), str):
+            raise ControlError(f"400: {name!r} must be a string")
+    if not body.get("reason", "").strip():
+        raise ControlError('400: "reason" is required: it goes in the audit trail')
+    return body
+
+
+async def _run(request: web.Request, change) -> web.Response:
+    try:
+        body = await _change_request(request)
+        return await change(body)
+    except ControlError as exc:
+        text = str(exc)
+        status, _, message = text.partition(": ") if text[:3].isdigit() else ("400", "", text)
+        return _error(int(status), message)
+    except (StoreError, StoreUnavailable) as exc:
+        return _error(503, f"the control could not be stored, nothing changed: {exc}")
+
+
+async def set_control(request: web.Request) -> web.Response:
+    board = _board(request)
+
+    async def change(body: dict) -> web.Response:
+        mode = body.get("mode")
+        if mode not in MODES:
+            raise ControlError(f"'mode' must be one of {', '.join(MODES)}, got {mode!r}")
+        scope = scope_from(body["scope"])
+        control, previous = await board.set(
+            scope, mode, actor=(body.get("actor") or "api")[:200], reason=body["reason"]
+        )
+        return web.json_response(
+            {**control.for_people(), "previous_mode": previous.mode if previous else "enabled"},
+            status=201,
+            dumps=_dumps,
+        )
+
+    return await _run(request, change)
+
+
+async def resume_control(request: web.Request) -> web.Response:
+    board = _board(request)
+
+    async def change(body: dict) -> web.Response:
+        scope = scope_from(body["scope"])
+        if board.table.get(scope) is None:
+            in_force = ", ".join(c.scope.key for c in board.table.all()) or "nothing"
+            raise ControlError(f"404: nothing is in force for {scope.key} (in force: {in_force})")
+        control, previous = await board.set(
+            scope, "enabled", actor=(body.get("actor") or "api")[:200], reason=body["reason"]
+        )
+        return web.json_response(
+            {**control.for_people(), "previous_mode": previous.mode}, dumps=_dumps
+        )
+
+    return await _run(request, change)

@@ -1,0 +1,305 @@
+"""Containment as agents and on-call see it: a real OpenFeature client checks flags over OFREP,
+people flip them with the CLI, policy flips them from incidents made of real OTel spans."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+from openfeature import api as openfeature
+from openfeature.contrib.provider.ofrep import OFREPProvider
+from openfeature.evaluation_context import EvaluationContext
+
+from tests.test_cli import agentwatch
+from tests.test_detect_e2e import run_agent, wait_for_incidents
+
+
+@pytest.fixture
+def flags(collector):
+    """An OpenFeature client on the collector's OFREP endpoint, as an agent would set it up."""
+    openfeature.set_provider(OFREPProvider(collector.api_url))
+    yield openfeature.get_client("support-agent")
+    openfeature.shutdown()
+
+
+def support(session: str = "s-1", user: str = "u-1", **more) -> EvaluationContext:
+    return EvaluationContext(
+        targeting_key=session, attributes={"agent": "support", "user": user, **more}
+    )
+
+
+def test_an_agent_sees_a_pause_and_the_resume_through_openfeature(collector, flags):
+    # fail-closed pattern: default False, so an unreachable collector stops the action too
+    assert flags.get_boolean_value("agent.enabled", False, support()) is True
+    assert flags.get_string_value("agent.state", "unknown", support()) == "enabled"
+
+    out = agentwatch("pause", "--agent", "support", "--reason", "refund loop", "--actor", "alice",
+                     api_url=collector.api_url)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "paused agent=support (was enabled)" in out.stdout
+
+    details = flags.get_boolean_details("agent.enabled", True, support())
+    assert details.value is False
+    assert details.reason == "TARGETING_MATCH"
+    assert "refund loop" in details.flag_metadata["controls"]
+    assert flags.get_boolean_value("agent.runs.enabled", True, support()) is False
+    assert flags.get_boolean_value("tool.lookup_order.enabled", True, support()) is False
+    # another agent is untouched
+    other = EvaluationContext("s-9", {"agent": "billing"})
+    assert flags.get_boolean_value("agent.enabled", False, other) is True
+
+    out = agentwatch("resume", "--agent", "support", "--reason", "fixed", api_url=collector.api_url)
+    assert out.returncode == 0, out.stderr
+    assert flags.get_boolean_value("agent.enabled", False, support()) is True
+
+    audit = collector.query(
+        "SELECT mode, previous_mode, actor, source, reason FROM control_audit ORDER BY at"
+    )
+    assert [(a["mode"], a["previous_mode"], a["actor"], a["source"]) for a in audit] == [
+        ("paused", "enabled", "alice", "person"),
+        ("enabled", "paused", audit[1]["actor"], "person"),
+    ]
+    assert audit[0]["reason"] == "refund loop"
+
+
+def test_modes_by_scope_and_the_most_restrictive_wins(collector, flags):
+    api = collector.api_url
+    assert (
+        agentwatch("freeze", "--session", "s-1", "--reason", "budget", api_url=api).returncode == 0
+    )
+    assert (
+        agentwatch("quarantine", "--user", "u-7", "--reason", "abuse", api_url=api).returncode == 0
+    )
+    assert agentwatch("pause", "--tool", "refund_order", "--agent", "support", "--reason", "bad refunds",
+                      api_url=api).returncode == 0  # fmt: skip
+
+    # budget freeze: the session may finish what it does, but starts no new run
+    assert flags.get_boolean_value("agent.enabled", False, support("s-1")) is True
+    assert flags.get_boolean_value("agent.runs.enabled", True, support("s-1")) is False
+    assert flags.get_string_value("agent.state", "", support("s-1")) == "budget_frozen"
+    # the quarantined user is stopped in any session; the frozen session's state is the stricter
+    assert flags.get_string_value("agent.state", "", support("s-1", user="u-7")) == "quarantined"
+    assert flags.get_boolean_value("agent.enabled", True, support("s-2", user="u-7")) is False
+    # the tool circuit: only that tool, only for that agent
+    assert flags.get_boolean_value("tool.refund_order.enabled", True, support("s-3")) is False
+    assert flags.get_boolean_value("tool.lookup_order.enabled", False, support("s-3")) is True
+    billing = EvaluationContext("s-3", {"agent": "billing"})
+    assert flags.get_boolean_value("tool.refund_order.enabled", False, billing) is True
+
+    listing = agentwatch("control", "list", api_url=api)
+    assert listing.returncode == 0, listing.stderr
+    for expected in ("session=s-1", "budget_frozen", "user=u-7", "quarantined",
+                     "agent=support;tool=refund_order", "circuit_open", "bad refunds"):  # fmt: skip
+        assert expected in listing.stdout
+
+    check = requests.get(
+        f"{api}/v1/control/check", params={"agent": "support", "user": "u-7"}
+    ).json()
+    assert (check["state"], check["agent_enabled"], check["runs_enabled"]) == (
+        "quarantined",
+        False,
+        False,
+    )
+    assert [c["scope"] for c in check["controls"]] == ["user=u-7"]
+
+
+def test_the_ofrep_bulk_endpoint_lists_every_flag(collector):
+    agentwatch("kill", "--global", "--reason", "outage", api_url=collector.api_url)
+    body = requests.post(f"{collector.api_url}/ofrep/v1/evaluate/flags",
+                         json={"context": {"agent": "x"}}).json()  # fmt: skip
+    values = {f["key"]: f["value"] for f in body["flags"]}
+    assert values == {"agent.enabled": False, "agent.runs.enabled": False,
+                      "agent.state": "killed", "tool.enabled": False}  # fmt: skip
+
+
+def test_bad_requests_get_clear_errors(collector, flags):
+    api = collector.api_url
+    unknown_scope = requests.post(
+        f"{api}/v1/control", json={"mode": "paused", "scope": {"team": "a"}, "reason": "x"}
+    )
+    assert unknown_scope.status_code == 400
+    assert "unknown scope field(s) team" in unknown_scope.json()["error"]
+
+    no_reason = requests.post(f"{api}/v1/control", json={"mode": "paused", "scope": {"agent": "a"}})
+    assert no_reason.status_code == 400 and "reason" in no_reason.json()["error"]
+
+    bad_mode = requests.post(f"{api}/v1/control", json={"mode": "off", "scope": {}, "reason": "x"})
+    assert bad_mode.status_code == 400 and "'mode' must be one of" in bad_mode.json()["error"]
+
+    no_subject = requests.post(
+        f"{api}/v1/control", json={"mode": "quarantined", "scope": {"agent": "a"}, "reason": "x"}
+    )
+    assert no_subject.status_code == 400 and "--user" in no_subject.json()["error"]
+
+    nothing = requests.post(
+        f"{api}/v1/control/resume", json={"scope": {"agent": "a"}, "reason": "x"}
+    )
+    assert (
+        nothing.status_code == 404 and "nothing is in force for agent=a" in nothing.json()["error"]
+    )
+
+    cli = agentwatch("pause", "--agent", "support", api_url=api)
+    assert cli.returncode == 2 and "Missing option '--reason'" in cli.stderr
+    cli = agentwatch("pause", "--reason", "x", api_url=api)
+    assert cli.returncode == 2 and "--global for everyone" in cli.stderr
+
+    unknown_flag = requests.post(
+        f"{api}/ofrep/v1/evaluate/flags/agent.colour", json={"context": {}}
+    )
+    assert unknown_flag.status_code == 404 and unknown_flag.json()["errorCode"] == "FLAG_NOT_FOUND"
+    bad_context = requests.post(
+        f"{api}/ofrep/v1/evaluate/flags/agent.enabled", json={"context": {"agent": 7}}
+    )
+    assert bad_context.status_code == 400 and bad_context.json()["errorCode"] == "INVALID_CONTEXT"
+    # the fail-closed client: an error evaluates to the default, False
+    assert (
+        flags.get_boolean_value("agent.enabled", False, EvaluationContext("s", {"agent": 7}))
+        is False
+    )
+
+
+def test_writes_need_a_token(collector_factory):
+    with collector_factory(api_token="s3cret") as collector:
+        api = collector.api_url
+        cli = agentwatch("pause", "--agent", "a", "--reason", "x", api_url=api)
+        assert cli.returncode == 1 and "401" in cli.stderr and "API token" in cli.stderr
+        ok = agentwatch("pause", "--agent", "a", "--reason", "x", api_url=api, token="s3cret")
+        assert ok.returncode == 0, ok.stderr
+        openfeature.set_provider(
+            OFREPProvider(api, headers_factory=lambda: {"Authorization": "Bearer s3cret"})
+        )
+        try:
+            client = openfeature.get_client()
+            assert (
+                client.get_boolean_value(
+                    "agent.enabled", True, EvaluationContext("s", {"agent": "a"})
+                )
+                is False
+            )
+        finally:
+            openfeature.shutdown()
+
+    with collector_factory(listen="0.0.0.0") as collector:  # beyond loopback, no token configured
+        refused = requests.post(f"{collector.api_url}/v1/control",
+                                json={"mode": "paused", "scope": {}, "reason": "x"})  # fmt: skip
+        assert refused.status_code == 403 and "need an API token" in refused.json()["error"]
+        assert requests.get(f"{collector.api_url}/v1/control/check").json()["state"] == "enabled"
+
+
+def test_controls_survive_a_restart_and_writes_by_another_collector_are_seen(
+    collector_factory, tmp_path
+):
+    data = tmp_path / "shared"
+    from tests.conftest import run_collector
+
+    with run_collector(data) as collector:
+        assert (
+            agentwatch(
+                "pause", "--agent", "support", "--reason", "x", api_url=collector.api_url
+            ).returncode
+            == 0
+        )
+    with run_collector(data) as collector:
+        check = requests.get(f"{collector.api_url}/v1/control/check", params={"agent": "support"})
+        assert check.json()["state"] == "paused"
+        # another collector on the same ClickHouse server writes a control row: seen on refresh
+        collector.call(collector.collector.run_store(
+            collector.collector.store.command,
+            "INSERT INTO control_state (key, user_id, mode, actor, source, reason, at, version)"
+            " VALUES ('user=u-5', 'u-5', 'quarantined', 'bob', 'person', 'elsewhere', now64(9), 1)",
+        ))  # fmt: skip
+        deadline = time.monotonic() + 10
+        state = "enabled"
+        while state == "enabled" and time.monotonic() < deadline:
+            time.sleep(0.1)
+            state = requests.get(
+                f"{collector.api_url}/v1/control/check", params={"user": "u-5"}
+            ).json()["state"]
+        assert state == "quarantined"
+
+
+POLICY = """
+version: 1
+defaults:
+  actions: {loop: pause_session, SEV1: kill_agent}
+  tool_circuit: {sessions: 2, window_s: 600}
+"""
+
+
+def test_a_loop_incident_pauses_its_session_by_policy(collector_factory, tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    with collector_factory(policy_file=policy) as collector:
+        openfeature.set_provider(OFREPProvider(collector.api_url))
+        flags = openfeature.get_client()
+        try:
+            assert flags.get_boolean_value("agent.enabled", False, support("loop-1")) is True
+            run_agent(collector, "loop-1", "u-1", [42] * 6)
+            [incident] = wait_for_incidents(collector, "detector = 'loop'")
+
+            deadline = time.monotonic() + 10
+            while (
+                flags.get_boolean_value("agent.enabled", False, support("loop-1"))
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.1)
+            assert flags.get_string_value("agent.state", "", support("loop-1")) == "paused"
+            assert (
+                flags.get_boolean_value("agent.enabled", False, support("another-session")) is True
+            )
+        finally:
+            openfeature.shutdown()
+
+        [audit] = collector.query("SELECT * FROM control_audit")
+        assert (audit["key"], audit["mode"], audit["source"], audit["actor"], audit["incident_id"]) == (
+            "session=loop-1", "paused", "policy", "policy", incident["incident_id"],
+        )  # fmt: skip
+        assert "loop/SEV2 -> pause_session" in audit["reason"]
+        events = collector.query(
+            "SELECT event, actor, detail FROM incident_events WHERE incident_id = {id:String} ORDER BY at",
+            {"id": incident["incident_id"]},
+        )
+        contained = [e for e in events if e["event"] == "contained"]
+        assert len(contained) == 1 and contained[0]["detail"].startswith("paused session=loop-1")
+
+        # resolving the incident does not lift the pause: only a person does
+        requests.post(
+            f"{collector.api_url}/v1/incidents/{incident['incident_id']}/resolve", json={}
+        )
+        check = requests.get(
+            f"{collector.api_url}/v1/control/check", params={"session": "loop-1"}
+        ).json()
+        assert check["state"] == "paused"
+
+
+def test_findings_on_one_tool_in_several_sessions_open_its_circuit(collector_factory, tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    with collector_factory(policy_file=policy) as collector:
+        check = f"{collector.api_url}/v1/control/check"
+        params = {"service": "support-svc", "agent": "support", "tool": "lookup_order"}
+        run_agent(collector, "loop-a", "u-1", [42] * 5)
+        wait_for_incidents(collector, "detector = 'loop'")
+        assert requests.get(check, params=params).json()["tool_enabled"] is True  # one session
+
+        run_agent(collector, "loop-b", "u-2", [43] * 5)
+        deadline = time.monotonic() + 10
+        while (
+            requests.get(check, params=params).json()["tool_enabled"]
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
+        decision = requests.get(check, params=params).json()
+        assert decision["tool_enabled"] is False
+        assert [c["scope"] for c in decision["controls"] if c["mode"] == "circuit_open"] == [
+            "service=support-svc;agent=support;tool=lookup_order"
+        ]
+        # other tools of the agent, and other agents' use of the tool, are untouched
+        assert (
+            requests.get(check, params={**params, "tool": "search"}).json()["tool_enabled"] is True
+        )
+        assert (
+            requests.get(check, params={**params, "agent": "billing"}).json()["tool_enabled"]
+            is True
+        )
