@@ -473,6 +473,11 @@ def _format_agent_policy(resolved) -> str:
         "thresholds": resolved.thresholds,
         "severity": resolved.severity,
         "actions": resolved.actions,
+        "tool_circuit": {
+            "sessions": resolved.tool_circuit_sessions,
+            "window_s": resolved.tool_circuit_window_s,
+            "scope": resolved.tool_circuit_scope,
+        },
     }
     return json.dumps(plain(fields), indent=2)
 
