@@ -39,6 +39,9 @@ def build_api_app(collector) -> web.Application:
     from collector.control_api import add_control_routes
 
     add_control_routes(app)  # /v1/control…, /ofrep/v1/evaluate/flags…
+    from collector.paging_api import add_paging_routes
+
+    add_paging_routes(app)  # /v1/alerts/outbox, /v1/alerts/test, /v1/silences
     return app
 
 

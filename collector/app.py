@@ -45,6 +45,7 @@ class Collector:
         self.analyzer = None
         self.policy = None  # analyzer.policy.Policy from config.policy_file; see reload_policy
         self.control = None  # collector.control.ControlBoard: what agents may do now
+        self.pager = None  # collector.pager.Pager when config.paging is set
         self._tasks: list[asyncio.Task] = []
         # Async callables given every batch of incident rows once stored (paging, containment).
         self.incident_listeners: list = []
@@ -60,6 +61,12 @@ class Collector:
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
         await self._start_control()
+        if config.paging is not None:
+            from collector.pager import Pager
+
+            self.pager = Pager(self, config.paging)
+            await self.pager.start()  # resumes the outbox before any incident arrives
+            self.incident_listeners.append(self.pager.on_incident_rows)
         self._writer = GroupCommitWriter(
             self.store,
             self._executor,
@@ -209,6 +216,8 @@ class Collector:
             await self._grpc.stop()
         for runner in self._runners:
             await runner.cleanup()
+        if self.pager:
+            await self.pager.stop()  # a page in flight stays pending: resent after a restart
         if self._writer:
             await self._writer.close()
         if self.forwarder:

@@ -486,6 +486,9 @@ def _register_more_commands() -> None:
     from collector.cli_control import register as register_control
 
     register_control(main, _client_options, api_call)  # kill, pause, …, resume, control
+    from collector.cli_paging import register as register_paging
+
+    register_paging(main, _client_options, api_call)  # alerts outbox|test, silence add|list|expire
 
 
 _register_more_commands()

@@ -85,6 +85,124 @@ class ForwardConfig(_Section):
         return value
 
 
+RECEIVER_TYPES = ("pagerduty", "opsgenie", "slack", "alertmanager", "webhook")
+ROUTE_LABELS = ("severity", "class", "detector", "kind", "agent", "service", "tenant")
+
+
+class ReceiverConfig(_Section):
+    """A pager to send to (README "Paging"); the keys a type needs are checked at start-up."""
+
+    name: str = Field(min_length=1)
+    type: Literal["pagerduty", "opsgenie", "slack", "alertmanager", "webhook"]
+    url: str | None = Field(default=None, description="default: the vendor's public endpoint")
+    routing_key: str | None = Field(default=None, description="pagerduty: integration key")
+    api_key: str | None = Field(default=None, description="opsgenie: API integration key")
+    secret: str | None = Field(default=None, description="webhook: HMAC-SHA256 signing secret")
+    headers: dict[str, str] = Field(default_factory=dict, description="webhook: extra headers")
+    runbook_url: str = ""
+    priorities: dict[Literal["SEV1", "SEV2", "SEV3"], Literal["P1", "P2", "P3", "P4", "P5"]] = (
+        Field(default_factory=dict, description="opsgenie: SEV -> priority (default SEVn -> Pn)")
+    )
+    resend_interval_s: float = Field(
+        default=60.0, gt=0, description="alertmanager: re-send a firing incident this often"
+    )
+    timeout_s: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _needs(self) -> ReceiverConfig:
+        needed = {
+            "pagerduty": ("routing_key",),
+            "opsgenie": ("api_key",),
+            "slack": ("url",),
+            "alertmanager": ("url",),
+            "webhook": ("url",),
+        }[self.type]
+        missing = [key for key in needed if not getattr(self, key)]
+        if missing:
+            raise ValueError(f"a {self.type} receiver needs {' and '.join(missing)}")
+        if self.url is not None:
+            parsed = urlparse(self.url)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise ValueError(f"url: expected http(s)://host[:port][/path], got {self.url!r}")
+        return self
+
+
+class RouteConfig(_Section):
+    """Alertmanager-like: matchers, a receiver, children; unset settings come from the parent."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str | None = Field(default=None, description="default: the receiver's name")
+    receiver: str | None = None
+    match: dict[str, str | list[str]] = Field(default_factory=dict)
+    match_re: dict[str, str] = Field(default_factory=dict)
+    continue_: bool = Field(default=False, alias="continue")
+    group_wait_s: float | None = Field(default=None, ge=0)
+    repeat_interval_s: float | None = Field(default=None, gt=0)
+    routes: list[RouteConfig] = Field(default_factory=list)
+
+    @field_validator("match", "match_re")
+    @classmethod
+    def _labels(cls, value: dict) -> dict:
+        for key in value:
+            if key not in ROUTE_LABELS:
+                raise ValueError(f"cannot match on {key!r}; labels are {', '.join(ROUTE_LABELS)}")
+        return value
+
+    @field_validator("match_re")
+    @classmethod
+    def _regexes(cls, value: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for key, pattern in value.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{key}: not a valid regular expression ({exc})") from None
+        return value
+
+
+class PagingConfig(_Section):
+    """Receivers, the route tree, and the outbox's retry policy (README "Paging")."""
+
+    receivers: list[ReceiverConfig] = Field(min_length=1)
+    route: RouteConfig
+    retry_initial_s: float = Field(default=1.0, gt=0, description="first retry delay")
+    retry_max_s: float = Field(default=300.0, gt=0, description="longest retry delay")
+    give_up_after_s: float = Field(default=86400.0, gt=0, description="then 'failed'")
+
+    @model_validator(mode="after")
+    def _routes_name_receivers(self) -> PagingConfig:
+        names = [r.name for r in self.receivers]
+        duplicate = {n for n in names if names.count(n) > 1}
+        if duplicate:
+            raise ValueError(f"receivers: names must be unique; repeated: {sorted(duplicate)}")
+        if not self.route.receiver:
+            raise ValueError("route.receiver: the root route needs a receiver")
+        seen: dict[str, str] = {}
+
+        def check(route: RouteConfig, path: str, inherited: str) -> None:
+            receiver = route.receiver or inherited
+            if route.receiver is not None and route.receiver not in names:
+                raise ValueError(
+                    f"{path}.receiver: {route.receiver!r} is not a defined receiver"
+                    f" (defined: {', '.join(names)})"
+                )
+            name = route.name or (receiver if inherited else "default")
+            if name in seen:
+                raise ValueError(
+                    f"{path}: route name {name!r} is also {seen[name]}'s (names default to"
+                    " 'default' for the root and the receiver's for the others); give one of them"
+                    " a distinct `name`"
+                )
+            seen[name] = path
+            for n, child in enumerate(route.routes):
+                check(child, f"{path}.routes.{n}", receiver)
+
+        check(self.route, "route", "")
+        return self
+
+
 class Config(_Section):
     listen: str = Field(default="127.0.0.1", description="address every listener binds to")
     data_dir: Path = Field(
@@ -136,6 +254,7 @@ class Config(_Section):
     )
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
     forward: ForwardConfig | None = None
+    paging: PagingConfig | None = None
 
     @field_validator("incident_link_template")
     @classmethod

@@ -1,0 +1,61 @@
+"""Slack incoming webhook: a message a person can read at a glance.
+
+Incoming webhooks cannot edit a message, so acknowledge and resolve post a short follow-up that
+names the incident. Slack answers 200 ``ok`` when it took the message; anything else is an error
+(``invalid_payload``, ``no_service``…), retried only for 429 and 5xx.
+"""
+
+from __future__ import annotations
+
+from analyzer.notifiers import Page, Request, blast_radius, clip, json_request
+
+# https://api.slack.com/methods/chat.postMessage#truncating ("text" over 40,000 chars is cut)
+TEXT_MAX = 40_000
+# https://api.slack.com/reference/block-kit/blocks#section (section text: max 3000 chars)
+BLOCK_TEXT_MAX = 3000
+# https://api.slack.com/reference/block-kit/blocks#header (header text: max 150 chars)
+HEADER_MAX = 150
+EMOJI = {"SEV1": ":rotating_light:", "SEV2": ":warning:", "SEV3": ":information_source:"}
+
+
+class Slack:
+    def __init__(self, receiver) -> None:
+        self.receiver = receiver
+
+    def request(self, page: Page) -> Request | None:
+        i, name = page.incident, self.receiver.name
+        test = "[TEST] " if page.test else ""
+        if page.action == "trigger":
+            head = f"{EMOJI.get(i['severity'], '')} {test}{i['severity']} {i['title']}".strip()
+            lines = [
+                f"*What:* {i.get('summary', '')}",
+                f"*Class:* {i['class']}   *Severity:* {i['severity']}   "
+                f"*Detector:* {i['detector']}/{i['kind']}",
+                f"*Agent:* {i.get('agent') or '-'}   *Service:* {i.get('service') or '-'}",
+                f"*Blast radius:* {blast_radius(i)}",
+                f"*Trace:* <{i['link']}|{i.get('trace_id', 'trace')}>"
+                if i.get("link")
+                else f"*Trace:* {i.get('trace_id', '')}",
+                f"*Runbook:* {self.receiver.runbook_url}" if self.receiver.runbook_url else "",
+                f"*Incident:* `{i['incident_id']}`",
+            ]
+            body = "\n".join(line for line in lines if line)
+            blocks = [
+                {"type": "header", "text": {"type": "plain_text", "text": clip(head, HEADER_MAX, "header", name)}},
+                {"type": "section", "text": {"type": "mrkdwn", "text": clip(body, BLOCK_TEXT_MAX, "section text", name)}},
+            ]  # fmt: skip
+            text = f"{head}\n{body}"
+        else:
+            done = "acknowledged" if page.action == "acknowledge" else "resolved"
+            text = f":white_check_mark: {test}{done}: {i['severity']} {i['title']} (`{i['incident_id']}`)"
+            if page.note:
+                text += f" by {page.note}"
+            blocks = None
+        doc = {"text": clip(text, TEXT_MAX, "text", name)}
+        if blocks:
+            doc["blocks"] = blocks
+        return json_request(self.receiver.url, doc)
+
+    @staticmethod
+    def accepted(status: int, text: str) -> bool:
+        return status == 200 and text.strip() == "ok"

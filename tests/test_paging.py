@@ -1,0 +1,367 @@
+"""Paging end to end: real OTel spans -> a real collector -> incidents -> outbox -> local pagers.
+
+The pagers are local HTTP receivers that answer as PagerDuty, Opsgenie and Slack document
+(``tests/fake_pagers.py``); the collector is the real one, with its real store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import requests
+from click.testing import CliRunner
+
+from collector.cli import main as cli
+from collector.config import ConfigError, load_config
+from tests.conftest import run_collector
+from tests.fake_pagers import FakeOpsgenie, FakePagerDuty, FakeReceiver, FakeSlack
+from tests.test_detect_e2e import run_agent, wait_for_incidents
+
+ROUTING_KEY = "r" * 32  # PagerDuty integration keys are 32 characters
+LINK = "https://grafana.example/explore?trace={trace_id}"
+
+
+def eventually(check, timeout_s: float = 20.0, what: str = "condition"):
+    """Poll ``check`` until it returns something truthy; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def paging(*receivers: dict, routes: list | None = None, **settings) -> dict:
+    route = {"receiver": receivers[0]["name"], "group_wait_s": 0, "routes": routes or []}
+    route.update(
+        {k: settings.pop(k) for k in ("group_wait_s", "repeat_interval_s") if k in settings}
+    )
+    return {
+        "paging": {
+            "receivers": list(receivers),
+            "route": route,
+            "retry_initial_s": 0.2,
+            "retry_max_s": 1.0,
+            **settings,
+        },
+        "incident_link_template": LINK,
+    }
+
+
+@pytest.fixture
+def pagerduty():
+    fake = FakePagerDuty()
+    yield fake
+    fake.close()
+
+
+def pd_receiver(fake, **more) -> dict:
+    return {"name": "pd", "type": "pagerduty", "url": fake.url + "/v2/enqueue",
+            "routing_key": ROUTING_KEY, "runbook_url": "https://runbooks.example/loop", **more}  # fmt: skip
+
+
+def a_loop(collector, session="loop-1", calls=8) -> dict:
+    run_agent(collector, session, "u-1", [42] * calls)
+    [incident] = wait_for_incidents(collector, "detector = 'loop'")
+    return incident
+
+
+def api(collector, method: str, path: str, **kwargs):
+    response = requests.request(method, collector.api_url + path, timeout=30, **kwargs)
+    assert response.status_code < 300, response.text
+    return response.json()
+
+
+def timeline(collector, incident_id: str) -> list[dict]:
+    return api(collector, "GET", f"/v1/incidents/{incident_id}")["timeline"]
+
+
+def outbox(collector, status="all") -> list[dict]:
+    return api(collector, "GET", "/v1/alerts/outbox", params={"status": status})
+
+
+# --- timelines ------------------------------------------------------------------------------------
+
+
+def test_pagerduty_is_paged_once_per_incident_then_acknowledged_and_resolved(
+    collector_factory, pagerduty
+):
+    with collector_factory(**paging(pd_receiver(pagerduty))) as collector:
+        incident = a_loop(collector, calls=10)  # one incident, updated by the later calls
+        run_agent(collector, "loop-2", "u-2", [42] * 6)  # same problem, another session
+        eventually(lambda: pagerduty.bodies(), what="the trigger")
+        api(
+            collector, "POST", f"/v1/incidents/{incident['incident_id']}/ack", json={"actor": "ann"}
+        )
+        eventually(lambda: len(pagerduty.bodies()) >= 2, what="the acknowledge")
+        api(collector, "POST", f"/v1/incidents/{incident['incident_id']}/resolve", json={})
+        eventually(lambda: len(pagerduty.bodies()) >= 3, what="the resolve")
+
+        events = pagerduty.bodies()
+        assert [e["event_action"] for e in events] == ["trigger", "acknowledge", "resolve"]
+        assert {e["dedup_key"] for e in events} == {incident["fingerprint"]}
+        trigger = events[0]
+        assert trigger["payload"]["severity"] == "error"  # SEV2
+        assert "support" in trigger["payload"]["summary"]
+        links = {link["text"]: link["href"] for link in trigger["links"]}
+        assert links["Trace"] == LINK.format(trace_id=incident["trace_id"])
+        assert links["Runbook"] == "https://runbooks.example/loop"
+        assert "session(s)" in trigger["payload"]["custom_details"]["blast_radius"]
+
+        iid = incident["incident_id"]
+        eventually(
+            lambda: "page_resolved" in {e["event"] for e in timeline(collector, iid)},
+            what="the page_resolved event",
+        )
+        paged = [(e["event"], e["actor"]) for e in timeline(collector, iid)]
+        for event in ("paged", "page_acknowledged", "page_resolved"):
+            assert (event, "default/pd") in paged
+        assert outbox(collector, "unsettled") == []
+
+
+def test_retries_5xx_and_429_honouring_retry_after(collector_factory, pagerduty):
+    pagerduty.fail_next(
+        (500, {}, "Internal Server Error"),
+        (429, {"Retry-After": "1"}, "Too Many Requests"),
+        (503, {}, "Service Unavailable"),
+    )
+    with collector_factory(**paging(pd_receiver(pagerduty))) as collector:
+        incident = a_loop(collector)
+        eventually(lambda: pagerduty.bodies(), what="the trigger after retries")
+        statuses = [r["status"] for r in pagerduty.requests]
+        assert statuses == [500, 429, 503, 202]
+        after_429 = pagerduty.requests[2]["at"] - pagerduty.requests[1]["at"]
+        assert after_429 >= 0.9  # Retry-After: 1 is honoured (a lower bound, not a timing race)
+        [row] = [r for r in outbox(collector) if r["incident_id"] == incident["incident_id"]]
+        assert (row["status"], row["attempts"], row["action"]) == ("sent", 4, "trigger")
+
+
+def test_a_rejected_page_is_permanent_and_visible(collector_factory, pagerduty):
+    receiver = pd_receiver(pagerduty, routing_key="too-short")  # PagerDuty answers 400
+    with collector_factory(**paging(receiver)) as collector:
+        incident = a_loop(collector)
+        [row] = eventually(lambda: outbox(collector, "failed"), what="a failed notification")
+        assert row["incident_id"] == incident["incident_id"]
+        assert "HTTP 400" in row["last_error"] and "routing_key" in row["last_error"]
+        assert len(pagerduty.requests) == 1  # a 400 is not retried
+        events = eventually(
+            lambda: [e for e in timeline(collector, row["incident_id"]) if e["event"] == "page_failed"],
+            what="the page_failed event",
+        )  # fmt: skip
+        assert events[0]["actor"] == "default/pd"
+
+        shown = CliRunner().invoke(cli, ["alerts", "outbox", "--api-url", collector.api_url])
+        assert shown.exit_code == 0, shown.output
+        assert "failed" in shown.output and incident["incident_id"] in shown.output
+        assert "HTTP 400" in shown.output
+
+
+def test_nothing_is_lost_when_the_pager_is_down_across_a_restart(tmp_path: Path):
+    opsgenie = FakeOpsgenie(api_key="og-key")
+    opsgenie.stop()  # down: connection refused
+    receiver = {"name": "og", "type": "opsgenie", "url": opsgenie.url, "api_key": "og-key"}
+    settings = paging(receiver, retry_max_s=0.5)
+    try:
+        with run_collector(tmp_path / "data", **settings) as collector:
+            incident = a_loop(collector)
+            eventually(
+                lambda: [r for r in outbox(collector, "pending") if r["attempts"] >= 2],
+                what="the trigger retried while Opsgenie is down",
+            )
+        opsgenie.start()
+        with run_collector(tmp_path / "data", **settings) as collector:
+            created = eventually(lambda: opsgenie.bodies("/v2/alerts"), what="the create")
+            assert created[0]["alias"] == incident["fingerprint"]
+            assert created[0]["priority"] == "P2"
+            assert len(created[0]["message"]) <= 130
+            api(collector, "POST", f"/v1/incidents/{incident['incident_id']}/ack", json={})
+            api(collector, "POST", f"/v1/incidents/{incident['incident_id']}/resolve", json={})
+            eventually(lambda: opsgenie.bodies("/close"), what="the close")
+            paths = [a["path"] for a in opsgenie.accepted]
+            alias = incident["fingerprint"]
+            assert paths == [
+                "/v2/alerts",
+                f"/v2/alerts/{alias}/acknowledge?identifierType=alias",
+                f"/v2/alerts/{alias}/close?identifierType=alias",
+            ]
+            assert outbox(collector, "unsettled") == []
+    finally:
+        opsgenie.close()
+
+
+def test_opsgenie_throttling_is_retried_and_priorities_map(collector_factory):
+    opsgenie = FakeOpsgenie(api_key="og-key")
+    opsgenie.fail_next((429, {"Retry-After": "1"}, '{"message": "Too many requests"}'))
+    receiver = {"name": "og", "type": "opsgenie", "url": opsgenie.url, "api_key": "og-key",
+                "priorities": {"SEV2": "P4"}}  # fmt: skip
+    try:
+        with collector_factory(**paging(receiver)) as collector:
+            a_loop(collector)
+            [created] = eventually(lambda: opsgenie.bodies("/v2/alerts"), what="the create")
+            assert created["priority"] == "P4"
+            assert "Blast radius" in created["description"]
+            assert [r["status"] for r in opsgenie.requests] == [429, 202]
+    finally:
+        opsgenie.close()
+
+
+def test_slack_gets_a_readable_message_and_a_bad_payload_is_permanent(collector_factory):
+    slack, broken = FakeSlack(), FakeSlack()
+    broken.fail_next((400, {}, "invalid_payload"))
+    receivers = (
+        {"name": "slack", "type": "slack", "url": slack.url + "/services/T0/B0/x"},
+        {"name": "slack-broken", "type": "slack", "url": broken.url + "/services/T0/B1/y"},
+    )
+    routes = [
+        {"match": {"class": "semantic"}, "receiver": "slack", "continue": True},
+        {"match": {"severity": ["SEV1", "SEV2"]}, "receiver": "slack-broken"},
+    ]
+    try:
+        with collector_factory(**paging(*receivers, routes=routes)) as collector:
+            incident = a_loop(collector)
+            [message] = eventually(lambda: slack.bodies(), what="the Slack message")
+            text = message["text"]
+            for expected in ("SEV2", "semantic", "support", "session(s)", incident["trace_id"],
+                             LINK.format(trace_id=incident["trace_id"])):  # fmt: skip
+                assert expected in text
+            [failed] = eventually(lambda: outbox(collector, "failed"), what="the Slack failure")
+            assert failed["receiver"] == "slack-broken"
+            assert "invalid_payload" in failed["last_error"]
+    finally:
+        slack.close()
+        broken.close()
+
+
+def test_webhook_is_signed_and_a_test_page_goes_through_the_route(collector_factory):
+    hook = FakeReceiver()
+    receiver = {"name": "hook", "type": "webhook", "url": hook.url + "/agentwatch", "secret": "s3"}
+    try:
+        with collector_factory(**paging(receiver)) as collector:
+            ran = CliRunner().invoke(
+                cli, ["alerts", "test", "--route", "default", "--api-url", collector.api_url]
+            )
+            assert ran.exit_code == 0, ran.output
+            eventually(lambda: len(hook.accepted) >= 2, what="the test trigger and resolve")
+            for request in hook.accepted:
+                expected = "sha256=" + hmac.new(b"s3", request["raw"], hashlib.sha256).hexdigest()
+                assert request["headers"]["X-Agentwatch-Signature"] == expected
+            assert [(b["action"], b["test"]) for b in hook.bodies()] == [
+                ("trigger", True),
+                ("resolve", True),
+            ]
+            unknown = CliRunner().invoke(
+                cli, ["alerts", "test", "--route", "nope", "--api-url", collector.api_url]
+            )
+            assert unknown.exit_code != 0 and "no route 'nope'" in unknown.output
+    finally:
+        hook.close()
+
+
+def test_an_auto_resolved_incident_sends_the_resolve(collector_factory):
+    hook = FakeReceiver()
+    receiver = {"name": "hook", "type": "webhook", "url": hook.url}
+    try:
+        with collector_factory(**paging(receiver), incident_quiet_period_s=0.5) as collector:
+            a_loop(collector)
+            done = eventually(
+                lambda: [b for b in hook.bodies() if b["action"] == "resolve"],
+                timeout_s=40,
+                what="the resolve after the quiet period",
+            )
+            assert done[0]["incident"]["status"] == "resolved"
+            assert [b["action"] for b in hook.bodies()] == ["trigger", "resolve"]
+    finally:
+        hook.close()
+
+
+def test_an_incident_resolved_within_group_wait_is_never_paged(collector_factory, pagerduty):
+    with collector_factory(**paging(pd_receiver(pagerduty), group_wait_s=60)) as collector:
+        incident = a_loop(collector)
+        [waiting] = eventually(lambda: outbox(collector, "pending"), what="the waiting trigger")
+        api(collector, "POST", f"/v1/incidents/{incident['incident_id']}/resolve", json={})
+        [row] = eventually(
+            lambda: [r for r in outbox(collector) if r["status"] == "superseded"],
+            what="the trigger superseded",
+        )
+        assert row["notification_id"] == waiting["notification_id"]
+        assert pagerduty.requests == []
+
+
+def test_a_silence_mutes_pages_until_it_is_expired(collector_factory, pagerduty):
+    with collector_factory(**paging(pd_receiver(pagerduty))) as collector:
+        runner = CliRunner()
+        url = ["--api-url", collector.api_url]
+        added = runner.invoke(
+            cli, ["silence", "add", "agent=support", "class=~sem.*", "--duration", "1h",
+                  "--comment", "deploying", *url],
+        )  # fmt: skip
+        assert added.exit_code == 0, added.output
+        silence_id = added.output.split()[0]
+        listed = runner.invoke(cli, ["silence", "list", *url])
+        assert silence_id in listed.output and "agent=support" in listed.output
+
+        incident = a_loop(collector)
+        eventually(
+            lambda: [e for e in timeline(collector, incident["incident_id"])
+                     if e["event"] == "page_silenced"],
+            what="the page_silenced event",
+        )  # fmt: skip
+        assert pagerduty.requests == [] and outbox(collector) == []
+
+        expired = runner.invoke(cli, ["silence", "expire", silence_id, *url])
+        assert expired.exit_code == 0, expired.output
+        [trigger] = eventually(lambda: pagerduty.bodies(), what="the page after the silence")
+        assert trigger["dedup_key"] == incident["fingerprint"]
+        assert "no silences" in runner.invoke(cli, ["silence", "list", *url]).output
+        again = runner.invoke(cli, ["silence", "expire", silence_id, *url])
+        assert again.exit_code != 0 and "expired already" in again.output
+
+
+def test_silence_matchers_are_checked(collector):
+    response = requests.post(
+        collector.api_url + "/v1/silences",
+        json={"matchers": ["colour=red"], "duration_s": 60},
+        timeout=10,
+    )
+    assert response.status_code == 400 and "can match only on" in response.json()["error"]
+
+
+# --- configuration --------------------------------------------------------------------------------
+
+
+def _config(route: dict, receivers: list | None = None) -> dict:
+    receivers = receivers or [
+        {"name": "pd", "type": "pagerduty", "routing_key": ROUTING_KEY},
+        {"name": "slack", "type": "slack", "url": "https://hooks.slack.com/services/x"},
+    ]
+    return {"paging": {"receivers": receivers, "route": route}}
+
+
+@pytest.mark.parametrize(
+    ("paging_config", "message"),
+    [
+        (_config({"receiver": "pd", "routes": [{"receiver": "pager"}]}),
+         "route.routes.0.receiver: 'pager' is not a defined receiver (defined: pd, slack)"),
+        (_config({"receiver": "pd", "routes": [{"match": {"colour": "red"}}]}),
+         "paging.route.routes.0.match: Value error, cannot match on 'colour'"),
+        (_config({"receiver": "pd"}, [{"name": "pd", "type": "pagerduty"}]),
+         "paging.receivers.0: Value error, a pagerduty receiver needs routing_key"),
+        (_config({"routes": []}), "route.receiver: the root route needs a receiver"),
+        (_config({"receiver": "pd", "routes": [{"receiver": "pd"}, {"receiver": "pd"}]}),
+         "route.routes.1: route name 'pd' is also route.routes.0's"),
+    ],
+)  # fmt: skip
+def test_bad_paging_config_names_the_key(tmp_path, paging_config, message):
+    path = tmp_path / "agentwatch.yaml"
+    path.write_text(orjson.dumps(paging_config).decode())  # JSON is YAML
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert str(path) in str(raised.value)
+    assert message in str(raised.value)
