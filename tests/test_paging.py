@@ -365,3 +365,25 @@ def test_bad_paging_config_names_the_key(tmp_path, paging_config, message):
         load_config(path)
     assert str(path) in str(raised.value)
     assert message in str(raised.value)
+
+
+def test_the_documented_paging_example_is_valid():
+    """deploy/agentwatch.example.yaml carries the paging section commented out; uncommented, it
+    loads, and routes as the README says."""
+    import yaml
+
+    from analyzer.routing import build_route, match_routes
+
+    text = (Path(__file__).parents[1] / "deploy" / "agentwatch.example.yaml").read_text()
+    block = text[text.index("# paging:") :].splitlines()
+    doc = yaml.safe_load("\n".join(line[2:] for line in block if line.startswith("#")))
+    config = load_config(None, doc)
+    root = build_route(config.paging.route)
+    sev1 = {"severity": "SEV1", "class": "semantic", "service": "billing-api"}
+    assert [r.name for r in match_routes(root, sev1)] == ["pagerduty-oncall", "semantic-to-am"]
+    infra = {"severity": "SEV2", "class": "infrastructure", "service": "billing-api"}
+    assert [r.name for r in match_routes(root, infra)] == ["opsgenie"]
+    semantic = {"severity": "SEV3", "class": "semantic", "service": "support"}
+    assert [r.name for r in match_routes(root, semantic)] == ["semantic-to-am"]
+    rest = {"severity": "SEV3", "class": "infrastructure", "service": "support"}
+    assert [(r.name, r.receiver) for r in match_routes(root, rest)] == [("default", "slack-agents")]
