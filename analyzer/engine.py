@@ -8,6 +8,7 @@ the store in one small INSERT per batch that produced any.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 
@@ -25,6 +26,9 @@ WriteRows = Callable[[IncidentRows], Awaitable[None]]
 # subscribe here (``Collector.publish_incident_rows``). One row per incident version, one event per
 # change; a listener must not raise (errors are logged and swallowed).
 RowsWritten = Callable[[IncidentRows], Awaitable[None]]
+# (fingerprints, window_s) -> {fingerprint: (sessions, users)} seen in incident_events within the
+# window, by every collector writing to the store (``spread_reader``).
+ReadSpread = Callable[[list[str], int], Awaitable[dict[str, tuple[int, int]]]]
 log = logging.getLogger("agentwatch.analyzer")
 
 
@@ -37,6 +41,7 @@ class Analyzer:
         write_rows: WriteRows,
         clock: Callable[[], int] = time.time_ns,
         on_written: RowsWritten | None = None,
+        read_spread: ReadSpread | None = None,
     ) -> None:
         self.detectors = detectors
         # Most detectors look at one kind of step (tools, LLM calls): only ask those that care.
@@ -49,14 +54,50 @@ class Analyzer:
         self.write_rows = write_rows
         self.clock = clock
         self.on_written = on_written
+        self.read_spread = read_spread
 
     def detectors_for(self, kind: str) -> list[Detector]:
         return self._by_kind.get(kind, self.detectors)
 
     async def tick(self) -> None:
-        """Resolve quiet incidents and write what changed (called periodically)."""
-        self.incidents.tick(self.clock())
+        """Resolve quiet incidents, escalate spreading ones, write what changed (periodically)."""
+        now = self.clock()
+        self.incidents.tick(now)
+        if self.read_spread is not None:
+            await self.escalate_spreading(now)
         await self.flush()
+
+    async def escalate_spreading(self, now: int) -> None:
+        """SEV1 for an open incident whose fingerprint has spread past its policy's escalation
+        thresholds. Counted from ``incident_events`` in the store, so findings that other
+        collectors saw count too; the counts also become the incident's blast radius."""
+        by_window: dict[int, list] = {}
+        for incident in self.incidents.open.values():
+            step = incident.finding.step
+            policy = self.sessions.policy_for(step.service, step.agent)
+            if policy.escalation_sessions > 0 or policy.escalation_users > 0:
+                window = int(policy.escalation_window_s)
+                by_window.setdefault(window, []).append((incident, policy))
+        for window, items in by_window.items():
+            try:
+                spread = await self.read_spread([i.fingerprint for i, _ in items], window)
+            except Exception as exc:  # the store is down: try again at the next tick
+                log.warning("escalation counts unavailable: %s", exc)
+                return
+            for incident, policy in items:
+                sessions, users = spread.get(incident.fingerprint, (0, 0))
+                if (sessions, users) == (incident.spread_sessions, incident.spread_users):
+                    continue
+                incident.spread_sessions, incident.spread_users = sessions, users
+                limit_s, limit_u = policy.escalation_sessions, policy.escalation_users
+                if (limit_s and sessions >= limit_s) or (limit_u and users >= limit_u):
+                    self.incidents.escalate(
+                        incident,
+                        "SEV1",
+                        now,
+                        f"spreading: {sessions} sessions and {users} users within {window} s"
+                        f" (policy {policy.rule}: SEV1 from {limit_s} sessions or {limit_u} users)",
+                    )
 
     async def flush(self) -> bool:
         """Write pending incident rows; on failure keep them for the next flush (never raise into
@@ -107,6 +148,33 @@ def default_detectors() -> list[Detector]:
         CostRunawayDetector(),
         InfrastructureDetector(),
     ]
+
+
+_HEX = re.compile(r"[0-9a-f]{1,64}")
+_SPREAD = """
+SELECT fingerprint, uniqExactIf(session_id, session_id != '') AS sessions,
+       uniqExactIf(user_id, user_id != '') AS users
+FROM incident_events
+WHERE fingerprint IN ({fingerprints})
+  AND at >= now64(9) - toIntervalSecond({window:UInt32})
+  AND event IN ('opened', 'updated', 'escalated')
+GROUP BY fingerprint
+"""
+
+
+def spread_reader(store, run_store) -> ReadSpread:
+    """How many sessions and users each fingerprint's findings came from, in the store."""
+
+    async def read(fingerprints: list[str], window_s: int) -> dict[str, tuple[int, int]]:
+        # fingerprints are our own hex digests: inlined (an array parameter's text form differs
+        # between chDB and clickhouse-connect), after checking that they are nothing else
+        listed = ", ".join(f"'{fp}'" for fp in fingerprints if _HEX.fullmatch(fp))
+        sql = _SPREAD.replace("{fingerprints}", listed or "''")
+        out = await run_store(store.query, sql, "JSONCompactEachRow", {"window": str(window_s)})
+        rows = (orjson.loads(line) for line in out.splitlines() if line.strip())
+        return {fp: (int(sessions), int(users)) for fp, sessions, users in rows}
+
+    return read
 
 
 def store_writer(store, run_store) -> WriteRows:

@@ -72,9 +72,15 @@ class Incident:
     # (the session and user sets themselves are not stored).
     earlier_sessions: int = 0
     earlier_users: int = 0
+    # How far the fingerprint has spread, counted in ClickHouse across every collector
+    # (``Analyzer.escalate_spreading``); the blast radius is the larger of this and our own count.
+    spread_sessions: int = 0
+    spread_users: int = 0
 
     def row(self, link_template: str) -> dict:
         f, s = self.finding, self.finding.step
+        sessions = max(self.earlier_sessions + len(self.sessions), self.spread_sessions)
+        users = max(self.earlier_users + len(self.users), self.spread_users)
         return {
             "incident_id": self.incident_id,
             "fingerprint": self.fingerprint,
@@ -85,7 +91,7 @@ class Incident:
             "severity": self.severity,
             "status": self.status,
             "title": f.title,
-            "summary": _summary(self),
+            "summary": _summary(self, sessions, users),
             "tenant": s.tenant,
             "service": s.service,
             "agent": s.agent,
@@ -98,19 +104,19 @@ class Incident:
             "first_seen": utc_text(self.first_seen_ns),
             "last_seen": utc_text(self.last_seen_ns),
             "occurrences": self.occurrences,
-            "sessions_affected": self.earlier_sessions + len(self.sessions),
-            "users_affected": self.earlier_users + len(self.users),
+            "sessions_affected": sessions,
+            "users_affected": users,
             "link": link_template.format(
                 trace_id=s.trace_id, span_id=s.span_id, session_id=s.session
             ),
         }
 
 
-def _summary(incident: Incident) -> str:
+def _summary(incident: Incident, sessions: int, users: int) -> str:
     f = incident.finding
     return (
         f"{f.incident_class} {incident.severity} {f.detector}/{f.kind} in {f.step.agent or f.step.service}: "
-        f"{incident.occurrences} occurrence(s), {len(incident.sessions)} session(s), {len(incident.users)} user(s)"
+        f"{incident.occurrences} occurrence(s), {sessions} session(s), {users} user(s)"
     )
 
 
@@ -211,6 +217,14 @@ class IncidentManager:
         self._record(incident, status, now_ns, actor, reason)
         return incident
 
+    def escalate(self, incident: Incident, severity: str, now_ns: int, detail: str) -> bool:
+        """Raise an open incident's severity (never lowers it); True when it changed."""
+        if SEVERITY_RANK[severity] >= SEVERITY_RANK[incident.severity]:
+            return False
+        incident.severity = severity
+        self._record(incident, "escalated", now_ns, "agentwatch", detail)
+        return True
+
     def tick(self, now_ns: int) -> list[Incident]:
         """Resolve incidents quiet for longer than the quiet period."""
         quiet = [i for i in self.open.values() if i.last_seen_ns < now_ns - self.quiet_ns]
@@ -254,6 +268,7 @@ class IncidentManager:
                 "actor": actor,
                 "detail": detail,
                 "session_id": step.session if step else "",
+                "user_id": step.user if step else "",
                 "trace_id": step.trace_id if step else "",
             }
         )

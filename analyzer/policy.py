@@ -86,6 +86,11 @@ class AgentPolicy:
     tool_circuit_sessions: int = 3
     tool_circuit_window_s: float = 600.0
     tool_circuit_scope: str = "agent"
+    # Escalation to SEV1 when a signature spreads: findings from this many sessions or users
+    # within the window, counted in ClickHouse across every collector (0: that count never does).
+    escalation_sessions: int = 10
+    escalation_users: int = 10
+    escalation_window_s: float = 3600.0
 
     def action_for(self, detector: str, severity: str) -> str:
         """The containment action for a finding: the detector's entry wins over its SEV's."""
@@ -281,6 +286,15 @@ class ToolCircuit(_Model):
     )
 
 
+class Escalation(_Model):
+    sessions: int | None = _num(
+        "sessions with the same finding (all collectors, within the window) that make it SEV1 (10; 0: off)",
+        ge=0,
+    )
+    users: int | None = _num("users likewise (10; 0: off)", ge=0)
+    window_s: float | None = _num("the window in seconds (3600)", gt=0)
+
+
 class Match(_Model):
     service: str = Field(default="*", description="glob on the service name (service.name)")
     agent: str = Field(default="*", description="glob on the agent name")
@@ -304,6 +318,7 @@ class RuleBody(_Model):
     severity: SeverityOverrides | None = None
     actions: Actions | None = None
     tool_circuit: ToolCircuit | None = None
+    escalation: Escalation | None = None
 
 
 class AgentRule(RuleBody):
@@ -383,9 +398,11 @@ def _build(name: str, layers: list[RuleBody]) -> AgentPolicy:
             severity.update(layer.severity.model_dump(exclude_none=True))
         if layer.actions is not None:
             actions.update(layer.actions.model_dump(exclude_none=True))
-        if layer.tool_circuit is not None:
-            for key, value in layer.tool_circuit.model_dump(exclude_none=True).items():
-                fields[f"tool_circuit_{key}"] = value
+        for name in ("tool_circuit", "escalation"):
+            section = getattr(layer, name)
+            if section is not None:
+                for key, value in section.model_dump(exclude_none=True).items():
+                    fields[f"{name}_{key}"] = value
         for tool, spec in (layer.tool_constraints or {}).items():
             constraints[tool] = ToolConstraint(  # a rule's entry replaces the defaults' entry
                 tuple(spec.path_prefixes or ()),

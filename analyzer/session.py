@@ -55,6 +55,10 @@ class SessionTable:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def policy_for(self, service: str, agent: str) -> AgentPolicy:
+        """The policy rule a new session of this agent gets now."""
+        return self._policy_for(service, agent)
+
     def for_step(self, step: Step, now_ns: int) -> SessionState:
         """The step's session (created if new); fills ``step.session`` from its trace if known."""
         if step.session:

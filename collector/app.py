@@ -130,7 +130,7 @@ class Collector:
             )
 
     def _build_analyzer(self):
-        from analyzer.engine import Analyzer, default_detectors, store_writer
+        from analyzer.engine import Analyzer, default_detectors, spread_reader, store_writer
         from analyzer.incidents import IncidentManager
         from analyzer.session import SessionTable
 
@@ -148,6 +148,7 @@ class Collector:
             incidents,
             store_writer(self.store, self.run_store),
             on_written=self.publish_incident_rows,
+            read_spread=spread_reader(self.store, self.run_store),
         )
 
     async def publish_incident_rows(self, rows) -> None:

@@ -478,6 +478,11 @@ def _format_agent_policy(resolved) -> str:
             "window_s": resolved.tool_circuit_window_s,
             "scope": resolved.tool_circuit_scope,
         },
+        "escalation": {
+            "sessions": resolved.escalation_sessions,
+            "users": resolved.escalation_users,
+            "window_s": resolved.escalation_window_s,
+        },
     }
     return json.dumps(plain(fields), indent=2)
 

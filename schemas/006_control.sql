@@ -52,6 +52,8 @@ SELECT * EXCEPT (version) FROM control_state FINAL WHERE mode != 'enabled';
 -- The tool a finding was about (policy action open_tool_circuit and the tool circuit breaker).
 ALTER TABLE incidents ADD COLUMN IF NOT EXISTS tool String DEFAULT '' AFTER span_id;
 
--- The session and trace of the finding behind an event (a repeat may come from another session).
+-- The session, user and trace of the finding behind an event (a repeat may come from another
+-- session): escalation counts how far a fingerprint has spread from these, across collectors.
 ALTER TABLE incident_events ADD COLUMN IF NOT EXISTS session_id String DEFAULT '';
+ALTER TABLE incident_events ADD COLUMN IF NOT EXISTS user_id String DEFAULT '';
 ALTER TABLE incident_events ADD COLUMN IF NOT EXISTS trace_id String DEFAULT '';

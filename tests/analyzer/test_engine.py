@@ -85,3 +85,95 @@ def test_a_loop_becomes_one_incident_row_with_its_flagged_span(tmp_path):
     events = store.query("SELECT event FROM incident_events ORDER BY at", "TSV").decode().split()
     assert events == ["opened", "updated"]
     store.close()
+
+
+def test_a_loop_spreading_across_two_collectors_escalates_to_sev1(tmp_path):
+    """Each collector sees only its own sessions; the store sees all of them, and so does the
+    escalation: 3 + 3 sessions reach the policy's 5 although neither collector alone does."""
+    import time
+
+    from analyzer.engine import spread_reader
+    from analyzer.policy import parse_policy
+
+    store = EmbeddedStore(tmp_path / "data")
+    migrate(store)
+
+    async def run_store(fn, *args):
+        return fn(*args)
+
+    policy = parse_policy({"defaults": {"escalation": {"sessions": 5, "users": 0}}})
+
+    def collector():
+        return Analyzer(
+            [LoopDetector()],
+            SessionTable(policy_for=policy.for_agent),
+            IncidentManager(quiet_period_s=10**9),  # the spans are from 2025: never quiet here
+            store_writer(store, run_store),
+            clock=time.time_ns,  # the spread window is counted back from the store's own clock
+            read_spread=spread_reader(store, run_store),
+        )
+
+    first, second = collector(), collector()
+    normalizer = Normalizer()
+
+    async def feed(analyzer, session: str, trace: int) -> None:
+        req = loop_request(session, f"user-{session}", 4, bytes([trace]) * 16)
+        batch, _ = normalizer.normalize(decode_protobuf(req.SerializeToString(), Rejections()))
+        await analyzer.consume(batch)
+
+    async def scenario():
+        for i in range(3):
+            await feed(first, f"a{i}", 10 + i)
+            await feed(second, f"b{i}", 20 + i)
+        await first.tick()
+
+    asyncio.run(scenario())
+    rows = [
+        orjson.loads(line)
+        for line in store.query(
+            "SELECT incident_id, severity, sessions_affected FROM incidents_current"
+            " ORDER BY severity",
+            "JSONEachRow",
+        ).splitlines()
+    ]
+    # one incident per collector (ids are per collector); the first one escalated on its tick
+    assert [(r["severity"], r["sessions_affected"]) for r in rows] == [("SEV1", 6), ("SEV2", 3)]
+    escalated = store.query(
+        "SELECT detail FROM incident_events WHERE event = 'escalated'", "TSV"
+    ).decode()
+    assert "spreading: 6 sessions" in escalated
+    store.close()
+
+
+def test_a_loop_in_few_sessions_is_not_escalated(tmp_path):
+    import time
+
+    from analyzer.engine import spread_reader
+
+    store = EmbeddedStore(tmp_path / "data")
+    migrate(store)
+
+    async def run_store(fn, *args):
+        return fn(*args)
+
+    analyzer = Analyzer(
+        [LoopDetector()],
+        SessionTable(),  # default policy: SEV1 from 10 sessions or 10 users
+        IncidentManager(quiet_period_s=10**9),
+        store_writer(store, run_store),
+        clock=time.time_ns,
+        read_spread=spread_reader(store, run_store),
+    )
+    normalizer = Normalizer()
+
+    async def scenario():
+        for i in range(3):
+            req = loop_request(f"s{i}", f"u{i}", 4, bytes([i + 1]) * 16)
+            batch, _ = normalizer.normalize(decode_protobuf(req.SerializeToString(), Rejections()))
+            await analyzer.consume(batch)
+        await analyzer.tick()
+
+    asyncio.run(scenario())
+    out = store.query("SELECT severity, sessions_affected FROM incidents_current", "TSV").decode()
+    assert out.split() == ["SEV2", "3"]
+    store.close()
