@@ -247,12 +247,14 @@ class Pager:
             for route in match_routes(self.root, labels):
                 if (route.name, route.receiver) not in known:
                     firing = Firing(route.name, route.receiver, incident)
+                    firing.acknowledged = incident["status"] == "acknowledged"  # a person has it
                     self.firing[(route.name, route.receiver, incident_id)] = firing
                     mine.append(firing)
             for firing in mine:
                 firing.incident = incident
                 if not firing.paged:
-                    self._trigger_unless_silenced(firing, labels, now, new, events)
+                    if not firing.acknowledged:
+                        self._trigger_unless_silenced(firing, labels, now, new, events)
                 elif kind == "escalated":
                     waiting = self._waiting_trigger(firing)
                     if waiting is not None:  # fold the escalation into the trigger not yet sent
@@ -323,7 +325,7 @@ class Pager:
         """A test page through ``route_name``'s receiver: a trigger, then its resolve."""
         route = self.routes[route_name]
         now = self.clock()
-        incident = test_incident(now)
+        incident = incident_for_test_page(now)
         firing = Firing(route.name, route.receiver, incident)
         async with self._lock:
             new = [
@@ -377,7 +379,10 @@ class Pager:
             if key in busy:
                 continue
             if not firing.paged:
-                self._trigger_unless_silenced(firing, labels_of(firing.incident), now, new, events)
+                if not firing.acknowledged:  # e.g. its silence ended while it still fires
+                    self._trigger_unless_silenced(
+                        firing, labels_of(firing.incident), now, new, events
+                    )
                 continue
             interval = self._repeat_interval_s(firing)
             if interval is not None and now - firing.last_trigger_ns >= interval * 1e9:
@@ -550,7 +555,7 @@ def silence_from_row(row: dict) -> Silence:
     )
 
 
-def test_incident(now_ns: int) -> dict:
+def incident_for_test_page(now_ns: int) -> dict:
     """The incident a test page carries: plainly a test, with every field a real one has."""
     stamp = utc_text(now_ns)
     return {

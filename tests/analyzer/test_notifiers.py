@@ -1,0 +1,89 @@
+"""What each pager is sent, built without a network: vendor fields, mappings and limits."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+
+from analyzer.notifiers import Page, alertmanager, opsgenie, pagerduty, slack
+from analyzer.notifiers.webhook import SIGNATURE_HEADER, sign
+from collector.config import ReceiverConfig
+
+INCIDENT = {
+    "incident_id": "inc-1", "fingerprint": "fp1", "version": 1, "detector": "loop",
+    "kind": "repeated_call", "class": "semantic", "severity": "SEV1", "status": "open",
+    "title": "support: lookup_order called 4 times with the same arguments", "summary": "loop",
+    "tenant": "acme", "service": "support-svc", "agent": "support", "session_id": "s1",
+    "user_id": "u1", "trace_id": "t1", "span_id": "sp1", "evidence": "[]",
+    "first_seen": "2026-11-22 06:14:38.696914422", "last_seen": "2026-11-22 06:15:00.000000000",
+    "occurrences": 9, "sessions_affected": 3, "users_affected": 2, "link": "https://g/t1",
+}  # fmt: skip
+
+
+def receiver(**kw) -> ReceiverConfig:
+    return ReceiverConfig.model_validate(kw)
+
+
+def body(notifier, action="trigger", incident=INCIDENT, **page):
+    return orjson.loads(notifier.request(Page(action, incident, **page)).body)
+
+
+def test_pagerduty_maps_severity_and_carries_links_and_blast_radius():
+    pd = pagerduty.PagerDuty(receiver(name="pd", type="pagerduty", routing_key="k" * 32,
+                                      runbook_url="https://rb"))  # fmt: skip
+    event = body(pd)
+    assert (event["event_action"], event["dedup_key"]) == ("trigger", "fp1")
+    assert event["payload"]["severity"] == "critical"
+    assert event["payload"]["timestamp"] == "2026-11-22T06:14:38.696Z"
+    assert event["links"] == [{"href": "https://g/t1", "text": "Trace"},
+                              {"href": "https://rb", "text": "Runbook"}]  # fmt: skip
+    assert event["payload"]["custom_details"]["blast_radius"] == (
+        "3 session(s), 2 user(s), 9 occurrence(s)"
+    )
+    assert body(pd, "resolve") == {"routing_key": "k" * 32, "event_action": "resolve",
+                                   "dedup_key": "fp1"}  # fmt: skip
+
+
+def test_limits_cut_and_say_so(caplog):
+    long = {**INCIDENT, "title": "x" * 5000, "summary": "y" * 5000}
+    pd = pagerduty.PagerDuty(receiver(name="pd", type="pagerduty", routing_key="k" * 32))
+    og = opsgenie.Opsgenie(receiver(name="og", type="opsgenie", api_key="a"))
+    sl = slack.Slack(receiver(name="sl", type="slack", url="https://hooks.slack.com/x"))
+    with caplog.at_level(logging.WARNING, "agentwatch.paging"):
+        assert len(body(pd, incident=long)["payload"]["summary"]) == pagerduty.SUMMARY_MAX
+        assert len(body(og, incident=long)["message"]) == opsgenie.MESSAGE_MAX
+        blocks = body(sl, incident=long)["blocks"]
+    assert len(blocks[0]["text"]["text"]) == slack.HEADER_MAX
+    assert len(blocks[1]["text"]["text"]) == slack.BLOCK_TEXT_MAX
+    cut = caplog.text
+    assert "pd: summary cut from" in cut and "og: message cut from" in cut
+    assert "sl: section text cut from" in cut
+
+
+def test_opsgenie_acts_by_alias_with_priorities():
+    og = opsgenie.Opsgenie(receiver(name="og", type="opsgenie", api_key="a",
+                                    priorities={"SEV1": "P2"}))  # fmt: skip
+    assert body(og)["priority"] == "P2"
+    assert body(og)["alias"] == "fp1"
+    request = og.request(Page("acknowledge", INCIDENT, note="ann"))
+    assert request.url == "https://api.opsgenie.com/v2/alerts/fp1/acknowledge?identifierType=alias"
+    assert request.headers["Authorization"] == "GenieKey a"
+
+
+def test_alertmanager_has_no_acknowledge_and_ends_on_resolve():
+    am = alertmanager.Alertmanager(receiver(name="am", type="alertmanager", url="http://am:9093"))
+    assert am.request(Page("acknowledge", INCIDENT)) is None
+    [firing] = body(am)
+    assert "endsAt" not in firing and firing["labels"]["severity"] == "SEV1"
+    [resolved] = body(am, "resolve")
+    assert resolved["endsAt"] and resolved["labels"] == firing["labels"]
+
+
+def test_webhook_signature_is_hmac_sha256_of_the_body():
+    from analyzer.notifiers.webhook import Webhook
+
+    hook = Webhook(receiver(name="h", type="webhook", url="http://h", secret="s"))
+    request = hook.request(Page("trigger", INCIDENT))
+    assert request.headers[SIGNATURE_HEADER] == sign("s", request.body)
+    assert sign("s", b"{}") == "sha256=" + __import__("hmac").new(b"s", b"{}", "sha256").hexdigest()
