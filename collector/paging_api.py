@@ -37,7 +37,7 @@ OUTBOX_FILTERS = {
 
 def add_paging_routes(app: web.Application) -> None:
     app.router.add_get("/v1/alerts/outbox", outbox)
-    app.router.add_post("/v1/alerts/test", test_page)
+    app.router.add_post("/v1/alerts/test", send_test_page)
     app.router.add_get("/v1/silences", list_silences)
     app.router.add_post("/v1/silences", add_silence)
     app.router.add_delete("/v1/silences/{id}", expire_silence)
@@ -84,7 +84,7 @@ async def outbox(request: web.Request) -> web.Response:
     return _json(rows)
 
 
-async def test_page(request: web.Request) -> web.Response:
+async def send_test_page(request: web.Request) -> web.Response:
     collector = _collector(request)
     pager = getattr(collector, "pager", None)
     if pager is None:
