@@ -387,3 +387,33 @@ def test_the_documented_paging_example_is_valid():
     assert [r.name for r in match_routes(root, semantic)] == ["semantic-to-am"]
     rest = {"severity": "SEV3", "class": "infrastructure", "service": "support"}
     assert [(r.name, r.receiver) for r in match_routes(root, rest)] == [("default", "slack-agents")]
+
+
+def test_an_escalation_is_folded_into_a_waiting_trigger_and_re_pages_once_sent(
+    collector_factory, pagerduty
+):
+    """The analyzer's rows, handed to the pager as ``Collector.publish_incident_rows`` does."""
+    from analyzer.incidents import IncidentRows
+
+    with collector_factory(**paging(pd_receiver(pagerduty), group_wait_s=5)) as collector:
+        incident = a_loop(collector)
+        [waiting] = eventually(lambda: outbox(collector, "pending"), what="the waiting trigger")
+        row = collector.query(
+            "SELECT * EXCEPT (updated_at) FROM incidents FINAL WHERE incident_id = {id:String}",
+            {"id": incident["incident_id"]},
+        )[0]
+
+        def escalate():
+            event = {"incident_id": row["incident_id"], "fingerprint": row["fingerprint"],
+                     "at": row["last_seen"], "event": "escalated", "actor": "agentwatch",
+                     "detail": "more sessions"}  # fmt: skip
+            rows = IncidentRows([{**row, "severity": "SEV1"}], [event])
+            collector.call(collector.collector.publish_incident_rows(rows))
+
+        escalate()  # within group_wait: the one trigger goes out as SEV1
+        [first] = eventually(lambda: pagerduty.bodies(), what="the trigger")
+        assert first["payload"]["severity"] == "critical"
+        assert [r["notification_id"] for r in outbox(collector)] == [waiting["notification_id"]]
+        escalate()  # after it was sent: PagerDuty is told the new severity (same dedup_key)
+        events = eventually(lambda: len(pagerduty.bodies()) == 2 and pagerduty.bodies())
+        assert [e["dedup_key"] for e in events] == [incident["fingerprint"]] * 2
