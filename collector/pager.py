@@ -203,11 +203,16 @@ class Pager:
         # Open incidents no route has seen (opened while paging was off or before the outbox row
         # was written) are routed as if they had just opened.
         paged = {key[2] for key in self.firing}
-        for row in await self._query(
-            "SELECT * EXCEPT (updated_at) FROM incidents FINAL WHERE status = 'open'"
-        ):
-            if row["incident_id"] not in paged:
-                await self.on_incident_rows(_Rows([row], [{"event": "opened", **_ids(row)}]))
+        unseen = [
+            row
+            for row in await self._query(
+                "SELECT * EXCEPT (updated_at) FROM incidents FINAL WHERE status = 'open'"
+            )
+            if row["incident_id"] not in paged
+        ]
+        await self.on_incident_rows(
+            _Rows(unseen, [{"event": "opened", **_ids(row)} for row in unseen])
+        )
 
     async def load_silences(self) -> None:
         rows = await self._query(

@@ -417,3 +417,11 @@ def test_an_escalation_is_folded_into_a_waiting_trigger_and_re_pages_once_sent(
         escalate()  # after it was sent: PagerDuty is told the new severity (same dedup_key)
         events = eventually(lambda: len(pagerduty.bodies()) == 2 and pagerduty.bodies())
         assert [e["dedup_key"] for e in events] == [incident["fingerprint"]] * 2
+
+
+def test_open_incidents_are_paged_when_paging_is_turned_on(tmp_path: Path, pagerduty):
+    with run_collector(tmp_path / "data", incident_link_template=LINK) as collector:
+        incident = a_loop(collector)  # no paging configured: nobody hears of it
+    with run_collector(tmp_path / "data", **paging(pd_receiver(pagerduty))) as collector:
+        [trigger] = eventually(lambda: pagerduty.bodies(), what="the trigger at start")
+        assert trigger["dedup_key"] == incident["fingerprint"]
