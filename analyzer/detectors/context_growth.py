@@ -31,7 +31,7 @@ small router model with a large worker model, or running sub-agents in parallel,
 on each small call (a spiral there may be missed, never invented). The comparison with the agent's
 own baseline growth (DESIGN.md §5) is not done here.
 
-State per session (``_GrowthState``): the last ``_HISTORY`` (4) steps as (input tokens, span id)
+State per session (``_GrowthState``): the last ``_HISTORY`` (4) steps as input tokens and span id
 pairs, the growth run length and two flags. Measured with ``sys.getsizeof`` over the object, its
 tuples, ints and span-id strings (16 hex characters): about 780 bytes when full, fixed
 whatever the session's length (``tests/analyzer/test_context_growth.py`` checks < 1 KiB).
@@ -63,6 +63,12 @@ from analyzer.session import SessionState
 from analyzer.step import Step
 
 _HISTORY = 4  # steps kept per session for evidence; the run length itself is a counter
+
+
+def _span_text(span: int | str) -> str:
+    return f"{span:016x}" if isinstance(span, int) else span
+
+
 _SPIRAL, _NEAR_LIMIT = 1, 2  # flag bits: each kind once per session
 _SEVERITIES = ("SEV1", "SEV2", "SEV3")
 
@@ -71,7 +77,9 @@ class _GrowthState:
     __slots__ = ("recent", "run", "flagged")
 
     def __init__(self) -> None:
-        self.recent: tuple[tuple[int, str], ...] = ()  # (input tokens, span id), oldest first
+        # flat (tokens, span id as int, tokens, span id, …), oldest first: no pair tuples and no
+        # 16-character strings, ~170 B less per session than pairs of (int, str)
+        self.recent: tuple[int, ...] = ()
         self.run = 0  # consecutive LLM steps that each grew by >= growth_factor
         self.flagged = 0  # bits: _SPIRAL, _NEAR_LIMIT
 
@@ -99,9 +107,13 @@ class ContextGrowthDetector:
         policy = session.policy
         tokens = step.input_tokens
         factor = policy.threshold(self.name, "growth_factor", self.growth_factor)
-        previous = state.recent[-1][0] if state.recent else 0
+        previous = state.recent[-2] if state.recent else 0
         state.run = state.run + 1 if previous and tokens >= factor * previous else 0
-        state.recent = (*state.recent[1 - _HISTORY :], (tokens, step.span_id))  # no deque: 760 B
+        try:
+            span = int(step.span_id, 16)  # OTLP span ids are 16 hex digits
+        except ValueError:
+            span = step.span_id  # kept as it is (hand-made test spans)
+        state.recent = (*state.recent[2 - 2 * _HISTORY :], tokens, span)  # no deque: 760 B
 
         if not state.flagged & _SPIRAL:
             steps = policy.threshold(self.name, "steps", self.steps)
@@ -136,7 +148,11 @@ class ContextGrowthDetector:
     ) -> Finding:
         state.flagged |= bit
         override = session.policy.severity.get(self.name)
-        growth = tuple({"span_id": span_id, "input_tokens": n} for n, span_id in state.recent)
+        recent = state.recent
+        growth = tuple(
+            {"span_id": _span_text(recent[i + 1]), "input_tokens": recent[i]}
+            for i in range(0, len(recent), 2)
+        )
         return Finding(
             detector=self.name,
             kind=kind,

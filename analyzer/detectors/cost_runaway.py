@@ -69,7 +69,7 @@ class _CostState:
         self.llm_steps = 0
         self.last_ns = 0
         self.folded = False  # its cost already joined the baseline (later spend does not)
-        self.flagged: set[str] = set()  # kinds already reported in this session
+        self.flagged: tuple[str, ...] = ()  # kinds already reported in this session (rarely any)
 
 
 class _Baseline:
@@ -110,6 +110,7 @@ class CostRunawayDetector:
         self.max_open = max_open
         self.max_agents = max_agents
         self._open: OrderedDict[tuple[str, str], _CostState] = OrderedDict()  # by last LLM step
+        self._agent_keys: dict[AgentKey, AgentKey] = {}
         self._baselines: OrderedDict[AgentKey, _Baseline] = OrderedDict()
 
     def observe(self, step: Step, session: SessionState, now_ns: int) -> Finding | None:
@@ -169,7 +170,11 @@ class CostRunawayDetector:
         return self._flag(session, state, "spend_anomaly", "SEV2", step, title, limit)
 
     def _new_state(self, session: SessionState) -> _CostState:
-        return _CostState((session.key[0], session.service, session.agent))
+        key = (session.key[0], session.service, session.agent)
+        # one tuple per agent, shared by its sessions (agents are few, sessions many)
+        return _CostState(
+            self._agent_keys.setdefault(key, key) if len(self._agent_keys) < 10_000 else key
+        )
 
     def _track(self, key: tuple[str, str], state: _CostState) -> None:
         """Keep the session among the open ones (most recent last); fold the oldest beyond the cap."""
@@ -216,7 +221,7 @@ class CostRunawayDetector:
         title: str,
         limit: dict,
     ) -> Finding:
-        state.flagged.add(kind)
+        state.flagged += (kind,)
         override = session.policy.severity.get(self.name)
         agent = session.agent or step.agent or session.service
         spend = {

@@ -31,8 +31,6 @@ created. A policy ``severity`` for ``loop`` replaces SEV2.
 
 from __future__ import annotations
 
-from collections import Counter, deque
-
 from analyzer.finding import Finding
 from analyzer.session import SessionState
 from analyzer.step import Step
@@ -41,6 +39,7 @@ from analyzer.step import Step
 class _LoopState:
     __slots__ = (
         "calls",
+        "window",
         "failures",
         "failing_tool",
         "flagged",
@@ -55,10 +54,13 @@ class _LoopState:
     ) -> None:
         self.repeats, self.cycles, self.max_failures = repeats, cycles, failures
         self.severity = severity
-        self.calls: deque[tuple[str, int]] = deque(maxlen=window)
+        # the last ``window`` calls, flat: [tool, args hash, tool, args hash, …], trimmed by hand
+        # (a deque's first block alone is ~600 B, and a tuple per call another 56 B)
+        self.calls: list = []
+        self.window = window
         self.failures = 0
         self.failing_tool = ""
-        self.flagged: set[str] = set()  # tools already reported in this session
+        self.flagged: tuple[str, ...] = ()  # tools already reported in this session (rarely any)
 
 
 class LoopDetector:
@@ -77,8 +79,10 @@ class LoopDetector:
         if step.kind != "tool" or not step.tool:
             return None
         state: _LoopState = session.state(self.name, lambda: self._new_state(session))
-        call = (step.tool, step.args_hash)
-        state.calls.append(call)
+        calls = state.calls
+        calls += (step.tool, step.args_hash)
+        if len(calls) > 2 * state.window:
+            del calls[:2]
 
         if step.failed and not step.systems_failure:
             state.failures = state.failures + 1 if state.failing_tool == step.tool else 1
@@ -91,11 +95,14 @@ class LoopDetector:
         if state.failures >= state.max_failures:
             title = f"{step.tool} failed {state.failures} times in a row"
             return self._flag(state, "repeated_failure", step, (step.tool,), title)
-        repeats = Counter(state.calls)[call]
+        tool, args_hash = step.tool, step.args_hash
+        repeats = sum(
+            1 for i in range(0, len(calls), 2) if calls[i + 1] == args_hash and calls[i] == tool
+        )
         if repeats > state.repeats:
             title = f"{step.tool} called {repeats} times with the same arguments"
             return self._flag(state, "repeated_call", step, (step.tool,), title)
-        cycle = self._cycle(state.calls, state.cycles)
+        cycle = self._cycle(list(zip(calls[::2], calls[1::2], strict=True)), state.cycles)
         if cycle:
             tools = tuple(tool for tool, _ in cycle)
             title = f"tool calls cycling {'→'.join(tools)} ×{state.cycles}"
@@ -116,8 +123,7 @@ class LoopDetector:
         )
 
     @staticmethod
-    def _cycle(calls: deque, cycles: int) -> tuple | None:
-        recent = list(calls)
+    def _cycle(recent: list, cycles: int) -> tuple | None:
         for period in (2, 3):
             span = period * cycles
             if len(recent) < span:
@@ -131,7 +137,7 @@ class LoopDetector:
         return None
 
     def _flag(self, state: _LoopState, kind: str, step: Step, tools: tuple, title: str) -> Finding:
-        state.flagged.update(tools)
+        state.flagged += tuple(t for t in tools if t not in state.flagged)
         return Finding(
             detector=self.name,
             kind=kind,

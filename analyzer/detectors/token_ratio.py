@@ -163,6 +163,7 @@ class TokenRatioDetector:
         self.max_keys = max_keys
         self.baselines: OrderedDict[BaselineKey, _Baseline] = OrderedDict()
         self.pending: OrderedDict[_RatioState, None] = OrderedDict()  # least recently active first
+        self._keys: dict[BaselineKey, BaselineKey] = {}
 
     def observe(self, step: Step, session: SessionState, now_ns: int) -> Finding | None:
         self._complete(now_ns)
@@ -190,6 +191,8 @@ class TokenRatioDetector:
     def _new_state(self, step: Step, session: SessionState) -> _RatioState:
         agent = step.agent or session.agent
         key = (step.tenant, step.service, agent, model_family(step.model))
+        if len(self._keys) < 10_000:  # one tuple per agent and model, shared by its sessions
+            key = self._keys.setdefault(key, key)
         return _RatioState(key, session.policy)
 
     def _threshold(self, policy: AgentPolicy, key: str, default: float) -> float:
