@@ -1,5 +1,10 @@
 """The analyzer as a pipeline consumer: steps -> detectors -> findings -> incidents -> store.
 
+Two halves: ``Detection`` (sessions and detectors, pure) and ``Analyzer`` (incidents, their rows,
+escalation, the listeners). The collector runs ``Detection`` in a process of its own by default
+(``analyzer.worker``), handing it each batch's step columns; the analyzer and its incidents stay
+in the collector, where the API, paging and containment reach them.
+
 It sees every batch as it arrives (beside the span writer, not after a database poll), so an
 incident row can be queryable within a second of the span that triggers it. Incident rows go to
 the store in one small INSERT per batch that produced any.
@@ -7,6 +12,7 @@ the store in one small INSERT per batch that produced any.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -15,9 +21,11 @@ from collections.abc import Awaitable, Callable
 import orjson
 
 from analyzer.detectors import Detector
+from analyzer.finding import Finding
 from analyzer.incidents import IncidentManager, IncidentRows
+from analyzer.policy import DEFAULT_POLICY, AgentPolicy
 from analyzer.session import SessionTable
-from analyzer.step import steps_from_batch
+from analyzer.step import STEP_COLUMNS, Step, steps_from_columns
 from collector.conventions import STEP_KINDS
 from collector.normalize import SpanBatch
 
@@ -32,17 +40,11 @@ ReadSpread = Callable[[list[str], int], Awaitable[dict[str, tuple[int, int]]]]
 log = logging.getLogger("agentwatch.analyzer")
 
 
-class Analyzer:
-    def __init__(
-        self,
-        detectors: list[Detector],
-        sessions: SessionTable,
-        incidents: IncidentManager,
-        write_rows: WriteRows,
-        clock: Callable[[], int] = time.time_ns,
-        on_written: RowsWritten | None = None,
-        read_spread: ReadSpread | None = None,
-    ) -> None:
+class Detection:
+    """Sessions and detectors: steps in, findings out. No I/O and no clock of its own, so the same
+    code runs inside the collector or in the detection process (``analyzer.worker``)."""
+
+    def __init__(self, detectors: list[Detector], sessions: SessionTable) -> None:
         self.detectors = detectors
         # Most detectors look at one kind of step (tools, LLM calls): only ask those that care.
         self._by_kind: dict[str, list[Detector]] = {
@@ -50,14 +52,62 @@ class Analyzer:
             for kind in STEP_KINDS
         }
         self.sessions = sessions
+
+    def detectors_for(self, kind: str) -> list[Detector]:
+        return self._by_kind.get(kind, self.detectors)
+
+    def observe(self, steps: list[Step], now: int, replay: bool = False) -> list[Finding]:
+        """Feed steps through the detectors; ``replay`` (restart) keeps the state, drops findings."""
+        findings = []
+        by_kind, sessions, everyone = self._by_kind, self.sessions, self.detectors
+        for step in steps:
+            session = sessions.for_step(step, now)
+            for detector in by_kind.get(step.kind, everyone):
+                finding = detector.observe(step, session, now)
+                if finding is not None:
+                    findings.append(finding)
+        return [] if replay else findings
+
+    async def observe_columns(self, columns: dict, now: int, replay: bool = False) -> list[Finding]:
+        """The interface the analyzer calls (``DetectionProcess`` has the same)."""
+        return self.observe(steps_from_columns(columns), now, replay)
+
+    async def close(self) -> None:
+        pass
+
+
+class Analyzer:
+    """Findings -> incidents -> rows in the store -> listeners (paging, containment).
+
+    ``detection`` is a ``Detection`` (in this process) or a ``DetectionProcess`` (the detectors in
+    a process of their own, so that they use the second core instead of the ingest path's GIL).
+    ``policy_for(service, agent)`` gives the escalation thresholds.
+    """
+
+    def __init__(
+        self,
+        detection: Detection,
+        incidents: IncidentManager,
+        write_rows: WriteRows,
+        clock: Callable[[], int] = time.time_ns,
+        on_written: RowsWritten | None = None,
+        read_spread: ReadSpread | None = None,
+        policy_for: Callable[[str, str], AgentPolicy] | None = None,
+        flush_delay_s: float = 0.0,
+    ) -> None:
+        self.detection = detection
         self.incidents = incidents
         self.write_rows = write_rows
         self.clock = clock
         self.on_written = on_written
         self.read_spread = read_spread
-
-    def detectors_for(self, kind: str) -> list[Detector]:
-        return self._by_kind.get(kind, self.detectors)
+        self.policy_for = policy_for or (lambda service, agent: DEFAULT_POLICY)
+        # Incident rows wait up to this long to share one INSERT (0: written by each batch).
+        # Every INSERT is a new part in ClickHouse; a loop firing on every batch must not turn
+        # into dozens of tiny parts a second competing with the span writer for the store.
+        self.flush_delay_s = flush_delay_s
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flushing: set[asyncio.Task] = set()
 
     async def tick(self) -> None:
         """Resolve quiet incidents, escalate spreading ones, write what changed (periodically)."""
@@ -74,7 +124,7 @@ class Analyzer:
         by_window: dict[int, list] = {}
         for incident in self.incidents.open.values():
             step = incident.finding.step
-            policy = self.sessions.policy_for(step.service, step.agent)
+            policy = self.policy_for(step.service, step.agent)
             if policy.escalation_sessions > 0 or policy.escalation_users > 0:
                 window = int(policy.escalation_window_s)
                 by_window.setdefault(window, []).append((incident, policy))
@@ -121,14 +171,39 @@ class Analyzer:
 
     async def consume(self, batch: SpanBatch) -> None:
         now = self.clock()
-        by_kind, sessions, incidents = self._by_kind, self.sessions, self.incidents
-        for step in steps_from_batch(batch):
-            session = sessions.for_step(step, now)
-            for detector in by_kind.get(step.kind, self.detectors):
-                finding = detector.observe(step, session, now)
-                if finding is not None:
-                    incidents.on_finding(finding, now)
-        await self.flush()  # quiet-period resolution is the periodic tick's job, not ingest's
+        columns = {name: batch.columns[name] for name in STEP_COLUMNS}
+        try:
+            findings = await self.detection.observe_columns(columns, now)
+        except DetectionUnavailable as exc:  # the spans are stored whatever detection does
+            log.error("detection skipped a batch of %d spans: %s", len(batch), exc)
+            return
+        for finding in findings:
+            self.incidents.on_finding(finding, now)
+        if not findings:
+            return
+        if self.flush_delay_s <= 0:
+            await self.flush()  # quiet-period resolution is the periodic tick's job, not ingest's
+        elif self._flush_timer is None:
+            loop = asyncio.get_running_loop()
+            self._flush_timer = loop.call_later(self.flush_delay_s, self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._flush_timer = None
+        task = asyncio.get_running_loop().create_task(self.flush())
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    async def close(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        await asyncio.gather(*self._flushing)
+        await self.flush()
+        await self.detection.close()
+
+
+class DetectionUnavailable(Exception):
+    """The detection process is down (it is restarted; the batch was not analysed)."""
 
 
 def default_detectors() -> list[Detector]:

@@ -235,7 +235,12 @@ class IncidentManager:
         return quiet
 
     def take_rows(self) -> IncidentRows:
+        """Pending rows: every event, and each incident's newest version only (the table keeps
+        the newest anyway; a looping agent can produce hundreds of versions between writes)."""
         rows, self.rows = self.rows, IncidentRows()
+        newest = {row["incident_id"]: row for row in rows.incidents}
+        if len(newest) < len(rows.incidents):
+            rows.incidents = list(newest.values())
         return rows
 
     def put_back(self, rows: IncidentRows) -> None:

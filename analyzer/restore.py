@@ -18,7 +18,7 @@ import time
 
 import orjson
 
-from analyzer.step import Step
+from analyzer.step import STEP_COLUMNS
 from collector.store import Store
 
 log = logging.getLogger("agentwatch.analyzer")
@@ -44,24 +44,31 @@ SELECT * FROM (
 """
 
 
-def restore(
-    analyzer, store: Store, lookback_s: int = 1800, max_steps: int = 200_000
+async def restore(
+    analyzer, store: Store, run_store, lookback_s: int = 1800, max_steps: int = 200_000
 ) -> tuple[int, int]:
-    """Blocking (run it on the store's thread before serving). Returns (incidents, steps)."""
-    rows = _json_rows(store.query(_OPEN_INCIDENTS, "JSONEachRow"))
+    """Before serving: adopt open incidents, replay recent steps. Returns (incidents, steps).
+
+    ``run_store(fn, *args)`` runs the queries on the store's thread; the replay goes through
+    ``analyzer.detection`` (in this process or the detection process) in batches.
+    """
+    rows = _json_rows(await run_store(store.query, _OPEN_INCIDENTS, "JSONEachRow"))
     for row in rows:
         analyzer.incidents.adopt(row)
     params = {"lookback": str(lookback_s), "max_steps": str(max_steps)}
-    steps = _json_rows(store.query(_RECENT_STEPS, "JSONCompactEachRow", params))
+    steps = _json_rows(await run_store(store.query, _RECENT_STEPS, "JSONCompactEachRow", params))
     now = time.time_ns()
-    for values in steps:
-        step = Step(*values[:-1])
-        session = analyzer.sessions.for_step(step, now)
-        for detector in analyzer.detectors_for(step.kind):
-            detector.observe(step, session, now)  # findings dropped: they were reported before
+    for start in range(0, len(steps), _REPLAY_BATCH):
+        chunk = [values[:-1] for values in steps[start : start + _REPLAY_BATCH]]
+        columns = dict(zip(STEP_COLUMNS, (list(c) for c in zip(*chunk, strict=True)), strict=True))
+        # findings dropped: they were reported before the restart
+        await analyzer.detection.observe_columns(columns, now, replay=True)
     if rows or steps:
         log.info("restored %d open incidents and %d recent steps", len(rows), len(steps))
     return len(rows), len(steps)
+
+
+_REPLAY_BATCH = 5000
 
 
 def _json_rows(out: bytes) -> list:

@@ -114,6 +114,14 @@ class Step:
         return out
 
 
+#: The batch columns a Step is built from (what the detection process is sent).
+STEP_COLUMNS = tuple(_COLUMNS)
+
+
 def steps_from_batch(batch: SpanBatch) -> list[Step]:
     """Steps in arrival order. Costs one tuple per span (the batch is already columnar)."""
-    return [Step(*row) for row in batch.rows(list(_COLUMNS))]
+    return steps_from_columns(batch.columns)
+
+
+def steps_from_columns(columns: dict[str, list]) -> list[Step]:
+    return [Step(*row) for row in zip(*(columns[n] for n in STEP_COLUMNS), strict=True)]

@@ -18,7 +18,7 @@ from analyzer.detectors.infrastructure import InfrastructureDetector
 from analyzer.detectors.loop import LoopDetector
 from analyzer.detectors.out_of_scope_tool import OutOfScopeToolDetector
 from analyzer.detectors.token_ratio import TokenRatioDetector
-from analyzer.engine import Analyzer
+from analyzer.engine import Analyzer, Detection
 from analyzer.incidents import IncidentManager
 from analyzer.session import SessionTable
 from bench.workload import make_requests
@@ -40,7 +40,7 @@ async def _discard(rows) -> None:
 
 
 def measure(detectors: list, batches: list) -> float:
-    analyzer = Analyzer(detectors, SessionTable(), IncidentManager(), _discard)
+    analyzer = Analyzer(Detection(detectors, SessionTable()), IncidentManager(), _discard)
     spans = sum(len(b) for b in batches)
     started = time.perf_counter()
     for batch in batches:

@@ -56,6 +56,7 @@ class Collector:
 
     async def start(self) -> None:
         config = self.config
+        self._loop = asyncio.get_running_loop()
         self.store = await self.run_store(open_store, config)
         applied = await self.run_store(migrate, self.store)
         if applied:
@@ -86,8 +87,8 @@ class Collector:
         if config.detect:
             from analyzer.restore import restore
 
-            self.analyzer = self._build_analyzer()
-            await self.run_store(restore, self.analyzer, self.store)
+            self.analyzer = await self._build_analyzer()
+            await restore(self.analyzer, self.store, self.run_store)
             consumers.append(self.analyzer)
             self._tasks.append(asyncio.get_running_loop().create_task(self._tick_analyzer()))
         prices = PriceTable({name: p.to_price() for name, p in config.prices.items()})
@@ -129,8 +130,14 @@ class Collector:
                 )
             )
 
-    def _build_analyzer(self):
-        from analyzer.engine import Analyzer, default_detectors, spread_reader, store_writer
+    async def _build_analyzer(self):
+        from analyzer.engine import (
+            Analyzer,
+            Detection,
+            default_detectors,
+            spread_reader,
+            store_writer,
+        )
         from analyzer.incidents import IncidentManager
         from analyzer.session import SessionTable
 
@@ -138,18 +145,31 @@ class Collector:
             from analyzer.policy import load_policy
 
             self.policy = load_policy(self.config.policy_file)
+        if self.config.detect_process:
+            from analyzer.worker import DetectionProcess
+
+            detection = DetectionProcess(self._policy_data())
+            await detection.start()
+        else:
+            detection = Detection(default_detectors(), SessionTable(policy_for=self._policy_for))
         incidents = IncidentManager(
             self.config.incident_link_template, self.config.incident_quiet_period_s
         )
-        sessions = SessionTable(policy_for=self._policy_for)
         return Analyzer(
-            default_detectors(),
-            sessions,
+            detection,
             incidents,
             store_writer(self.store, self.run_store),
             on_written=self.publish_incident_rows,
             read_spread=spread_reader(self.store, self.run_store),
+            policy_for=self._policy_for,
+            flush_delay_s=self.config.incident_flush_interval_s,
         )
+
+    def _policy_data(self) -> dict | None:
+        """The policy as data, for the detection process (which parses it again)."""
+        if self.policy is None:
+            return None
+        return self.policy.spec.model_dump(mode="json", exclude_none=True)
 
     async def publish_incident_rows(self, rows) -> None:
         """Hand stored incident rows (``analyzer.incidents.IncidentRows``) to every listener.
@@ -185,6 +205,11 @@ class Collector:
             raise PolicyError("no policy file configured (start with --policy FILE)")
         policy = load_policy(self.config.policy_file)
         self.policy = policy
+        if self.analyzer is not None and hasattr(self.analyzer.detection, "set_policy"):
+            # the detection process gets it too; callable from any thread (tests, SIGHUP)
+            asyncio.run_coroutine_threadsafe(
+                self.analyzer.detection.set_policy(self._policy_data()), self._loop
+            )
         log.info("policy reloaded from %s: %d agents rules", policy.source, len(policy.spec.agents))
         return policy
 
@@ -221,6 +246,8 @@ class Collector:
             await self.pager.stop()  # a page in flight stays pending: resent after a restart
         if self._writer:
             await self._writer.close()
+        if self.analyzer:
+            await self.analyzer.close()
         if self.forwarder:
             await self.forwarder.close()
         if self.store:

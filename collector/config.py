@@ -240,6 +240,17 @@ class Config(_Section):
     api_token: str | None = None
 
     detect: bool = Field(default=True, description="run the streaming detectors on every span")
+    incident_flush_interval_s: float = Field(
+        default=0.25,
+        ge=0,
+        le=5,
+        description="incident rows wait up to this long to share one INSERT (0: one per batch)",
+    )
+    detect_process: bool = Field(
+        default=True,
+        description="run the detectors in a process of their own (the second core) instead of"
+        " in the collector's process",
+    )
     incident_link_template: str = Field(
         default="",
         description="trace link of an incident, e.g. https://grafana/explore?trace={trace_id}",

@@ -102,3 +102,23 @@ def test_rate_limits_across_sessions_open_an_infrastructure_incident(collector):
 def test_detection_can_be_turned_off(collector_factory):
     with collector_factory(detect=False) as collector:
         assert collector.collector.analyzer is None
+
+
+def test_detection_runs_in_its_own_process_and_survives_its_death(collector):
+    import os
+    import signal
+
+    detection = collector.collector.analyzer.detection
+    pid = detection._proc.pid
+    assert pid != os.getpid()
+    os.kill(pid, signal.SIGKILL)
+    collector.call(detection._proc.wait())
+
+    # the next batch finds detection down: its spans are stored, and a new process starts ...
+    run_agent(collector, "after-crash-1", "u-1", [1, 2])
+    collector.wait_for_rows("SELECT 1 FROM otel_traces WHERE SessionId = 'after-crash-1'", 3)
+    # ... which detects from then on (with fresh state)
+    run_agent(collector, "after-crash-2", "u-2", [42] * 6)
+    [incident] = wait_for_incidents(collector, "detector = 'loop'")
+    assert incident["session_id"] == "after-crash-2"
+    assert detection.restarts == 1 and detection._proc.pid != pid

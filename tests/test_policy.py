@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -348,10 +349,11 @@ def test_reload_swaps_the_policy_and_keeps_session_state(tmp_path: Path, caplog)
 
     policy_file = tmp_path / "policy.yaml"
     _write(policy_file, 3)
-    collector = Collector(Config(policy_file=policy_file, data_dir=tmp_path / "data"))
+    config = Config(policy_file=policy_file, data_dir=tmp_path / "data", detect_process=False)
+    collector = Collector(config)
     try:
-        analyzer = collector._build_analyzer()
-        sessions, loop = analyzer.sessions, LoopDetector()
+        analyzer = asyncio.run(collector._build_analyzer())
+        sessions, loop = analyzer.detection.sessions, LoopDetector()
         old = [tool(t, "lookup_order", args=1, session="old") for t in (1, 2)]
         assert run(loop, old, sessions) == []
         before = sessions.for_step(tool(3, "noop", session="old"), 3)
@@ -385,12 +387,34 @@ def test_reload_swaps_the_policy_and_keeps_session_state(tmp_path: Path, caplog)
 def test_reload_without_a_policy_file_is_an_error(tmp_path: Path):
     from collector.app import Collector
 
-    collector = Collector(Config(data_dir=tmp_path / "data"))
+    collector = Collector(Config(data_dir=tmp_path / "data", detect_process=False))
     try:
         with pytest.raises(PolicyError, match="no policy file configured"):
             collector.reload_policy()
-        analyzer = collector._build_analyzer()
-        state = analyzer.sessions.for_step(tool(1, "x"), 1)
+        analyzer = asyncio.run(collector._build_analyzer())
+        state = analyzer.detection.sessions.for_step(tool(1, "x"), 1)
         assert state.policy.rule == "default"
     finally:
         collector._executor.shutdown()
+
+
+def test_a_reload_reaches_the_detection_process(collector_factory, tmp_path: Path):
+    """With the detectors in their own process (the default), sessions first seen after a reload
+    are judged by the new policy there too."""
+    from tests.test_detect_e2e import run_agent, wait_for_incidents
+
+    policy_file = tmp_path / "policy.yaml"
+    _write(policy_file, 5)
+    with collector_factory(policy_file=policy_file) as collector:
+        run_agent(collector, "before", "u-1", [7] * 3)  # 3 identical calls: no loop at repeats 5
+        collector.wait_for_rows("SELECT 1 FROM otel_traces WHERE SessionId = 'before'", 4)
+        _write(policy_file, 1)
+        collector.call(_reload(collector.collector))
+        run_agent(collector, "after", "u-2", [7] * 3)  # the 2nd identical call is a loop now
+        [incident] = wait_for_incidents(collector, "detector = 'loop'")
+        assert incident["session_id"] == "after"
+
+
+async def _reload(collector) -> None:
+    collector.reload_policy()
+    await asyncio.sleep(0.2)  # the new policy is on its way to the detection process

@@ -7,7 +7,7 @@ import asyncio
 import orjson
 
 from analyzer.detectors.loop import LoopDetector
-from analyzer.engine import Analyzer, store_writer
+from analyzer.engine import Analyzer, Detection, store_writer
 from analyzer.incidents import IncidentManager
 from analyzer.session import SessionTable
 from collector.decode import decode_protobuf
@@ -48,8 +48,7 @@ def test_a_loop_becomes_one_incident_row_with_its_flagged_span(tmp_path):
 
     clock = iter(range(T0 + 10**10, T0 + 10**12, 10**9))
     analyzer = Analyzer(
-        [LoopDetector()],
-        SessionTable(),
+        Detection([LoopDetector()], SessionTable()),
         IncidentManager(link_template="http://grafana/trace/{trace_id}?span={span_id}"),
         store_writer(store, run_store),
         clock=lambda: next(clock),
@@ -105,12 +104,12 @@ def test_a_loop_spreading_across_two_collectors_escalates_to_sev1(tmp_path):
 
     def collector():
         return Analyzer(
-            [LoopDetector()],
-            SessionTable(policy_for=policy.for_agent),
+            Detection([LoopDetector()], SessionTable(policy_for=policy.for_agent)),
             IncidentManager(quiet_period_s=10**9),  # the spans are from 2025: never quiet here
             store_writer(store, run_store),
             clock=time.time_ns,  # the spread window is counted back from the store's own clock
             read_spread=spread_reader(store, run_store),
+            policy_for=policy.for_agent,
         )
 
     first, second = collector(), collector()
@@ -157,8 +156,7 @@ def test_a_loop_in_few_sessions_is_not_escalated(tmp_path):
         return fn(*args)
 
     analyzer = Analyzer(
-        [LoopDetector()],
-        SessionTable(),  # default policy: SEV1 from 10 sessions or 10 users
+        Detection([LoopDetector()], SessionTable()),  # default policy: SEV1 from 10 sessions
         IncidentManager(quiet_period_s=10**9),
         store_writer(store, run_store),
         clock=time.time_ns,
