@@ -124,6 +124,30 @@ def matches_any(patterns: tuple[str, ...], name: str) -> bool:
 DEFAULT_POLICY = AgentPolicy()
 
 
+class ResolvedThresholds:
+    """One detector's thresholds per policy rule, resolved once: rules are few, steps many.
+
+    ``limits = ResolvedThresholds("token_ratio", {"z": 4.0, ...})``, then ``limits(policy)["z"]``
+    per step costs one dict lookup instead of two mapping lookups per threshold.
+    """
+
+    __slots__ = ("detector", "defaults", "_by_policy")
+
+    def __init__(self, detector: str, defaults: dict[str, float]) -> None:
+        self.detector = detector
+        self.defaults = defaults
+        self._by_policy: dict[int, tuple[AgentPolicy, dict[str, float]]] = {}
+
+    def __call__(self, policy: AgentPolicy) -> dict[str, float]:
+        entry = self._by_policy.get(id(policy))
+        if entry is None or entry[0] is not policy:  # the policy kept alive: ids are not reused
+            if len(self._by_policy) >= 1024:  # reloads leave old rules behind
+                self._by_policy.clear()
+            values = {k: policy.threshold(self.detector, k, d) for k, d in self.defaults.items()}
+            entry = self._by_policy[id(policy)] = (policy, values)
+        return entry[1]
+
+
 # --- the policy file ----------------------------------------------------------------------------
 #
 # The pydantic models below are the single source of truth for the file's shape: ``load_policy``

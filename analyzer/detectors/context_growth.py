@@ -59,6 +59,7 @@ from __future__ import annotations
 
 from analyzer.finding import Finding
 from analyzer.models import context_window, model_family
+from analyzer.policy import ResolvedThresholds
 from analyzer.session import SessionState
 from analyzer.step import Step
 
@@ -99,14 +100,24 @@ class ContextGrowthDetector:
         self.steps = steps
         self.min_input_tokens = min_input_tokens
         self.context_share = context_share
+        self._limits = ResolvedThresholds(
+            self.name,
+            {
+                "growth_factor": growth_factor,
+                "steps": steps,
+                "min_input_tokens": min_input_tokens,
+                "context_window": 0,
+                "context_share": context_share,
+            },
+        )
 
     def observe(self, step: Step, session: SessionState, now_ns: int) -> Finding | None:
         if step.kind != "llm" or step.input_tokens <= 0:
             return None
         state: _GrowthState = session.state(self.name, _GrowthState)
-        policy = session.policy
+        limits = self._limits(session.policy)
         tokens = step.input_tokens
-        factor = policy.threshold(self.name, "growth_factor", self.growth_factor)
+        factor = limits["growth_factor"]
         previous = state.recent[-2] if state.recent else 0
         state.run = state.run + 1 if previous and tokens >= factor * previous else 0
         try:
@@ -116,20 +127,15 @@ class ContextGrowthDetector:
         state.recent = (*state.recent[2 - 2 * _HISTORY :], tokens, span)  # no deque: 760 B
 
         if not state.flagged & _SPIRAL:
-            steps = policy.threshold(self.name, "steps", self.steps)
-            floor = policy.threshold(self.name, "min_input_tokens", self.min_input_tokens)
-            if state.run >= steps and tokens >= floor:
+            if state.run >= limits["steps"] and tokens >= limits["min_input_tokens"]:
                 title = (
                     f"input tokens grew ×{factor:g} or more on {state.run} LLM steps in a row, "
                     f"to {tokens:,}"
                 )
                 return self._flag(state, _SPIRAL, "spiral", "SEV2", step, session, title)
         if not state.flagged & _NEAR_LIMIT:
-            window = int(policy.threshold(self.name, "context_window", 0)) or context_window(
-                step.model
-            )
-            share = policy.threshold(self.name, "context_share", self.context_share)
-            if window and tokens >= share * window:
+            window = int(limits["context_window"]) or context_window(step.model)
+            if window and tokens >= limits["context_share"] * window:
                 title = f"input tokens {tokens:,} reached {tokens / window:.0%} of the {window:,}-token context window"
                 return self._flag(
                     state, _NEAR_LIMIT, "near_context_limit", "SEV3", step, session, title

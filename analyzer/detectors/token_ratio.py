@@ -75,7 +75,7 @@ from statistics import median
 
 from analyzer.finding import Finding
 from analyzer.models import model_family
-from analyzer.policy import AgentPolicy
+from analyzer.policy import AgentPolicy, ResolvedThresholds
 from analyzer.session import SessionState
 from analyzer.step import Step
 
@@ -157,6 +157,18 @@ class TokenRatioDetector:
         self.min_input_tokens = min_input_tokens
         self.z = z
         self.min_factor = min_factor
+        self._limits = ResolvedThresholds(
+            self.name,
+            {
+                "max_ratio": max_ratio,
+                "default_ratio": default_ratio,
+                "min_sessions": min_sessions,
+                "min_llm_steps": min_llm_steps,
+                "min_input_tokens": min_input_tokens,
+                "z": z,
+                "min_factor": min_factor,
+            },
+        )
         self.alpha = alpha
         self.idle_ns = int(idle_s * 1e9)
         self.max_pending = max_pending
@@ -195,32 +207,29 @@ class TokenRatioDetector:
             key = self._keys.setdefault(key, key)
         return _RatioState(key, session.policy)
 
-    def _threshold(self, policy: AgentPolicy, key: str, default: float) -> float:
-        return policy.threshold(self.name, key, default)
-
     def _judge(self, state: _RatioState, step: Step, session: SessionState) -> Finding | None:
         policy = state.policy
+        limits = self._limits(policy)
         if (
             state.output <= 0
-            or state.llm_steps < self._threshold(policy, "min_llm_steps", self.min_llm_steps)
-            or state.input < self._threshold(policy, "min_input_tokens", self.min_input_tokens)
+            or state.llm_steps < limits["min_llm_steps"]
+            or state.input < limits["min_input_tokens"]
         ):
             return None
         ratio = state.input / state.output
         baseline = self.baselines.get(state.key)
-        min_sessions = self._threshold(policy, "min_sessions", self.min_sessions)
-        if baseline is None or baseline.n < min_sessions:
-            normal = self._threshold(policy, "default_ratio", self.default_ratio)
-            if ratio <= self._threshold(policy, "max_ratio", self.max_ratio):
+        if baseline is None or baseline.n < limits["min_sessions"]:
+            normal = limits["default_ratio"]
+            if ratio <= limits["max_ratio"]:
                 return None
             deviations, sessions_seen = None, 0 if baseline is None else baseline.n
         else:
             self.baselines.move_to_end(state.key)
             normal = baseline.ratio
             deviations = (math.log(ratio) - baseline.center) / max(baseline.scale, _MIN_SCALE)
-            if deviations <= self._threshold(policy, "z", self.z):
+            if deviations <= limits["z"]:
                 return None
-            if ratio <= self._threshold(policy, "min_factor", self.min_factor) * normal:
+            if ratio <= limits["min_factor"] * normal:
                 return None
             sessions_seen = baseline.n
         state.flagged = True
@@ -263,9 +272,7 @@ class TokenRatioDetector:
 
     def _feed(self, state: _RatioState) -> None:
         state.fed = True
-        if state.output <= 0 or state.llm_steps < self._threshold(
-            state.policy, "min_llm_steps", self.min_llm_steps
-        ):
+        if state.output <= 0 or state.llm_steps < self._limits(state.policy)["min_llm_steps"]:
             return
         baseline = self.baselines.get(state.key)
         if baseline is None:
