@@ -41,6 +41,22 @@ _BATCH = struct.Struct("!QB")
 _STDOUT_LIMIT = 256 * 1024 * 1024  # one reply frame at most (findings of one batch)
 
 
+_PIPE_BYTES = 1 << 20
+
+
+def _widen(stream) -> None:
+    """A 1 MiB pipe instead of Linux's 64 KiB: a batch's frame (~130 KB for 512 spans) goes in
+    one write instead of several, each a wake-up of the event loop."""
+    try:
+        import fcntl
+
+        transport = stream.transport if hasattr(stream, "transport") else stream._transport
+        fd = transport.get_extra_info("pipe").fileno()
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_BYTES)
+    except (OSError, AttributeError, ImportError):
+        pass  # not Linux, or not allowed: the default pipe works, with more wake-ups
+
+
 def _frame(kind: bytes, payload: bytes) -> bytes:
     return _HEADER.pack(len(payload), kind[0]) + payload
 
@@ -67,6 +83,8 @@ class DetectionProcess:
             stdout=asyncio.subprocess.PIPE,
             limit=_STDOUT_LIMIT,
         )
+        for pipe in (self._proc.stdin, self._proc.stdout):
+            _widen(pipe)
         self._reader = asyncio.get_running_loop().create_task(self._read_replies(self._proc))
         self._send(_frame(b"P", orjson.dumps(self.policy_data)))
 

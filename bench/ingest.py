@@ -135,6 +135,7 @@ def grow_tool_results(body: bytes, span_bytes: int, seed: int) -> bytes:
 class Workload:
     requests: list[bytes]
     trace_id_offsets: list[list[int]]  # per request: where each span's trace id starts in it
+    session_offsets: list[list[int]]  # per request: where each session id's digits start
     spans_per_request: int
     bytes_per_span: float
     attributes_per_span: float
@@ -153,7 +154,7 @@ def build_workload(count: int, spans_per_request: int, span_bytes: int) -> Workl
     if span_bytes:
         raw = [grow_tool_results(body, span_bytes, seed=i) for i, body in enumerate(raw)]
     spans = attributes = 0
-    offsets = []
+    offsets, session_offsets = [], []
     for body in raw:
         request = ExportTraceServiceRequest.FromString(body)
         trace_ids = set()
@@ -163,9 +164,12 @@ def build_workload(count: int, spans_per_request: int, span_bytes: int) -> Workl
                 attributes += sum(len(s.attributes) for s in ss.spans)
                 trace_ids.update(s.trace_id for s in ss.spans)
         offsets.append(sorted(o for t in trace_ids for o in _occurrences(body, t)))
+        session_offsets.append([o + len(b"sess-") for o in _occurrences(body, b"sess-")])
     assert spans == count * spans_per_request, (spans, count, spans_per_request)
     mean_bytes = sum(map(len, raw)) / spans
-    return Workload(raw, offsets, spans_per_request, mean_bytes, attributes / spans, untuned)
+    return Workload(
+        raw, offsets, session_offsets, spans_per_request, mean_bytes, attributes / spans, untuned
+    )
 
 
 def _occurrences(body: bytes, needle: bytes) -> list[int]:
@@ -178,11 +182,16 @@ def _occurrences(body: bytes, needle: bytes) -> list[int]:
     return found
 
 
-def with_fresh_trace_ids(body: bytes, offsets: list[int], round_: int) -> bytes:
-    """``body`` for its ``round_``-th sending: the first 4 bytes of every trace id are ``round_``.
+def with_fresh_trace_ids(
+    body: bytes, offsets: list[int], round_: int, session_offsets: list[int] = ()
+) -> bytes:
+    """``body`` for its ``round_``-th sending: the first 4 bytes of every trace id are ``round_``,
+    and so are the first 4 digits of every session id (``session_offsets``) unless none are given.
 
     The requests are sent in turn, again and again; this keeps every stored span distinct (the
-    other 12 bytes of each id are random) at the cost of one copy per request.
+    other 12 bytes of each id are random) at the cost of one copy per request. Fresh session ids
+    keep the workload realistic for the detectors: a session replaying the same calls every
+    round would be a loop in every session (``--repeat-sessions`` measures that worst case).
     """
     if round_ == 0:
         return body
@@ -190,6 +199,9 @@ def with_fresh_trace_ids(body: bytes, offsets: list[int], round_: int) -> bytes:
     stamp = round_.to_bytes(4, "big")
     for offset in offsets:
         buf[offset : offset + 4] = stamp
+    digits = f"{round_ % 10_000:04d}".encode()
+    for offset in session_offsets:
+        buf[offset : offset + 4] = digits
     return bytes(buf)
 
 
@@ -237,7 +249,8 @@ async def _loadgen(grpc_target, bodies, offsets, spans_per_request, concurrency,
         async def sender() -> None:
             while time.monotonic() < window_end:
                 round_, i = divmod(next(sequence), len(bodies))
-                body = with_fresh_trace_ids(bodies[i], offsets[i], round_)
+                trace_offsets, session_offsets = offsets[i]
+                body = with_fresh_trace_ids(bodies[i], trace_offsets, round_, session_offsets)
                 started = time.perf_counter()
                 try:
                     response = await export(body, timeout=args.timeout)
@@ -566,7 +579,13 @@ def run(args: argparse.Namespace) -> dict:
             share, extra = divmod(args.concurrency, args.processes)
             concurrency = share + (worker < extra)
             bodies = workload.requests[worker :: args.processes]
-            offsets = workload.trace_id_offsets[worker :: args.processes]
+            sessions = workload.session_offsets[worker :: args.processes]
+            offsets = [
+                (trace_ids, () if args.repeat_sessions else session_ids)
+                for trace_ids, session_ids in zip(
+                    workload.trace_id_offsets[worker :: args.processes], sessions, strict=True
+                )
+            ]
             parent_end, child_end = ctx.Pipe()
             p = ctx.Process(
                 target=loadgen_process,
@@ -928,6 +947,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--concurrency", type=int, default=16, help="in-flight Export calls in total")
     add("--processes", type=int, default=1, help="load-generator processes")
     add("--spans-per-request", type=int, default=512, help="spans per Export request")
+    add(
+        "--repeat-sessions",
+        action="store_true",
+        help="resend the same session ids every round (each session then replays its tool calls:"
+        " a loop in every session, the detectors' worst case)",
+    )
     add("--distinct-requests", type=int, default=96, help="pre-serialised requests, sent in turn")
     add(
         "--span-bytes",
