@@ -109,6 +109,12 @@ class Collector:
 
         self.ports["sql"] = await self._serve(build_sql_app(self), config.sql_port)
         self.ports["api"] = await self._serve(build_api_app(self), config.api_port)
+        if config.clickhouse_url is None and config.embedded_release_startup_pages:
+            from collector.store.embedded import release_startup_pages
+
+            released = release_startup_pages()
+            if released:
+                log.info("released %d MiB of chDB library pages used only at start-up", released)
 
     async def _start_control(self) -> None:
         """Containment state from the store, refreshed every second; with detection on, policy
