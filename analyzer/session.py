@@ -61,13 +61,16 @@ class SessionTable:
 
     def for_step(self, step: Step, now_ns: int) -> SessionState:
         """The step's session (created if new); fills ``step.session`` from its trace if known."""
+        traces = self._trace_session
         if step.session:
-            self._trace_session[step.trace_id] = step.session
-            self._trace_session.move_to_end(step.trace_id)
-            if len(self._trace_session) > self.max_sessions:
-                self._trace_session.popitem(last=False)
+            # oldest first by when the trace was first (or differently) seen: traces are short
+            if traces.get(step.trace_id) != step.session:
+                traces[step.trace_id] = step.session
+                traces.move_to_end(step.trace_id)
+                if len(traces) > self.max_sessions:
+                    traces.popitem(last=False)
         else:
-            step.session = self._trace_session.get(step.trace_id, "")
+            step.session = traces.get(step.trace_id, "")
         key = (step.tenant, step.session or f"trace:{step.trace_id}")
         state = self._sessions.get(key)
         if state is None:
@@ -76,7 +79,8 @@ class SessionTable:
             state.last_ns = now_ns
             self._evict(now_ns)  # after the new session is stamped, so it is never its own victim
         else:
-            self._sessions.move_to_end(key)
+            if state.last_ns != now_ns:  # once per batch is enough: a batch shares one clock
+                self._sessions.move_to_end(key)
             if step.user and not state.user:
                 state.user = step.user
             if step.agent and not state.agent:
