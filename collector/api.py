@@ -12,8 +12,13 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from collector.control_api import add_control_routes
+from collector.incidents_api import add_incident_routes
+from collector.paging_api import add_paging_routes
 from collector.sql_gate import ReadOnlyViolation, read_only_query
 from collector.store import StoreError, StoreUnavailable
+from collector.web import COLLECTOR
+from collector.web import error as _error
 
 # Output formats of POST /v1/sql: the CLI's names -> ClickHouse formats
 SQL_FORMATS = {
@@ -24,23 +29,14 @@ SQL_FORMATS = {
 }
 
 
-COLLECTOR = web.AppKey("collector", object)
-
-
 def build_api_app(collector) -> web.Application:
     app = web.Application(middlewares=[_token_middleware(collector.config.api_token)])
     app[COLLECTOR] = collector
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/sql", sql)
-    from collector.incidents_api import add_incident_routes  # its handlers use COLLECTOR
-
     add_incident_routes(app)  # /v1/incidents, /v1/incidents/{id}, …/ack, …/resolve
-    from collector.control_api import add_control_routes
-
     add_control_routes(app)  # /v1/control…, /ofrep/v1/evaluate/flags…
-    from collector.paging_api import add_paging_routes
-
     add_paging_routes(app)  # /v1/alerts/outbox, /v1/alerts/test, /v1/silences
     return app
 
@@ -106,7 +102,3 @@ async def sql(request: web.Request) -> web.Response:
         return _error(503, str(exc))
     content_type = {"json": "application/json", "csv": "text/csv"}.get(fmt, "text/plain")
     return web.Response(body=out, content_type=content_type, charset="utf-8")
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)

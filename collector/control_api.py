@@ -36,6 +36,9 @@ from collector.control import (
     scope_from,
 )
 from collector.store import StoreError, StoreUnavailable
+from collector.web import collector_of
+from collector.web import dumps as _dumps
+from collector.web import error as _error
 
 # OFREP context keys -> Context fields (the first present wins)
 CONTEXT_KEYS = {
@@ -58,17 +61,7 @@ def add_control_routes(app: web.Application) -> None:
 
 
 def _board(request: web.Request):
-    from collector.api import COLLECTOR
-
-    return request.app[COLLECTOR].control
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
-def _dumps(value) -> str:
-    return orjson.dumps(value).decode()
+    return collector_of(request).control
 
 
 # --- agents ---------------------------------------------------------------------------------
@@ -199,9 +192,7 @@ def _listens_beyond_loopback(listen: str) -> bool:
 
 
 async def _change_request(request: web.Request) -> dict:
-    from collector.api import COLLECTOR
-
-    config = request.app[COLLECTOR].config
+    config = collector_of(request).config
     if not config.api_token and _listens_beyond_loopback(config.listen):
         raise ControlError(
             f"403: control changes need an API token when the collector listens on {config.listen}:"

@@ -32,6 +32,9 @@ from aiohttp import web
 
 from analyzer.incidents import utc_text
 from collector.store import StoreError, StoreUnavailable
+from collector.web import collector_of as _collector
+from collector.web import dumps as _dumps
+from collector.web import error as _error
 
 STATUSES = ("open", "acknowledged", "resolved")
 STATUS_FILTERS = {
@@ -56,16 +59,6 @@ def add_incident_routes(app: web.Application) -> None:
     app.router.add_get("/v1/incidents/{id}", show_incident)
     app.router.add_post("/v1/incidents/{id}/ack", acknowledge_incident)
     app.router.add_post("/v1/incidents/{id}/resolve", resolve_incident)
-
-
-def _collector(request: web.Request):
-    from collector.api import COLLECTOR
-
-    return request.app[COLLECTOR]
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
 
 
 class _Failed(Exception):
@@ -252,7 +245,3 @@ async def _apply(
 
     await collector.publish_incident_rows(IncidentRows([row], [event]))
     return None
-
-
-def _dumps(value) -> str:
-    return orjson.dumps(value).decode()

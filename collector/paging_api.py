@@ -24,6 +24,9 @@ from aiohttp import web
 from analyzer.incidents import utc_text
 from analyzer.routing import SILENCE_LABELS, parse_matcher
 from collector.store import StoreError, StoreUnavailable
+from collector.web import collector_of as _collector
+from collector.web import error as _error
+from collector.web import json_response as _json
 
 _JSON_OUT = " SETTINGS output_format_json_quote_64bit_integers = 0, date_time_output_format = 'iso'"
 OUTBOX_FILTERS = {
@@ -43,23 +46,9 @@ def add_paging_routes(app: web.Application) -> None:
     app.router.add_delete("/v1/silences/{id}", expire_silence)
 
 
-def _collector(request: web.Request):
-    from collector.api import COLLECTOR
-
-    return request.app[COLLECTOR]
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
 async def _rows(collector, sql: str, params: dict | None = None) -> list[dict]:
     out = await collector.run_store(collector.store.query, sql + _JSON_OUT, "JSONEachRow", params)
     return [orjson.loads(line) for line in out.splitlines() if line.strip()]
-
-
-def _json(value, status: int = 200) -> web.Response:
-    return web.json_response(value, status=status, dumps=lambda v: orjson.dumps(v).decode())
 
 
 async def outbox(request: web.Request) -> web.Response:
