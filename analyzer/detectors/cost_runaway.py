@@ -111,6 +111,7 @@ class CostRunawayDetector:
         self.max_agents = max_agents
         self._open: OrderedDict[tuple[str, str], _CostState] = OrderedDict()  # by last LLM step
         self._agent_keys: dict[AgentKey, AgentKey] = {}
+        self._folded_at = -1
         self._baselines: OrderedDict[AgentKey, _Baseline] = OrderedDict()
 
     def observe(self, step: Step, session: SessionState, now_ns: int) -> Finding | None:
@@ -190,6 +191,9 @@ class CostRunawayDetector:
             self._fold(self._open.popitem(last=False)[1])
 
     def _fold_idle(self, now_ns: int) -> None:
+        if now_ns == self._folded_at:
+            return  # once per clock tick: a batch shares one clock
+        self._folded_at = now_ns
         cutoff = now_ns - self.idle_ns
         while self._open:
             oldest = next(iter(self._open.values()))

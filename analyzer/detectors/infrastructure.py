@@ -240,12 +240,14 @@ class InfrastructureDetector:
         window.calls[slot] += 1
 
         kind = failure_kind(step)
-        streak: _Streak = session.state(self.name, _Streak)
         subject = (group, label)
         if kind is None:
-            if streak.subject == subject:  # the model/tool answered: any streak on it is over
+            # a session gets a streak only once something fails (most sessions: never)
+            streak = session.detectors.get(self.name)
+            if streak is not None and streak.subject == subject:  # it answered: streak over
                 streak.subject, streak.signature, streak.count = (), "", 0
             return None
+        streak: _Streak = session.state(self.name, _Streak)
 
         signature = f"{kind}:{label}"
         failures = window.kinds.get(kind)

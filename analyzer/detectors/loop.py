@@ -102,7 +102,7 @@ class LoopDetector:
         if repeats > state.repeats:
             title = f"{step.tool} called {repeats} times with the same arguments"
             return self._flag(state, "repeated_call", step, (step.tool,), title)
-        cycle = self._cycle(list(zip(calls[::2], calls[1::2], strict=True)), state.cycles)
+        cycle = self._cycle(calls, state.cycles)
         if cycle:
             tools = tuple(tool for tool, _ in cycle)
             title = f"tool calls cycling {'→'.join(tools)} ×{state.cycles}"
@@ -123,16 +123,18 @@ class LoopDetector:
         )
 
     @staticmethod
-    def _cycle(recent: list, cycles: int) -> tuple | None:
+    def _cycle(calls: list, cycles: int) -> tuple | None:
+        """The repeated (tool, args) pattern of period 2 or 3 that ends ``calls`` (flat list)."""
         for period in (2, 3):
-            span = period * cycles
-            if len(recent) < span:
+            width = 2 * period  # flat entries per repetition
+            span = width * cycles
+            if len(calls) < span:
+                return None  # period 3 needs even more calls
+            tail = calls[-span:]
+            if tail[width:] != tail[:-width]:  # every repetition equals the one before it
                 continue
-            tail = recent[-span:]
-            pattern = tail[:period]
-            if len(set(pattern)) == period and all(
-                tail[i] == pattern[i % period] for i in range(span)
-            ):
+            pattern = [(tail[i], tail[i + 1]) for i in range(0, width, 2)]
+            if len(set(pattern)) == period:
                 return tuple(pattern)
         return None
 

@@ -176,6 +176,7 @@ class TokenRatioDetector:
         self.baselines: OrderedDict[BaselineKey, _Baseline] = OrderedDict()
         self.pending: OrderedDict[_RatioState, None] = OrderedDict()  # least recently active first
         self._keys: dict[BaselineKey, BaselineKey] = {}
+        self._completed_at = -1
 
     def observe(self, step: Step, session: SessionState, now_ns: int) -> Finding | None:
         self._complete(now_ns)
@@ -261,7 +262,11 @@ class TokenRatioDetector:
         )
 
     def _complete(self, now_ns: int) -> None:
-        """Feed the sessions silent for ``idle_s``: they are completed."""
+        """Feed the sessions silent for ``idle_s``: they are completed (once per clock tick: a
+        batch shares one clock)."""
+        if now_ns == self._completed_at:
+            return
+        self._completed_at = now_ns
         pending = self.pending
         while pending:
             oldest = next(iter(pending))
