@@ -94,8 +94,10 @@ class Analyzer:
         read_spread: ReadSpread | None = None,
         policy_for: Callable[[str, str], AgentPolicy] | None = None,
         flush_delay_s: float = 0.0,
+        on_skipped: Callable[[int], object] | None = None,
     ) -> None:
         self.detection = detection
+        self.on_skipped = on_skipped  # (spans) when a batch could not be analysed (metrics)
         self.incidents = incidents
         self.write_rows = write_rows
         self.clock = clock
@@ -176,6 +178,8 @@ class Analyzer:
             findings = await self.detection.observe_columns(columns, now)
         except DetectionUnavailable as exc:  # the spans are stored whatever detection does
             log.error("detection skipped a batch of %d spans: %s", len(batch), exc)
+            if self.on_skipped is not None:
+                self.on_skipped(len(batch))
             return
         for finding in findings:
             self.incidents.on_finding(finding, now)

@@ -121,7 +121,7 @@ class Collector:
         actions and tool circuit breakers listen to incidents."""
         from collector.control import ControlBoard
 
-        self.control = ControlBoard(self.store, self.run_store)
+        self.control = ControlBoard(self.store, self.run_store, metrics=self.metrics)
         in_force = await self.control.load()
         if in_force:
             log.info("%d containment controls in force", in_force)
@@ -169,6 +169,7 @@ class Collector:
             read_spread=spread_reader(self.store, self.run_store),
             policy_for=self._policy_for,
             flush_delay_s=self.config.incident_flush_interval_s,
+            on_skipped=self.metrics.detection_skipped_spans.inc,
         )
 
     def _policy_data(self) -> dict | None:

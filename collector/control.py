@@ -271,10 +271,13 @@ class ControlBoard:
     listener records automatic actions on their incidents).
     """
 
-    def __init__(self, store, run_store, clock: Callable[[], int] = time.time_ns) -> None:
+    def __init__(
+        self, store, run_store, clock: Callable[[], int] = time.time_ns, metrics=None
+    ) -> None:
         self.store = store
         self.run_store = run_store
         self.clock = clock
+        self.metrics = metrics  # collector.metrics.Metrics, or None
         self.table = ControlTable()
         self._lock = asyncio.Lock()
         self._generation = 0  # bumped by each change, so a refresh read before it is discarded
@@ -289,6 +292,8 @@ class ControlBoard:
         controls = [Control.from_row(orjson.loads(line)) for line in out.splitlines() if line]
         if generation == self._generation:  # no change of ours landed while we read
             self.table = ControlTable(controls)
+            if self.metrics is not None:
+                self.metrics.controls_in_force.set(len(self.table))
         return len(controls)
 
     async def refresh_forever(self, every_s: float = 1.0) -> None:
@@ -330,6 +335,9 @@ class ControlBoard:
             await self._write(control, previous)
             self._generation += 1
             self.table.put(control)
+            if self.metrics is not None:
+                self.metrics.control_changes.labels(mode, source).inc()
+                self.metrics.controls_in_force.set(len(self.table))
         log.info(
             "control %s: %s -> %s by %s (%s): %s",
             scope.key,

@@ -65,3 +65,26 @@ class Metrics:
             "Distinct model names seen without a price (cost 0)",
             registry=r,
         )
+        self.page_attempts = Counter(
+            "agentwatch_page_attempts",
+            "Sends to a pager, by receiver, action and outcome (sent, retry, failed)",
+            ["receiver", "action", "outcome"],
+            registry=r,
+        )
+        self.pages_pending = Gauge(
+            "agentwatch_pages_pending", "Notifications in the outbox not yet settled", registry=r
+        )
+        self.control_changes = Counter(
+            "agentwatch_control_changes",
+            "Containment changes, by mode set (enabled: lifted) and source (person, policy)",
+            ["mode", "source"],
+            registry=r,
+        )
+        self.controls_in_force = Gauge(
+            "agentwatch_controls_in_force", "Containment controls in force now", registry=r
+        )
+        self.detection_skipped_spans = Counter(
+            "agentwatch_detection_skipped_spans",
+            "Spans stored but not analysed because the detection process was down",
+            registry=r,
+        )

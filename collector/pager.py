@@ -448,6 +448,8 @@ class Pager:
                     n.action, n.receiver, n.attempts, (n.next_attempt_ns - now) / 1e9, error,
                 )  # fmt: skip
         n.status = status
+        outcome = "retry" if status == "pending" else status
+        self.collector.metrics.page_attempts.labels(n.receiver, n.action, outcome).inc()
         if status == "sent":
             n.sent_ns = now
         elif status == "failed":
@@ -455,6 +457,7 @@ class Pager:
         async with self._lock:
             if status != "pending":
                 self.pending.pop(n.notification_id, None)
+            self.collector.metrics.pages_pending.set(len(self.pending))
             await self._write([n])
             if n.reason != "test" and status in ("sent", "failed"):
                 event = _EVENT[n.action] if status == "sent" else "page_failed"

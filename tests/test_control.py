@@ -39,6 +39,10 @@ def test_an_agent_sees_a_pause_and_the_resume_through_openfeature(collector, fla
     assert out.returncode == 0, out.stderr
     assert "paused agent=support (was enabled)" in out.stdout
 
+    metrics = requests.get(f"{collector.api_url}/metrics").text
+    assert 'agentwatch_control_changes_total{mode="paused",source="person"} 1.0' in metrics
+    assert "agentwatch_controls_in_force 1.0" in metrics
+
     details = flags.get_boolean_details("agent.enabled", True, support())
     assert details.value is False
     assert details.reason == "TARGETING_MATCH"

@@ -141,6 +141,15 @@ def test_retries_5xx_and_429_honouring_retry_after(collector_factory, pagerduty)
         assert after_429 >= 0.9  # Retry-After: 1 is honoured (a lower bound, not a timing race)
         [row] = [r for r in outbox(collector) if r["incident_id"] == incident["incident_id"]]
         assert (row["status"], row["attempts"], row["action"]) == ("sent", 4, "trigger")
+        metrics = requests.get(f"{collector.api_url}/metrics").text
+        assert (
+            'agentwatch_page_attempts_total{action="trigger",outcome="retry",receiver="pd"} 3.0'
+            in metrics
+        )
+        assert (
+            'agentwatch_page_attempts_total{action="trigger",outcome="sent",receiver="pd"} 1.0'
+            in metrics
+        )
 
 
 def test_a_rejected_page_is_permanent_and_visible(collector_factory, pagerduty):
