@@ -169,7 +169,12 @@ class PagingConfig(_Section):
     route: RouteConfig
     retry_initial_s: float = Field(default=1.0, gt=0, description="first retry delay")
     retry_max_s: float = Field(default=300.0, gt=0, description="longest retry delay")
-    give_up_after_s: float = Field(default=86400.0, gt=0, description="then 'failed'")
+    give_up_after_s: float = Field(
+        default=86400.0,
+        gt=0,
+        le=7 * 86400,
+        description="then 'failed' (at most 7 days: the outbox keeps rows for 30)",
+    )
 
     @model_validator(mode="after")
     def _routes_name_receivers(self) -> PagingConfig:
