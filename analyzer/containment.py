@@ -21,12 +21,12 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-
-import orjson
+from time import time_ns
 
 from analyzer.incidents import IncidentRows, utc_text
 from analyzer.policy import AgentPolicy
 from collector.control import CIRCUIT_OPEN, ControlBoard, ControlError, Scope
+from collector.store import insert_rows
 
 log = logging.getLogger("agentwatch.containment")
 
@@ -145,8 +145,6 @@ class Containment:
 
 
 def _note(row: dict, detail: str) -> dict:
-    from time import time_ns
-
     return {
         "incident_id": row["incident_id"],
         "fingerprint": row["fingerprint"],
@@ -161,7 +159,6 @@ def store_events(store, run_store):
     """``incident_events`` rows -> the store (the containment's notes on its incidents)."""
 
     async def write(events: list[dict]) -> None:
-        block = b"\n".join(orjson.dumps(e) for e in events)
-        await run_store(store.insert_blocks, "incident_events", "JSONEachRow", [block])
+        await run_store(insert_rows, store, "incident_events", events)
 
     return write

@@ -28,6 +28,7 @@ from analyzer.session import SessionTable
 from analyzer.step import STEP_COLUMNS, Step, steps_from_columns
 from collector.conventions import STEP_KINDS
 from collector.normalize import SpanBatch
+from collector.store import insert_rows
 
 WriteRows = Callable[[IncidentRows], Awaitable[None]]
 # Called with every batch of incident rows once the store has them: paging and containment
@@ -52,9 +53,6 @@ class Detection:
             for kind in STEP_KINDS
         }
         self.sessions = sessions
-
-    def detectors_for(self, kind: str) -> list[Detector]:
-        return self._by_kind.get(kind, self.detectors)
 
     def observe(self, steps: list[Step], now: int, replay: bool = False) -> list[Finding]:
         """Feed steps through the detectors; ``replay`` (restart) keeps the state, drops findings."""
@@ -260,11 +258,7 @@ def store_writer(store, run_store) -> WriteRows:
     """Rows -> ``incidents`` and ``incident_events`` (JSONEachRow) on the store's thread."""
 
     async def write(rows: IncidentRows) -> None:
-        if rows.incidents:
-            block = b"\n".join(orjson.dumps(r) for r in rows.incidents)
-            await run_store(store.insert_blocks, "incidents", "JSONEachRow", [block])
-        if rows.events:
-            block = b"\n".join(orjson.dumps(r) for r in rows.events)
-            await run_store(store.insert_blocks, "incident_events", "JSONEachRow", [block])
+        await run_store(insert_rows, store, "incidents", rows.incidents)
+        await run_store(insert_rows, store, "incident_events", rows.events)
 
     return write

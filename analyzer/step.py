@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from collector.normalize import SpanBatch
-
 # batch column -> Step field, in Step's field order
 _COLUMNS = {
     "TimestampNs": "time_ns",
@@ -118,10 +116,7 @@ class Step:
 STEP_COLUMNS = tuple(_COLUMNS)
 
 
-def steps_from_batch(batch: SpanBatch) -> list[Step]:
-    """Steps in arrival order. Costs one tuple per span (the batch is already columnar)."""
-    return steps_from_columns(batch.columns)
-
-
 def steps_from_columns(columns: dict[str, list]) -> list[Step]:
+    """Steps in arrival order from a batch's columns (``SpanBatch.columns``, or the subset the
+    detection process is sent)."""
     return [Step(*row) for row in zip(*(columns[n] for n in STEP_COLUMNS), strict=True)]

@@ -91,13 +91,16 @@ class DetectionProcess:
     def _send(self, frame: bytes) -> None:
         self._proc.stdin.write(frame)
 
+    def _alive(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None and not self._reader.done()
+
     async def _ensure_running(self) -> None:
-        if self._proc is not None and self._proc.returncode is None and not self._reader.done():
+        if self._alive():
             return
         if self._starting is None:
             self._starting = asyncio.Lock()
         async with self._starting:
-            if self._proc is not None and self._proc.returncode is None and not self._reader.done():
+            if self._alive():
                 return
             self.restarts += 1
             log.error(

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 import requests
 
+from collector.cli_format import text_table
 from collector.config import ConfigError, load_config
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
@@ -251,11 +252,7 @@ def _incident_table(rows: list[dict]) -> str:
         )
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *lines]
-    )
+    return text_table(header, lines)
 
 
 @incidents.command("list")

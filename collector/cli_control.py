@@ -10,6 +10,8 @@ import json
 
 import click
 
+from collector.cli_format import text_table
+
 SCOPE_OPTIONS = ("service", "agent", "session", "user", "tool")
 
 EXAMPLES = """
@@ -110,12 +112,7 @@ def register(main: click.Group, client_options, api_call) -> None:
              c["reason"] + (f" [{c['incident_id']}]" if c["incident_id"] else ""))
             for c in controls
         ]  # fmt: skip
-        header = ("SCOPE", "MODE", "SINCE", "BY", "WHY")
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-        for row in [header, *rows]:
-            click.echo(
-                "  ".join(v.ljust(w) for v, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
-            )
+        click.echo(text_table(("SCOPE", "MODE", "SINCE", "BY", "WHY"), rows))
 
     @control.command("check")
     @_scope_options

@@ -11,6 +11,8 @@ import re
 
 import click
 
+from collector.cli_format import text_table
+
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -25,12 +27,7 @@ def parse_duration(text: str) -> float:
 
 def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     header = [title for title, _ in columns]
-    lines = [[str(row.get(key, "")) for _, key in columns] for row in rows]
-    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
-        for r in [header, *lines]
-    )
+    return text_table(header, [[str(row.get(key, "")) for _, key in columns] for row in rows])
 
 
 def register(main: click.Group, client_options, api_call) -> None:

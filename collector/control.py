@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, fields
 import orjson
 
 from analyzer.incidents import utc_text
+from collector.store import insert_rows
 
 log = logging.getLogger("agentwatch.control")
 
@@ -96,14 +97,9 @@ class Scope:
 
 
 @dataclass(frozen=True, slots=True)
-class Context:
-    """What a check is about: the agent asking, and the session, user and tool in question."""
-
-    service: str = ""
-    agent: str = ""
-    session: str = ""
-    user: str = ""
-    tool: str = ""
+class Context(Scope):
+    """What a check is about: the agent asking, and the session, user and tool in question (the
+    same five fields as a scope; a control applies when its named fields equal these)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,15 +350,8 @@ class ControlBoard:
         audit = control.row(version)
         del audit["version"]
         audit["previous_mode"] = previous.mode if previous else "enabled"
-        await self.run_store(
-            self.store.insert_blocks,
-            "control_state",
-            "JSONEachRow",
-            [orjson.dumps(control.row(version))],
-        )
-        await self.run_store(
-            self.store.insert_blocks, "control_audit", "JSONEachRow", [orjson.dumps(audit)]
-        )
+        await self.run_store(insert_rows, self.store, "control_state", [control.row(version)])
+        await self.run_store(insert_rows, self.store, "control_audit", [audit])
 
 
 def scope_from(values: dict) -> Scope:
@@ -381,4 +370,3 @@ def scope_from(values: dict) -> Scope:
 
 
 assert [f.name for f in fields(Scope)] == list(SCOPE_COLUMNS)
-assert [f.name for f in fields(Context)] == list(SCOPE_COLUMNS)

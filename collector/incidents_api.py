@@ -31,7 +31,7 @@ import orjson
 from aiohttp import web
 
 from analyzer.incidents import utc_text
-from collector.store import StoreError, StoreUnavailable
+from collector.store import StoreError, StoreUnavailable, insert_rows
 from collector.web import collector_of as _collector
 from collector.web import dumps as _dumps
 from collector.web import error as _error
@@ -233,12 +233,8 @@ async def _apply(
         "detail": reason,
     }
     try:
-        await collector.run_store(
-            collector.store.insert_blocks, "incidents", "JSONEachRow", [orjson.dumps(row)]
-        )
-        await collector.run_store(
-            collector.store.insert_blocks, "incident_events", "JSONEachRow", [orjson.dumps(event)]
-        )
+        await collector.run_store(insert_rows, collector.store, "incidents", [row])
+        await collector.run_store(insert_rows, collector.store, "incident_events", [event])
     except (StoreError, StoreUnavailable) as exc:
         return _error(503, f"cannot write the incident's new status: {exc}")
     from analyzer.incidents import IncidentRows

@@ -53,6 +53,7 @@ from analyzer.routing import (
     parse_matcher,
     silenced_by,
 )
+from collector.store import insert_rows
 
 log = logging.getLogger("agentwatch.paging")
 
@@ -485,31 +486,29 @@ class Pager:
             n.version = self._next_version()
             receiver = self.receivers.get(n.receiver)
             rows.append(
-                orjson.dumps(
-                    {
-                        "notification_id": n.notification_id,
-                        "version": n.version,
-                        "created_at": utc_text(n.created_ns),
-                        "route": n.route,
-                        "receiver": n.receiver,
-                        "receiver_type": receiver.type if receiver else "",
-                        "action": n.action,
-                        "reason": n.reason,
-                        "incident_id": n.incident["incident_id"],
-                        "fingerprint": n.incident.get("fingerprint", ""),
-                        "severity": n.incident.get("severity", ""),
-                        "incident": orjson.dumps(n.incident).decode(),
-                        "note": n.note,
-                        "status": n.status,
-                        "attempts": n.attempts,
-                        "next_attempt_at": utc_text(n.next_attempt_ns),
-                        "sent_at": utc_text(n.sent_ns),
-                        "last_error": n.last_error,
-                    }
-                )
+                {
+                    "notification_id": n.notification_id,
+                    "version": n.version,
+                    "created_at": utc_text(n.created_ns),
+                    "route": n.route,
+                    "receiver": n.receiver,
+                    "receiver_type": receiver.type if receiver else "",
+                    "action": n.action,
+                    "reason": n.reason,
+                    "incident_id": n.incident["incident_id"],
+                    "fingerprint": n.incident.get("fingerprint", ""),
+                    "severity": n.incident.get("severity", ""),
+                    "incident": orjson.dumps(n.incident).decode(),
+                    "note": n.note,
+                    "status": n.status,
+                    "attempts": n.attempts,
+                    "next_attempt_at": utc_text(n.next_attempt_ns),
+                    "sent_at": utc_text(n.sent_ns),
+                    "last_error": n.last_error,
+                }
             )
         c = self.collector
-        await c.run_store(c.store.insert_blocks, "page_outbox", "JSONEachRow", [b"\n".join(rows)])
+        await c.run_store(insert_rows, c.store, "page_outbox", rows)
 
     def _event(self, incident: dict, event: str, who, detail: str) -> dict:
         return {
@@ -522,10 +521,8 @@ class Pager:
         }
 
     async def _events(self, events: list[dict]) -> None:
-        if events:
-            c = self.collector
-            block = b"\n".join(orjson.dumps(e) for e in events)
-            await c.run_store(c.store.insert_blocks, "incident_events", "JSONEachRow", [block])
+        c = self.collector
+        await c.run_store(insert_rows, c.store, "incident_events", events)
 
 
 @dataclass

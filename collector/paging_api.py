@@ -23,7 +23,7 @@ from aiohttp import web
 
 from analyzer.incidents import utc_text
 from analyzer.routing import SILENCE_LABELS, parse_matcher
-from collector.store import StoreError, StoreUnavailable
+from collector.store import StoreError, StoreUnavailable, insert_rows
 from collector.web import collector_of as _collector
 from collector.web import error as _error
 from collector.web import json_response as _json
@@ -148,9 +148,7 @@ async def add_silence(request: web.Request) -> web.Response:
     }
     collector = _collector(request)
     try:
-        await collector.run_store(
-            collector.store.insert_blocks, "silences", "JSONEachRow", [orjson.dumps(row)]
-        )
+        await collector.run_store(insert_rows, collector.store, "silences", [row])
     except (StoreError, StoreUnavailable) as exc:
         return _error(503, f"cannot store the silence: {exc}")
     await _reload(collector)
@@ -177,9 +175,7 @@ async def expire_silence(request: web.Request) -> web.Response:
         now = time.time_ns()
         row.update(version=max(now, int(row["version"]) + 1), ends_at=utc_text(now))
         row["starts_at"] = row["starts_at"].replace("T", " ").rstrip("Z")
-        await collector.run_store(
-            collector.store.insert_blocks, "silences", "JSONEachRow", [orjson.dumps(row)]
-        )
+        await collector.run_store(insert_rows, collector.store, "silences", [row])
     except (StoreError, StoreUnavailable) as exc:
         return _error(503, f"cannot expire the silence: {exc}")
     await _reload(collector)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import orjson
+
 from collector.config import Config
 
 
@@ -36,6 +38,13 @@ class Store(Protocol):
         """Run one statement for its effect (DDL)."""
 
     def close(self) -> None: ...
+
+
+def insert_rows(store: Store, table: str, rows: list[dict]) -> None:
+    """Rows (dicts keyed by column) into ``table`` in one JSONEachRow INSERT; blocking, so run it
+    on the store's thread (``await collector.run_store(insert_rows, store, table, rows)``)."""
+    if rows:
+        store.insert_blocks(table, "JSONEachRow", [b"\n".join(orjson.dumps(r) for r in rows)])
 
 
 def open_store(config: Config) -> Store:
