@@ -50,6 +50,7 @@ def model_family(model: str) -> str:
     return _SUFFIX.sub("", name) or name
 
 
+@lru_cache(maxsize=1024)  # asked on every LLM step; the prefix scan is ~30 comparisons
 def context_window(model: str) -> int:
     """The model's context window in tokens from the built-in table; 0 when unknown."""
     family = model_family(model)

@@ -33,6 +33,7 @@ import orjson
 
 from analyzer.engine import Detection, DetectionUnavailable, default_detectors
 from analyzer.finding import Finding
+from collector.gc_tuning import tune_gc
 
 log = logging.getLogger("agentwatch.detection")
 
@@ -180,6 +181,7 @@ def main() -> None:
     detection = Detection(
         default_detectors(), SessionTable(max_sessions=max_sessions, policy_for=policy_for)
     )
+    tune_gc()
     while True:
         header = inp.read(_HEADER.size)
         if len(header) < _HEADER.size:

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from collector.api import build_api_app
 from collector.config import Config
+from collector.gc_tuning import tune_gc
 from collector.metrics import Metrics
 from collector.normalize import Normalizer
 from collector.pipeline import Pipeline
@@ -267,6 +268,7 @@ async def serve(config: Config, ready=None) -> None:
     once every port is bound."""
     collector = Collector(config)
     await collector.start()
+    tune_gc()
     if ready:
         ready(collector)
     stop = asyncio.Event()

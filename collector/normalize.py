@@ -153,8 +153,14 @@ class Normalizer:
                     trace_id = span.trace_id
                     span_id = span.span_id
                     parent = span.parent_span_id
-                    problem = _id_problem(trace_id, span_id, parent)
-                    if problem:
+                    if not (
+                        len(trace_id) == 16
+                        and len(span_id) == 8
+                        and trace_id != _ZERO_TRACE
+                        and span_id != _ZERO_SPAN
+                        and (not parent or len(parent) == 8)
+                    ):
+                        problem = _id_problem(trace_id, span_id, parent)
                         rejections.add(f"span {index} ({span.name!r}): {problem}")
                         continue
                     found: dict = {}
@@ -186,7 +192,11 @@ class Normalizer:
                             end - start if end > start else 0,
                             STATUS_CODE_NAMES[code] if 0 <= code < 3 else "Unset",
                             status.message,
-                            *_events_and_links(span),
+                            *(
+                                _events_and_links(span)
+                                if span.events or span.links
+                                else _NO_EVENTS_OR_LINKS
+                            ),
                             *agent,
                         )
                     )
@@ -332,22 +342,27 @@ def _id_problem(trace_id: bytes, span_id: bytes, parent: bytes) -> str:
     return ""
 
 
-def _attributes(attributes, found: dict | None = None) -> dict[str, str]:
+def _attributes(
+    attributes, found: dict | None = None, _priority=_FIELD_PRIORITY.get
+) -> dict[str, str]:
     """Attributes as a dict of strings; optionally record the agent fields found among them."""
     out: dict[str, str] = {}
+    if found is None:
+        for kv in attributes:
+            v = kv.value
+            out[kv.key] = v.string_value or anyvalue_to_str(v)
+        return out
     for kv in attributes:
         k = kv.key
         v = kv.value
-        s = v.string_value
-        if not s:
-            s = anyvalue_to_str(v)
+        s = v.string_value or anyvalue_to_str(v)
         out[k] = s
-        if found is not None:
-            fp = _FIELD_PRIORITY.get(k)
-            if fp is not None:
-                cur = found.get(fp[0])
-                if cur is None or fp[1] < cur[0]:
-                    found[fp[0]] = (fp[1], k, v, s)
+        fp = _priority(k)
+        if fp is not None:
+            name = fp[0]
+            cur = found.get(name)
+            if cur is None or fp[1] < cur[0]:
+                found[name] = (fp[1], k, v, s)
     return out
 
 
@@ -409,9 +424,17 @@ def anyvalue_to_str(v) -> str:
 
     Called for every attribute that is not a non-empty string, so the common kinds come first.
     """
+    number = v.int_value  # the common kinds without WhichOneof: a non-zero int, double, true
+    if number:
+        return str(number)
+    number = v.double_value
+    if number:
+        return _double_str(number)
+    if v.bool_value:
+        return "true"
     which = v.WhichOneof("value")
     if which == "int_value":
-        return str(v.int_value)
+        return "0"
     if which == "bool_value":
         return "true" if v.bool_value else "false"
     if which == "double_value":

@@ -51,6 +51,7 @@ import statistics
 from collections import OrderedDict, deque
 
 from analyzer.finding import Finding
+from analyzer.policy import ResolvedThresholds
 from analyzer.session import SessionState
 from analyzer.step import Step
 
@@ -113,12 +114,22 @@ class CostRunawayDetector:
         self._agent_keys: dict[AgentKey, AgentKey] = {}
         self._folded_at = -1
         self._baselines: OrderedDict[AgentKey, _Baseline] = OrderedDict()
+        self._limits = ResolvedThresholds(
+            self.name,
+            {
+                "min_sessions": min_sessions,
+                "factor": factor,
+                "default_session_cost_usd": default_session_cost_usd,
+            },
+        )
 
     def observe(self, step: Step, session: SessionState, now_ns: int) -> Finding | None:
         self._fold_idle(now_ns)
         if step.kind != "llm":
             return None
-        state: _CostState = session.state(self.name, lambda: self._new_state(session))
+        state: _CostState = session.detectors.get(self.name)
+        if state is None:
+            state = session.detectors[self.name] = self._new_state(session)
         if not state.agent_key[2] and session.agent:
             state.agent_key = (state.agent_key[0], session.service, session.agent)
         state.cost_usd += step.cost_usd
@@ -147,10 +158,10 @@ class CostRunawayDetector:
         if "spend_anomaly" in state.flagged:
             return None
         baseline = self._baselines.get(state.agent_key)
-        min_sessions = policy.threshold(self.name, "min_sessions", self.min_sessions)
-        if baseline is not None and len(baseline.costs) >= min(min_sessions, self.window):
+        limits = self._limits(policy)
+        if baseline is not None and len(baseline.costs) >= min(limits["min_sessions"], self.window):
             self._baselines.move_to_end(state.agent_key)
-            factor = policy.threshold(self.name, "factor", self.factor)
+            factor = limits["factor"]
             base = max(baseline.median, self.min_baseline_usd)
             if state.cost_usd <= factor * base:
                 return None
@@ -161,9 +172,7 @@ class CostRunawayDetector:
                 "baseline_sessions": len(baseline.costs),
             }
         else:
-            guard = policy.threshold(
-                self.name, "default_session_cost_usd", self.default_session_cost_usd
-            )
+            guard = limits["default_session_cost_usd"]
             if state.cost_usd <= guard:
                 return None
             title = f"session cost ${state.cost_usd:.2f}, over the default ${guard:.2f} guard (no baseline yet)"

@@ -218,6 +218,9 @@ class InfrastructureDetector:
         self.max_keys = max_keys
         self.session_cap = max(session_cap, 1)
         self._windows: OrderedDict[tuple, _Window] = OrderedDict()
+        # the windows already rolled to the current bucket: most steps need no LRU work
+        self._current: dict[tuple, _Window] = {}
+        self._current_epoch = -1
         self.evicted = 0
 
     def __len__(self) -> int:
@@ -232,14 +235,23 @@ class InfrastructureDetector:
         else:
             return None
         epoch = now_ns // self.bucket_ns
+        if epoch != self._current_epoch:
+            self._current.clear()
+            self._current_epoch = epoch
         key = (step.tenant, step.service, group, label)
-        window = self._window(key, epoch)
+        window = self._current.get(key)
+        if window is None:  # first time this bucket: roll the window, keep the LRU order
+            window = self._current[key] = self._window(key, epoch)
         # the step's own bucket, clamped into the live window
-        at = min(max(step.time_ns // self.bucket_ns, window.epoch - self.buckets + 1), window.epoch)
+        at, top = step.time_ns // self.bucket_ns, window.epoch
+        if at >= top:
+            at = top
+        elif at <= top - self.buckets:
+            at = top - self.buckets + 1
         slot = at % self.buckets
         window.calls[slot] += 1
 
-        kind = failure_kind(step)
+        kind = failure_kind(step) if step.status == "Error" else None
         subject = (group, label)
         if kind is None:
             # a session gets a streak only once something fails (most sessions: never)
@@ -367,7 +379,7 @@ class InfrastructureDetector:
         while self._windows:
             oldest = next(iter(self._windows.values()))
             if len(self._windows) > self.max_keys or oldest.epoch <= epoch - self.buckets:
-                self._windows.popitem(last=False)
+                self._current.pop(self._windows.popitem(last=False)[0], None)
                 self.evicted += 1
             else:
                 break

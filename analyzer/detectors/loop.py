@@ -96,9 +96,11 @@ class LoopDetector:
             title = f"{step.tool} failed {state.failures} times in a row"
             return self._flag(state, "repeated_failure", step, (step.tool,), title)
         tool, args_hash = step.tool, step.args_hash
-        repeats = sum(
-            1 for i in range(0, len(calls), 2) if calls[i + 1] == args_hash and calls[i] == tool
-        )
+        repeats = calls[1::2].count(args_hash)  # in C; the tool names are checked only if needed
+        if repeats > state.repeats:
+            repeats = sum(
+                1 for i in range(0, len(calls), 2) if calls[i + 1] == args_hash and calls[i] == tool
+            )
         if repeats > state.repeats:
             title = f"{step.tool} called {repeats} times with the same arguments"
             return self._flag(state, "repeated_call", step, (step.tool,), title)
