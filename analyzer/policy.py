@@ -496,6 +496,8 @@ def _describe(source: str, error: dict) -> str:
     # list[X] / dict[str, X]: pydantic puts the index or key in loc; walk through them
     parent = _walk(loc[:-1]) if loc else None
     kind, msg = error["type"], error["msg"]
+    if kind == "value_error":  # our own check's words, without pydantic's "Value error, "
+        msg = str(error.get("ctx", {}).get("error", msg))
     if kind == "extra_forbidden" and loc:
         key = loc[-1]
         what = getattr(parent, "what", "key") if parent else "key"

@@ -365,6 +365,8 @@ def _describe(exc: ValidationError, file_source: str, flag_keys: set[str]) -> st
         top = str(error["loc"][0]) if error["loc"] else ""
         source = f"command line (--{top.replace('_', '-')})" if top in flag_keys else file_source
         msg = error["msg"]
+        if error["type"] == "value_error":  # our own check's words, without pydantic's prefix
+            msg = str(error.get("ctx", {}).get("error", msg))
         if error["type"] == "extra_forbidden":
             msg = "unknown setting (check the spelling; see `agentwatch serve --help`)"
         got = error.get("input")

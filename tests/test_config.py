@@ -53,7 +53,7 @@ def test_bad_config_names_file_key_and_expectation(name, expected):
 def test_bad_flag_value_is_named():
     with pytest.raises(
         ConfigError,
-        match=r"command line \(--clickhouse-url\): clickhouse_url: Value error, expected http\(s\)://",
+        match=r"command line \(--clickhouse-url\): clickhouse_url: expected http\(s\)://",
     ):
         load_config(None, {"clickhouse_url": "tcp://db:9000"})
 
