@@ -38,6 +38,10 @@ class Collector:
         self.store: Store | None = None
         self.ports: dict[str, int] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        # the spans' group commits, apart from the store thread's queries and small writes
+        self._insert_executor = ThreadPoolExecutor(
+            max_workers=config.batch_inserts_in_flight, thread_name_prefix="insert"
+        )
         self._runners: list[web.AppRunner] = []
         self._grpc: GrpcReceiver | None = None
         self._writer: GroupCommitWriter | None = None
@@ -71,12 +75,13 @@ class Collector:
             self.incident_listeners.append(self.pager.on_incident_rows)
         self._writer = GroupCommitWriter(
             self.store,
-            self._executor,
+            self._insert_executor,
             self.metrics,
             flush_interval_s=config.batch_flush_interval_s,
             max_batch_spans=config.batch_max_spans,
             max_queue_spans=config.queue_max_spans,
             retry_after_s=config.retry_after_s,
+            inserts_in_flight=config.batch_inserts_in_flight,
         )
         self._writer.start()
         if config.forward is not None:
@@ -254,6 +259,7 @@ class Collector:
             await self.pager.stop()  # a page in flight stays pending: resent after a restart
         if self._writer:
             await self._writer.close()
+        self._insert_executor.shutdown(wait=True)
         if self.analyzer:
             await self.analyzer.close()
         if self.forwarder:

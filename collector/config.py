@@ -242,6 +242,7 @@ class Config(_Section):
     max_concurrent_requests: int = Field(default=64, ge=1)
     batch_max_spans: int = Field(default=20_000, ge=1)
     batch_flush_interval_s: float = Field(default=0.1, ge=0, le=60)
+    batch_inserts_in_flight: int = Field(default=1, ge=1, le=8)
     queue_max_spans: int = Field(default=100_000, ge=1)
     retry_after_s: int = Field(default=1, ge=1, le=3600)
 

@@ -33,6 +33,7 @@ class GroupCommitWriter:
         max_batch_spans: int = 20_000,
         max_queue_spans: int = 100_000,
         retry_after_s: int = 1,
+        inserts_in_flight: int = 1,
     ) -> None:
         self._store = store
         self._executor = executor
@@ -48,6 +49,9 @@ class GroupCommitWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closing = False
+        # group commits in flight at once (each on an executor thread and store connection)
+        self._slots = asyncio.Semaphore(inserts_in_flight)
+        self._inserts: set[asyncio.Task] = set()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="group-commit")
@@ -83,11 +87,10 @@ class GroupCommitWriter:
         await asyncio.shield(future)  # a client that hangs up does not cancel the group's commit
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self._pending:
                 if self._closing:
-                    return
+                    break
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -99,32 +102,41 @@ class GroupCommitWriter:
                 except TimeoutError:
                     pass
                 continue
+            await self._slots.acquire()  # batches keep gathering while every insert slot is busy
             group, self._pending = self._pending, []
             spans = self._pending_spans
             self._pending_spans = 0
-            self._in_flight_spans = spans
-            started = time.perf_counter()
-            try:
-                await loop.run_in_executor(
-                    self._executor,
-                    self._store.insert_blocks,
-                    INGEST_TABLE,
-                    INGEST_FORMAT,
-                    [g[0] for g in group],
-                )
-            except (StoreUnavailable, StoreError, OSError) as exc:
-                self._metrics.spans_refused.labels("store_error").inc(spans)
-                error = StoreDown(f"store insert failed: {exc}", self._retry_after_s)
-                for _, _, future in group:
-                    if not future.done():
-                        future.set_exception(error)
-            else:
-                self._metrics.spans_stored.inc(spans)
-                self._metrics.insert_seconds.observe(time.perf_counter() - started)
-                self._metrics.insert_spans.observe(spans)
-                for _, _, future in group:
-                    if not future.done():
-                        future.set_result(None)
-            finally:
-                self._in_flight_spans = 0
-                self._metrics.queue_spans.set(self._pending_spans)
+            self._in_flight_spans += spans
+            task = asyncio.get_running_loop().create_task(self._insert(group, spans))
+            self._inserts.add(task)
+            task.add_done_callback(self._inserts.discard)
+        if self._inserts:
+            await asyncio.gather(*self._inserts)
+
+    async def _insert(self, group: list[tuple[bytes, int, asyncio.Future]], spans: int) -> None:
+        started = time.perf_counter()
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor,
+                self._store.insert_blocks,
+                INGEST_TABLE,
+                INGEST_FORMAT,
+                [g[0] for g in group],
+            )
+        except (StoreUnavailable, StoreError, OSError) as exc:
+            self._metrics.spans_refused.labels("store_error").inc(spans)
+            error = StoreDown(f"store insert failed: {exc}", self._retry_after_s)
+            for _, _, future in group:
+                if not future.done():
+                    future.set_exception(error)
+        else:
+            self._metrics.spans_stored.inc(spans)
+            self._metrics.insert_seconds.observe(time.perf_counter() - started)
+            self._metrics.insert_spans.observe(spans)
+            for _, _, future in group:
+                if not future.done():
+                    future.set_result(None)
+        finally:
+            self._in_flight_spans -= spans
+            self._metrics.queue_spans.set(self._pending_spans + self._in_flight_spans)
+            self._slots.release()

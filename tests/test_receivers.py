@@ -9,6 +9,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import threading
+import time
 
 import grpc
 import pytest
@@ -286,3 +288,34 @@ def test_session_is_resolved_for_children_sent_before_their_root(collector):
         {"SpanName": "agent", "SessionId": "late-root", "UserId": "u1"},
         {"SpanName": "chat", "SessionId": "late-root", "UserId": "u1"},
     ]
+
+
+def test_a_slow_sql_query_does_not_hold_up_ingest(collector):
+    """Spans are inserted on a connection and thread of their own: an on-call engineer's long
+    query does not make exporters wait (or time out and retry) until it finishes."""
+    slow_query = "SELECT sleepEachRow(0.5) FROM numbers(8) SETTINGS max_block_size = 1"  # ~4 s
+    query = threading.Thread(
+        target=lambda: requests.post(collector.sql_url, data=slow_query, timeout=60)
+    )
+    query.start()
+    time.sleep(0.5)  # the query is running
+    response = http_export(collector, request(span("during the query")).SerializeToString())
+    assert response.status_code == 200
+    assert query.is_alive(), "the export was acknowledged only after the query had finished"
+    assert collector.query("SELECT SpanName FROM otel_traces") == [{"SpanName": "during the query"}]
+    query.join()
+
+
+def test_group_commits_in_parallel_lose_nothing(collector_factory):
+    """With two inserts in flight, every acknowledged span is stored once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with collector_factory(batch_inserts_in_flight=2, batch_flush_interval_s=0.01) as collector:
+        bodies = [request(span(f"s{i}"), span(f"t{i}")).SerializeToString() for i in range(24)]
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda b: http_export(collector, b).status_code, bodies))
+        assert statuses == [200] * 24
+        rows = collector.query(
+            "SELECT toUInt32(count()) AS n, toUInt32(uniqExact(SpanName)) AS names FROM otel_traces"
+        )
+        assert rows == [{"n": 48, "names": 48}]

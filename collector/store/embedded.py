@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import re
 import sys
 import threading
@@ -95,22 +96,34 @@ class EmbeddedStore:
             raise StoreUnavailable(f"cannot create data directory {data_dir}: {exc}") from None
         self.description = f"embedded chDB at {data_dir.resolve()}"
         self._lock = threading.Lock()
+        # Inserts run on connections of their own, one per inserting thread at most, so that
+        # group commits overlap each other and the queries on ``_conn`` (chDB runs one
+        # statement at a time per connection, several connections at once).
+        self._insert_conns: queue.SimpleQueue = queue.SimpleQueue()
         try:
             settings = {**DEFAULT_SERVER_SETTINGS, **(server_settings or {})}
-            self._conn = chdb.connect(str(data_dir) + _connection_params(settings))
+            self._dsn = str(data_dir) + _connection_params(settings)
+            self._conn = chdb.connect(self._dsn)
         except Exception as exc:  # chDB raises plain RuntimeError
             raise StoreUnavailable(f"cannot open {data_dir} with chDB: {exc}") from None
 
     def insert_blocks(self, table: str, fmt: str, blocks: list[bytes]) -> dict[str, int]:
         """Returns ClickHouse's counters for the insert (``written_rows``, ``written_bytes``)."""
-        with self._lock:
-            try:
-                inserter = self._conn.send_insert(f"INSERT INTO {table}", fmt)
+        try:
+            conn = self._insert_conns.get_nowait()
+        except queue.Empty:
+            import chdb
+
+            conn = chdb.connect(self._dsn)
+        try:
+            with conn.send_insert(f"INSERT INTO {table}", fmt) as inserter:  # cancelled on error
                 for block in blocks:
                     inserter.append(block)
                 result = inserter.finish()
-            except Exception as exc:
-                raise _translate(exc) from None
+        except Exception as exc:
+            raise _translate(exc) from None
+        finally:
+            self._insert_conns.put(conn)
         return {"written_rows": result.rows_written, "written_bytes": result.bytes_written}
 
     def query(self, sql: str, fmt: str = "JSONEachRow", params: dict | None = None) -> bytes:
@@ -143,6 +156,8 @@ class EmbeddedStore:
 
     def close(self) -> None:
         with self._lock:
+            while not self._insert_conns.empty():
+                self._insert_conns.get_nowait().close()
             self._conn.close()
 
 
