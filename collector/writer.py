@@ -10,6 +10,7 @@ was acknowledged is lost. If the insert fails, every request in the group gets `
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,6 +18,8 @@ from collector.consumer import Overloaded, StoreDown
 from collector.metrics import Metrics
 from collector.normalize import SpanBatch
 from collector.store import Store, StoreError, StoreUnavailable
+
+log = logging.getLogger("agentwatch.writer")
 
 INGEST_TABLE = "otel_traces_ingest"
 INGEST_FORMAT = "JSONColumns"
@@ -123,7 +126,11 @@ class GroupCommitWriter:
                 INGEST_FORMAT,
                 [g[0] for g in group],
             )
-        except (StoreUnavailable, StoreError, OSError) as exc:
+        except (
+            Exception
+        ) as exc:  # the store's own errors, and anything else: never leave a client hanging
+            if not isinstance(exc, (StoreUnavailable, StoreError, OSError)):
+                log.exception("insert of %d spans failed unexpectedly", spans)
             self._metrics.spans_refused.labels("store_error").inc(spans)
             error = StoreDown(f"store insert failed: {exc}", self._retry_after_s)
             for _, _, future in group:

@@ -319,3 +319,20 @@ def test_group_commits_in_parallel_lose_nothing(collector_factory):
             "SELECT toUInt32(count()) AS n, toUInt32(uniqExact(SpanName)) AS names FROM otel_traces"
         )
         assert rows == [{"n": 48, "names": 48}]
+
+
+def test_an_unexpected_insert_error_is_a_retryable_refusal_not_a_hang(collector, monkeypatch):
+    """A bug below the writer (anything but the store's own errors) must not leave exporters
+    waiting for an acknowledgement that never comes."""
+    store = collector.collector.store
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(store, "insert_blocks", broken)
+    response = http_export(collector, request(span("unlucky")).SerializeToString())
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    monkeypatch.undo()
+    assert http_export(collector, request(span("lucky")).SerializeToString()).status_code == 200
+    assert span_names(collector, 1) == ["lucky"]
