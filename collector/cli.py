@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import requests
 
-from collector.cli_format import text_table
+from collector.cli_format import echo_rows, format_option, text_table
 from collector.config import ConfigError, load_config
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
@@ -267,9 +267,7 @@ def _incident_table(rows: list[dict]) -> str:
 @click.option("--detector", help="loop, context_growth, token_ratio, out_of_scope_tool, …")
 @click.option("--agent", help="Only this agent.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
-@click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
-)
+@format_option
 @_client_options
 def incidents_list(status, severity, detector, agent, limit, fmt, api_url, token) -> None:
     """Incidents, most recently seen first."""
@@ -278,14 +276,7 @@ def incidents_list(status, severity, detector, agent, limit, fmt, api_url, token
         if value:
             params[name] = value.upper() if name == "severity" else value
     rows = api_call(api_url, token, "GET", "/v1/incidents", params=params).json()
-    if fmt == "json":
-        import json
-
-        click.echo(json.dumps(rows, indent=2))
-    elif rows:
-        click.echo(_incident_table(rows))
-    else:
-        click.echo(f"no incidents ({status})")
+    echo_rows(rows, fmt, f"no incidents ({status})", _incident_table)
 
 
 def _incident_path(incident_id: str, action: str = "") -> str:

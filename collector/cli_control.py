@@ -10,7 +10,7 @@ import json
 
 import click
 
-from collector.cli_format import text_table
+from collector.cli_format import echo_rows, format_option, text_table
 
 SCOPE_OPTIONS = ("service", "agent", "session", "user", "tool")
 
@@ -96,23 +96,12 @@ def register(main: click.Group, client_options, api_call) -> None:
         """What containment is in force, and what an agent would be told."""
 
     @control.command("list")
-    @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+    @format_option
     @client_options
     def control_list(fmt, api_url, token) -> None:
         """Controls in force: scope, mode, since when, by whom and why."""
         controls = api_call(api_url, token, "GET", "/v1/control").json()["controls"]
-        if fmt == "json":
-            click.echo(json.dumps(controls, indent=2))
-            return
-        if not controls:
-            click.echo("nothing in force: every agent is enabled")
-            return
-        rows = [
-            (c["scope"], c["mode"], c["since"][:19] + "Z", f"{c['actor']} ({c['source']})",
-             c["reason"] + (f" [{c['incident_id']}]" if c["incident_id"] else ""))
-            for c in controls
-        ]  # fmt: skip
-        click.echo(text_table(("SCOPE", "MODE", "SINCE", "BY", "WHY"), rows))
+        echo_rows(controls, fmt, "nothing in force: every agent is enabled", _control_table)
 
     @control.command("check")
     @_scope_options
@@ -122,3 +111,12 @@ def register(main: click.Group, client_options, api_call) -> None:
         params = {name: value for name, value in values.items() if value}
         out = api_call(api_url, token, "GET", "/v1/control/check", params=params).json()
         click.echo(json.dumps(out, indent=2))
+
+
+def _control_table(controls: list[dict]) -> str:
+    rows = [
+        (c["scope"], c["mode"], c["since"][:19] + "Z", f"{c['actor']} ({c['source']})",
+         c["reason"] + (f" [{c['incident_id']}]" if c["incident_id"] else ""))
+        for c in controls
+    ]  # fmt: skip
+    return text_table(("SCOPE", "MODE", "SINCE", "BY", "WHY"), rows)

@@ -6,12 +6,11 @@ options and API call.
 
 from __future__ import annotations
 
-import json
 import re
 
 import click
 
-from collector.cli_format import text_table
+from collector.cli_format import echo_rows, format_option, text_table
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -30,13 +29,27 @@ def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     return text_table(header, [[str(row.get(key, "")) for _, key in columns] for row in rows])
 
 
-def register(main: click.Group, client_options, api_call) -> None:
-    def fmt_option(fn):
-        return click.option(
-            "--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-            show_default=True,
-        )(fn)  # fmt: skip
+def _outbox_table(rows: list[dict]) -> str:
+    for row in rows:
+        row["when"] = row["created_at"][:19].replace("T", " ")
+        row["error"] = " ".join(str(row.get("last_error", "")).split())[:80]
+        row["route/receiver"] = f"{row['route']}/{row['receiver']}"
+    columns = [("CREATED", "when"), ("STATUS", "status"), ("ACTION", "action"),
+               ("ROUTE/RECEIVER", "route/receiver"), ("INCIDENT", "incident_id"),
+               ("SEV", "severity"), ("TRIES", "attempts"), ("LAST ERROR", "error")]  # fmt: skip
+    return _table(rows, columns)
 
+
+def _silence_table(rows: list[dict]) -> str:
+    for row in rows:
+        row["match"] = " ".join(row["matchers"])
+        row["ends"] = row["ends_at"][:19].replace("T", " ")
+    columns = [("ID", "silence_id"), ("MATCHERS", "match"), ("ENDS (UTC)", "ends"),
+               ("BY", "created_by"), ("COMMENT", "comment")]  # fmt: skip
+    return _table(rows, columns)
+
+
+def register(main: click.Group, client_options, api_call) -> None:
     @main.group()
     def alerts() -> None:
         """The paging outbox of a running collector, and test pages.
@@ -57,26 +70,13 @@ def register(main: click.Group, client_options, api_call) -> None:
         help="unsettled = pending or failed.",
     )
     @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
-    @fmt_option
+    @format_option
     @client_options
     def alerts_outbox(status, limit, fmt, api_url, token) -> None:
         """Notifications not yet accepted by their pager (pending) or given up on (failed)."""
         params = {"status": status, "limit": limit}
         rows = api_call(api_url, token, "GET", "/v1/alerts/outbox", params=params).json()
-        if fmt == "json":
-            click.echo(json.dumps(rows, indent=2))
-            return
-        if not rows:
-            click.echo(f"outbox empty ({status})")
-            return
-        for row in rows:
-            row["when"] = row["created_at"][:19].replace("T", " ")
-            row["error"] = " ".join(str(row.get("last_error", "")).split())[:80]
-            row["route/receiver"] = f"{row['route']}/{row['receiver']}"
-        columns = [("CREATED", "when"), ("STATUS", "status"), ("ACTION", "action"),
-                   ("ROUTE/RECEIVER", "route/receiver"), ("INCIDENT", "incident_id"),
-                   ("SEV", "severity"), ("TRIES", "attempts"), ("LAST ERROR", "error")]  # fmt: skip
-        click.echo(_table(rows, columns))
+        echo_rows(rows, fmt, f"outbox empty ({status})", _outbox_table)
 
     @alerts.command("test")
     @click.option("--route", "route", required=True, help="Route name (see the config).")
@@ -124,23 +124,12 @@ def register(main: click.Group, client_options, api_call) -> None:
         "--state", type=click.Choice(["active", "expired", "all"]), default="active",
         show_default=True,
     )  # fmt: skip
-    @fmt_option
+    @format_option
     @client_options
     def silence_list(state, fmt, api_url, token) -> None:
         """Silences, newest first."""
         rows = api_call(api_url, token, "GET", "/v1/silences", params={"state": state}).json()
-        if fmt == "json":
-            click.echo(json.dumps(rows, indent=2))
-            return
-        if not rows:
-            click.echo(f"no silences ({state})")
-            return
-        for row in rows:
-            row["match"] = " ".join(row["matchers"])
-            row["ends"] = row["ends_at"][:19].replace("T", " ")
-        columns = [("ID", "silence_id"), ("MATCHERS", "match"), ("ENDS (UTC)", "ends"),
-                   ("BY", "created_by"), ("COMMENT", "comment")]  # fmt: skip
-        click.echo(_table(rows, columns))
+        echo_rows(rows, fmt, f"no silences ({state})", _silence_table)
 
     @silence.command("expire")
     @click.argument("silence_id", metavar="ID")
