@@ -18,8 +18,6 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 
-import orjson
-
 from analyzer.detectors import Detector
 from analyzer.finding import Finding
 from analyzer.incidents import IncidentManager, IncidentRows
@@ -28,7 +26,7 @@ from analyzer.session import SessionTable
 from analyzer.step import STEP_COLUMNS, Step, steps_from_columns
 from collector.conventions import STEP_KINDS
 from collector.normalize import SpanBatch
-from collector.store import insert_rows
+from collector.store import insert_rows, query_rows
 
 WriteRows = Callable[[IncidentRows], Awaitable[None]]
 # Called with every batch of incident rows once the store has them: paging and containment
@@ -247,8 +245,9 @@ def spread_reader(store, run_store) -> ReadSpread:
         # between chDB and clickhouse-connect), after checking that they are nothing else
         listed = ", ".join(f"'{fp}'" for fp in fingerprints if _HEX.fullmatch(fp))
         sql = _SPREAD.replace("{fingerprints}", listed or "''")
-        out = await run_store(store.query, sql, "JSONCompactEachRow", {"window": str(window_s)})
-        rows = (orjson.loads(line) for line in out.splitlines() if line.strip())
+        rows = await run_store(
+            query_rows, store, sql, {"window": str(window_s)}, "JSONCompactEachRow"
+        )
         return {fp: (int(sessions), int(users)) for fp, sessions, users in rows}
 
     return read

@@ -16,10 +16,8 @@ from __future__ import annotations
 import logging
 import time
 
-import orjson
-
 from analyzer.step import STEP_COLUMNS
-from collector.store import Store
+from collector.store import Store, query_rows
 
 log = logging.getLogger("agentwatch.analyzer")
 
@@ -52,11 +50,11 @@ async def restore(
     ``run_store(fn, *args)`` runs the queries on the store's thread; the replay goes through
     ``analyzer.detection`` (in this process or the detection process) in batches.
     """
-    rows = _json_rows(await run_store(store.query, _OPEN_INCIDENTS, "JSONEachRow"))
+    rows = await run_store(query_rows, store, _OPEN_INCIDENTS)
     for row in rows:
         analyzer.incidents.adopt(row)
     params = {"lookback": str(lookback_s), "max_steps": str(max_steps)}
-    steps = _json_rows(await run_store(store.query, _RECENT_STEPS, "JSONCompactEachRow", params))
+    steps = await run_store(query_rows, store, _RECENT_STEPS, params, "JSONCompactEachRow")
     now = time.time_ns()
     for start in range(0, len(steps), _REPLAY_BATCH):
         chunk = [values[:-1] for values in steps[start : start + _REPLAY_BATCH]]
@@ -69,7 +67,3 @@ async def restore(
 
 
 _REPLAY_BATCH = 5000
-
-
-def _json_rows(out: bytes) -> list:
-    return [orjson.loads(line) for line in out.splitlines() if line.strip()]

@@ -35,10 +35,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
-import orjson
-
 from analyzer.incidents import utc_text
-from collector.store import insert_rows
+from collector.store import insert_rows, query_rows
 
 log = logging.getLogger("agentwatch.control")
 
@@ -284,8 +282,8 @@ class ControlBoard:
     async def load(self) -> int:
         """Read what is in force from the store (at start, then every second)."""
         generation = self._generation
-        out = await self.run_store(self.store.query, _IN_FORCE, "JSONEachRow")
-        controls = [Control.from_row(orjson.loads(line)) for line in out.splitlines() if line]
+        rows = await self.run_store(query_rows, self.store, _IN_FORCE)
+        controls = [Control.from_row(row) for row in rows]
         if generation == self._generation:  # no change of ours landed while we read
             self.table = ControlTable(controls)
             if self.metrics is not None:

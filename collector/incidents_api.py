@@ -31,7 +31,7 @@ import orjson
 from aiohttp import web
 
 from analyzer.incidents import utc_text
-from collector.store import StoreError, StoreUnavailable, insert_rows
+from collector.store import StoreError, StoreUnavailable, insert_rows, query_rows
 from collector.web import collector_of as _collector
 from collector.web import dumps as _dumps
 from collector.web import error as _error
@@ -68,12 +68,11 @@ class _Failed(Exception):
 
 async def _rows(collector, sql: str, params: dict | None = None) -> list[dict]:
     try:
-        out = await collector.run_store(collector.store.query, sql, "JSONEachRow", params)
+        return await collector.run_store(query_rows, collector.store, sql, params)
     except StoreError as exc:
         raise _Failed(_error(500, f"incident query failed: {exc}")) from None
     except StoreUnavailable as exc:
         raise _Failed(_error(503, f"store unavailable: {exc}")) from None
-    return [orjson.loads(line) for line in out.splitlines() if line.strip()]
 
 
 def _for_people(row: dict) -> dict:

@@ -53,7 +53,7 @@ from analyzer.routing import (
     parse_matcher,
     silenced_by,
 )
-from collector.store import insert_rows
+from collector.store import insert_rows, query_rows
 
 log = logging.getLogger("agentwatch.paging")
 
@@ -142,8 +142,7 @@ class Pager:
 
     async def _query(self, sql: str, params: dict | None = None) -> list[dict]:
         c = self.collector
-        out = await c.run_store(c.store.query, sql + _INT_OUT, "JSONEachRow", params)
-        return [orjson.loads(line) for line in out.splitlines() if line.strip()]
+        return await c.run_store(query_rows, c.store, sql + _INT_OUT, params)
 
     async def _load_outbox(self) -> None:
         """Pending notifications and firing incidents, as the outbox left them."""

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from analyzer.incidents import utc_text
 from analyzer.routing import SILENCE_LABELS, parse_matcher
-from collector.store import StoreError, StoreUnavailable, insert_rows
+from collector.store import StoreError, StoreUnavailable, insert_rows, query_rows
 from collector.web import collector_of as _collector
 from collector.web import error as _error
 from collector.web import json_response as _json
@@ -47,8 +47,7 @@ def add_paging_routes(app: web.Application) -> None:
 
 
 async def _rows(collector, sql: str, params: dict | None = None) -> list[dict]:
-    out = await collector.run_store(collector.store.query, sql + _JSON_OUT, "JSONEachRow", params)
-    return [orjson.loads(line) for line in out.splitlines() if line.strip()]
+    return await collector.run_store(query_rows, collector.store, sql + _JSON_OUT, params)
 
 
 async def outbox(request: web.Request) -> web.Response:

@@ -47,6 +47,15 @@ def insert_rows(store: Store, table: str, rows: list[dict]) -> None:
         store.insert_blocks(table, "JSONEachRow", [b"\n".join(orjson.dumps(r) for r in rows)])
 
 
+def query_rows(
+    store: Store, sql: str, params: dict | None = None, fmt: str = "JSONEachRow"
+) -> list:
+    """The result rows of ``sql``, parsed: dicts (JSONEachRow) or lists (JSONCompactEachRow);
+    blocking, like ``insert_rows`` (``await collector.run_store(query_rows, store, sql)``)."""
+    out = store.query(sql, fmt, params)
+    return [orjson.loads(line) for line in out.splitlines() if line.strip()]
+
+
 def open_store(config: Config) -> Store:
     if config.clickhouse_url:
         from collector.store.clickhouse import ClickHouseStore
