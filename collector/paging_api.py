@@ -150,10 +150,7 @@ async def add_silence(request: web.Request) -> web.Response:
         await collector.run_store(insert_rows, collector.store, "silences", [row])
     except (StoreError, StoreUnavailable) as exc:
         return _error(503, f"cannot store the silence: {exc}")
-    await _reload(collector)
-    row["matchers"] = orjson.loads(row["matchers"])
-    del row["version"]
-    return _json(row, status=201)
+    return await _changed(collector, row, 201)
 
 
 async def expire_silence(request: web.Request) -> web.Response:
@@ -177,10 +174,15 @@ async def expire_silence(request: web.Request) -> web.Response:
         await collector.run_store(insert_rows, collector.store, "silences", [row])
     except (StoreError, StoreUnavailable) as exc:
         return _error(503, f"cannot expire the silence: {exc}")
+    return await _changed(collector, row, 200)
+
+
+async def _changed(collector, row: dict, status: int) -> web.Response:
+    """A silence was stored: the pager takes it up now, and the caller sees it as listed."""
     await _reload(collector)
     row["matchers"] = orjson.loads(row["matchers"])
     del row["version"]
-    return _json(row)
+    return _json(row, status=status)
 
 
 async def _reload(collector) -> None:
