@@ -96,10 +96,6 @@ class ContextGrowthDetector:
         min_input_tokens: int = 8_000,
         context_share: float = 0.8,
     ) -> None:
-        self.growth_factor = growth_factor
-        self.steps = steps
-        self.min_input_tokens = min_input_tokens
-        self.context_share = context_share
         self._limits = ResolvedThresholds(
             self.name,
             {

@@ -102,9 +102,6 @@ class CostRunawayDetector:
         max_open: int = 100_000,
         max_agents: int = 10_000,
     ) -> None:
-        self.factor = factor
-        self.min_sessions = min_sessions
-        self.default_session_cost_usd = default_session_cost_usd
         self.min_baseline_usd = min_baseline_usd
         self.window = max(window, min_sessions)
         self.idle_ns = int(session_idle_s * 1e9)
