@@ -21,6 +21,13 @@ class Metrics:
         self.spans_rejected = Counter(
             "agentwatch_spans_rejected", "Spans rejected as malformed", ["protocol"], registry=r
         )
+        self.requests_read = Counter(
+            "agentwatch_otlp_requests_read",
+            "Requests by the reader that turned them into columns: native (the C reader) or"
+            " python (OTLP/JSON, requests the C reader leaves alone, or no C reader built)",
+            ["reader"],
+            registry=r,
+        )
         self.spans_stored = Counter(
             "agentwatch_spans_stored", "Spans committed to the store", registry=r
         )

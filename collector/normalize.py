@@ -1,9 +1,17 @@
 """Turn an OTLP ``ExportTraceServiceRequest`` into columns: the raw span plus normalised agent fields.
 
-This is the ingest hot path (tens of thousands of spans a second on one core), so it is written for
-speed: one pass over each span's attributes that both flattens them for the ``SpanAttributes`` map
-and picks out the agent fields with a single dictionary lookup per attribute. Everything else
-(conventions, prices) is data in ``conventions.py`` and ``pricing.py``.
+This is the ingest hot path (tens of thousands of spans a second), so there are two readers of a
+protobuf request, and one set of agent-field rules (``Normalizer._agent_fields``) that both feed:
+
+- ``Normalizer.read_wire``: the C extension ``collector._otlp_reader`` reads the wire bytes, writes
+  each attribute map straight to JSON text (an ``orjson.Fragment``) and hands over as Python
+  objects only the attributes the agent fields need. Several times cheaper per span.
+- ``Normalizer.normalize``: the reference reader over a decoded upb message (``decode.py``), which
+  also takes every request the C reader leaves alone (invalid UTF-8, bad ids, rare value types,
+  OTLP/JSON) and is used when the extension is not built (no C compiler at install time) or
+  ``AGENTWATCH_NATIVE_READER=0``. ``tests/test_native_reader.py`` holds the two to identical blocks.
+
+Conventions and prices are data in ``conventions.py`` and ``pricing.py``.
 
 A span that cannot be stored correctly (bad ids, a token count that is not a number) is rejected
 with a reason and its neighbours are kept; the caller reports the count as OTLP partial success.
@@ -14,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -133,10 +142,52 @@ class Normalizer:
         self.default_tenant = default_tenant
         self.unpriced_models: set[str] = set()
 
+    def read_wire(self, body: bytes, rejections: Rejections) -> SpanBatch | None:
+        """Columns for a protobuf request read by the C reader; ``None`` when the reader is not
+        built or leaves this request to the reference path (``decode_protobuf`` + ``normalize``)."""
+        if _reader is None:
+            return None
+        parsed = _reader.parse(body)
+        if parsed is None:
+            return None
+        raw, found, r_found, exceptions = parsed
+        names, statuses, messages, event_names = raw[5], raw[13], raw[14], raw[16]
+        agent_fields = self._agent_fields
+        agent_rows = []
+        dropped = []
+        for i, own in enumerate(found):
+            try:
+                agent_rows.append(
+                    agent_fields(
+                        own,
+                        r_found[i],
+                        statuses[i] == "Error",
+                        messages[i],
+                        bool(event_names[i]),
+                        exceptions[i],
+                    )
+                )
+            except ValueError as exc:
+                rejections.add(f"span {i} ({names[i]!r}): {exc}")
+                dropped.append(i)
+        if dropped:
+            skip = set(dropped)
+            keep = [i for i in range(len(found)) if i not in skip]
+            raw = [[column[i] for i in keep] for column in raw]
+        cols = dict(zip(_RAW_COLUMNS, raw, strict=True))
+        if agent_rows:
+            cols.update(zip(_AGENT_COLUMNS, map(list, zip(*agent_rows, strict=True)), strict=True))
+        else:
+            cols.update((name, []) for name in _AGENT_COLUMNS)
+        _inherit_along_trace(cols)
+        return SpanBatch(cols, len(agent_rows))
+
     def normalize(
         self, request, rejections: Rejections | None = None
     ) -> tuple[SpanBatch, Rejections]:
-        """Columns for every valid span of ``request``; invalid spans are counted in ``rejections``."""
+        """Columns for every valid span of ``request``; invalid spans are counted in ``rejections``.
+
+        The reference reader (see the module docstring); ``read_wire`` is the fast one."""
         rejections = rejections if rejections is not None else Rejections()
         rows: list[tuple] = []
         append_row = rows.append
@@ -165,16 +216,24 @@ class Normalizer:
                         continue
                     found: dict = {}
                     attrs = _attributes(span.attributes, found)
+                    status = span.status
+                    code = status.code
+                    events = span.events
                     try:
-                        agent = self._agent_fields(span, found, r_found)
+                        agent = self._agent_fields(
+                            found,
+                            r_found,
+                            code == _STATUS_ERROR,
+                            status.message,
+                            bool(events),
+                            _exception_pairs(events) if events else None,
+                        )
                     except ValueError as exc:
                         rejections.add(f"span {index} ({span.name!r}): {exc}")
                         continue
                     start = span.start_time_unix_nano
                     end = span.end_time_unix_nano
                     kind = span.kind
-                    status = span.status
-                    code = status.code
                     append_row(
                         (
                             start,
@@ -207,11 +266,22 @@ class Normalizer:
         _inherit_along_trace(cols)
         return SpanBatch(cols, len(rows)), rejections
 
-    def _agent_fields(self, span, found: dict, r_found: dict) -> tuple:
+    def _agent_fields(
+        self,
+        found: dict,
+        r_found: dict,
+        is_error: bool,
+        status_message: str,
+        has_events: bool,
+        exception_pairs: list | None,
+    ) -> tuple:
         """The normalised agent columns of one span (``COLUMNS`` from ``Tenant`` on).
 
-        Raises ValueError for a value that cannot be right (a token count that is not a number).
-        Hot path: plain dict lookups inline, no helper calls unless the span needs them.
+        ``found``/``r_found``: field -> (priority, key, value, text) of the span's and its
+        resource's agent attributes (value as a Python object, text as stored in the map).
+        ``exception_pairs``: ("exception.type" | "exception.message", string) of its exception
+        events, in order. Raises ValueError for a value that cannot be right (a token count that
+        is not a number). Hot path: plain dict lookups inline, no helper calls unless needed.
         """
         own = found
         if r_found:  # resource-level facts (tenant, user …) apply unless the span says otherwise
@@ -282,15 +352,17 @@ class Normalizer:
         finish = ""
         hit = own.get("finish_reason")
         if hit:
-            finish = _first_string(hit[2]).lower()
+            finish = _first_string(hit[2], hit[3]).lower()
             finish = FINISH_REASON_ALIASES.get(finish, finish)
 
         error_type = get("error_type", _MISSING)[3]
         http_status = 0
-        if span.status.code == _STATUS_ERROR or error_type or span.events:
+        if is_error or error_type or has_events:
             if "http_status" in own:
                 http_status = _integer(own["http_status"])
-            error_type, http_status = _error_details(span, error_type, http_status)
+            error_type, http_status = _error_details(
+                is_error, status_message, exception_pairs, error_type, http_status
+            )
 
         if "oi_kind" in own:
             convention = "openinference"
@@ -362,8 +434,31 @@ def _attributes(
             name = fp[0]
             cur = found.get(name)
             if cur is None or fp[1] < cur[0]:
-                found[name] = (fp[1], k, v, s)
+                found[name] = (fp[1], k, _typed(v), s)
     return out
+
+
+def _typed(v):
+    """An AnyValue as the Python value the agent-field rules read (bytes stay bytes)."""
+    which = v.WhichOneof("value")
+    if which is None:
+        return None
+    if which == "array_value":
+        return [_typed(x) for x in v.array_value.values]
+    if which == "kvlist_value":
+        return {kv.key: _typed(kv.value) for kv in v.kvlist_value.values}
+    return getattr(v, which)
+
+
+def _exception_pairs(events) -> list[tuple[str, str]]:
+    """("exception.type" | "exception.message", string value) of exception events, in order."""
+    pairs = []
+    for event in events:
+        if event.name == "exception":
+            for kv in event.attributes:
+                if kv.key == "exception.type" or kv.key == "exception.message":
+                    pairs.append((kv.key, kv.value.string_value))
+    return pairs
 
 
 def _events_and_links(span) -> tuple:
@@ -468,47 +563,57 @@ def _double_str(d: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
+_KIND_NAMES = {
+    str: "string_value",
+    bool: "bool_value",
+    int: "int_value",
+    float: "double_value",
+    list: "array_value",
+    dict: "kvlist_value",
+    bytes: "bytes_value",
+}
+
+
 def _integer(hit: tuple) -> int:
     """A whole-number attribute; OTLP/JSON and some SDKs send numbers as strings or doubles."""
-    _, key, v, s = hit
-    which = v.WhichOneof("value")
-    if which == "int_value":
-        value = v.int_value
-    elif which == "double_value" and v.double_value.is_integer():
-        value = int(v.double_value)
-    elif which == "string_value" and s.strip().isdigit():
+    _, key, value, s = hit
+    kind = type(value)
+    if kind is int:
+        pass
+    elif kind is float and value.is_integer():
+        value = int(value)
+    elif kind is str and s.strip().isdigit():
         value = int(s)
     else:
         shown = s if len(s) <= 40 else s[:40] + "…"
         raise ValueError(
-            f"attribute {key} must be a whole number, got {which or 'empty'} {shown!r}"
+            f"attribute {key} must be a whole number, got {_KIND_NAMES.get(kind, 'empty')} {shown!r}"
         )
     if value < 0:
         raise ValueError(f"attribute {key} must not be negative, got {value}")
     return value
 
 
-def _first_string(v) -> str:
-    which = v.WhichOneof("value")
-    if which == "array_value":
-        values = v.array_value.values
-        return values[0].string_value if values else ""
-    if which == "string_value":
-        return v.string_value
-    return anyvalue_to_str(v)
+def _first_string(value, text: str) -> str:
+    """The first of a list of strings (finish reasons), or the value's text."""
+    if type(value) is list:
+        return value[0] if value and type(value[0]) is str else ""
+    if type(value) is str:
+        return value
+    return text
 
 
-def _error_details(span, error_type: str, http_status: int) -> tuple[str, int]:
+def _error_details(
+    is_error: bool, status_message: str, exception_pairs, error_type: str, http_status: int
+) -> tuple[str, int]:
     """Error type and HTTP status from ``error.type``, exception events and the status message."""
-    texts = [span.status.message] if span.status.message else []
-    for event in span.events:
-        if event.name != "exception":
-            continue
-        for kv in event.attributes:
-            if kv.key == "exception.type" and not error_type:
-                error_type = kv.value.string_value
-            elif kv.key == "exception.message":
-                texts.append(kv.value.string_value)
+    texts = [status_message] if status_message else []
+    for key, text in exception_pairs or ():
+        if key == "exception.type":
+            if not error_type:
+                error_type = text
+        else:
+            texts.append(text)
     if not http_status and error_type:
         if error_type.isdigit() and len(error_type) == 3:
             http_status = int(error_type)
@@ -520,7 +625,7 @@ def _error_details(span, error_type: str, http_status: int) -> tuple[str, int]:
             if match:
                 http_status = int(match.group(1) or match.group(2))
                 break
-    if not error_type and span.status.code == _STATUS_ERROR:
+    if not error_type and is_error:
         error_type = str(http_status) if http_status else "_OTHER"
     return error_type, http_status
 
@@ -544,3 +649,26 @@ def args_hash_of(canonical_args: str) -> int:
     """A stable 64-bit hash of canonical arguments (the ``ToolArgsHash`` column)."""
     digest = hashlib.blake2b(canonical_args.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
+
+
+_RAW_COLUMNS = COLUMNS[: COLUMNS.index("Tenant")]  # what the C reader builds
+_AGENT_COLUMNS = COLUMNS[len(_RAW_COLUMNS) :]
+
+
+def _load_reader():
+    """The C reader, configured, or None (not built, or turned off by AGENTWATCH_NATIVE_READER=0)."""
+    if os.environ.get("AGENTWATCH_NATIVE_READER", "1") == "0":
+        return None
+    try:
+        from collector import _otlp_reader
+    except ImportError:
+        return None
+    _otlp_reader.configure(
+        _FIELD_PRIORITY, orjson.Fragment, SPAN_KIND_NAMES, STATUS_CODE_NAMES, _EMPTY
+    )
+    return _otlp_reader
+
+
+_reader = _load_reader()
+#: Which reader ``read_wire`` uses: "native" (the C extension) or "python" (the reference reader).
+READER = "native" if _reader is not None else "python"
