@@ -7,7 +7,10 @@ not move with the shared machine's load, so two versions of the code compare exa
 Stages, on 40 requests (20,480 spans) of the ingest benchmark's workload (``bench.detectors``):
 
 - ``normalise``: decode + normalise + JSONColumns block, as the collector's event loop does it;
-- ``normalise, tuned GC``: the same after ``collector.gc_tuning.tune_gc()``, as ``serve`` runs;
+- ``normalise, tuned GC``: the same after ``collector.gc_tuning.tune_gc()``;
+- ``C reader, tuned GC``: ``Normalizer.read_wire`` (the C reader of ``collector/_otlp_reader.c``,
+  agent fields, JSONColumns block), as ``serve`` runs it; "n/a" where the checkout has no C
+  reader (a checkout given to ``--against`` has its extension built in its worktree first);
 - ``detection``: ``orjson.loads`` -> ``steps_from_columns`` -> ``Detection.observe``, as the
   detection process does it (``tune_gc()`` applied there too when the checkout has it).
 
@@ -50,9 +53,18 @@ except ImportError:
     tune_gc = None
 if stage != "normalise" and tune_gc is not None:
     tune_gc()
+if stage.startswith("C reader"):
+    import collector.normalize as normalize
+    if getattr(normalize, "READER", "python") != "native":
+        print("unavailable")
+        sys.exit(0)
 if not go:
     sys.exit(0)
-if stage.startswith("normalise"):
+if stage.startswith("C reader"):
+    normalizer = normalize.Normalizer()
+    for body in bodies:
+        normalizer.read_wire(body, Rejections()).to_json()
+elif stage.startswith("normalise"):
     normalizer = Normalizer()
     for body in bodies:
         batch, _ = normalizer.normalize(decode_protobuf(body, Rejections()))
@@ -63,10 +75,10 @@ else:
         detection.observe(steps_from_columns(orjson.loads(frame)), now)
 """
 
-STAGES = ("normalise", "normalise, tuned GC", "detection")
+STAGES = ("normalise", "normalise, tuned GC", "C reader, tuned GC", "detection")
 
 
-def instructions(checkout: Path, stage: str, data: Path, go: bool) -> int:
+def instructions(checkout: Path, stage: str, data: Path, go: bool) -> int | None:
     script = checkout / ".bench_stage.py"
     script.write_text(STAGE)
     try:
@@ -78,17 +90,19 @@ def instructions(checkout: Path, stage: str, data: Path, go: bool) -> int:
         )  # fmt: skip
     finally:
         script.unlink()
+    if "unavailable" in done.stdout:
+        return None
     return int(re.search(r"Collected : (\d+)", done.stderr).group(1))
 
 
-def per_span(checkout: Path, data: Path, spans: int) -> dict[str, float]:
-    return {
-        stage: (
-            instructions(checkout, stage, data, True) - instructions(checkout, stage, data, False)
+def per_span(checkout: Path, data: Path, spans: int) -> dict[str, float | None]:
+    out = {}
+    for stage in STAGES:
+        ran = instructions(checkout, stage, data, True)
+        out[stage] = (
+            None if ran is None else (ran - instructions(checkout, stage, data, False)) / spans
         )
-        / spans
-        for stage in STAGES
-    }
+    return out
 
 
 def main() -> None:
@@ -110,6 +124,9 @@ def main() -> None:
                 ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(other), args.against],
                 check=True, capture_output=True,
             )  # fmt: skip
+            if (other / "setup.py").exists():  # its C reader, built in place
+                subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+                               cwd=other, check=True, capture_output=True)  # fmt: skip
             checkouts = {args.against: other, **checkouts}
         try:
             results = {name: per_span(path, data, spans) for name, path in checkouts.items()}
@@ -126,8 +143,10 @@ def main() -> None:
     )
     for stage in STAGES:
         row = [results[n][stage] for n in names]
-        change = f"   {row[-1] / row[0] - 1:+.1%}" if len(row) > 1 else ""
-        print(f"{stage:24s}" + "".join(f"{v:16,.0f}" for v in row) + change)
+        both = len(row) > 1 and None not in row
+        change = f"   {row[-1] / row[0] - 1:+.1%}" if both else ""
+        cells = "".join(f"{v:16,.0f}" if v is not None else f"{'n/a':>16s}" for v in row)
+        print(f"{stage:24s}" + cells + change)
 
 
 if __name__ == "__main__":
