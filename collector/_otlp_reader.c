@@ -156,9 +156,9 @@ typedef struct {
     const uint8_t *p, *end;
 } Reader;
 
-static int read_varint(Reader *r, uint64_t *out) {
+static int read_varint_max(Reader *r, uint64_t *out, int max_bytes) {
     uint64_t v = 0;
-    for (int shift = 0; shift < 64; shift += 7) {
+    for (int shift = 0; shift < 7 * max_bytes; shift += 7) {
         if (r->p >= r->end) return FALLBACK;
         uint8_t b = *r->p++;
         v |= (uint64_t)(b & 0x7f) << shift;
@@ -169,6 +169,8 @@ static int read_varint(Reader *r, uint64_t *out) {
     }
     return FALLBACK;
 }
+
+static int read_varint(Reader *r, uint64_t *out) { return read_varint_max(r, out, 10); }
 
 static int read_fixed64(Reader *r, uint64_t *out) {
     if (r->end - r->p < 8) return FALLBACK;
@@ -187,7 +189,8 @@ typedef struct {
 
 static int next_field(Reader *r, Field *f) {
     uint64_t tag;
-    if (read_varint(r, &tag)) return FALLBACK;
+    /* upb reads tags and lengths as 32-bit varints (at most 5 bytes) and refuses longer ones */
+    if (read_varint_max(r, &tag, 5) || tag > UINT32_MAX) return FALLBACK;
     f->number = (uint32_t)(tag >> 3);
     f->wire = (int)(tag & 7);
     if (f->number == 0 || (tag >> 3) > 0x1fffffff) return FALLBACK;
@@ -196,7 +199,8 @@ static int next_field(Reader *r, Field *f) {
         case 1: return read_fixed64(r, &f->varint);
         case 2: {
             uint64_t n;
-            if (read_varint(r, &n) || n > (uint64_t)(r->end - r->p)) return FALLBACK;
+            if (read_varint_max(r, &n, 5) || n > INT32_MAX || n > (uint64_t)(r->end - r->p))
+                return FALLBACK;
             f->sub.p = r->p;
             f->sub.end = r->p + n;
             r->p += n;
@@ -287,19 +291,23 @@ typedef struct {
     uint64_t bits;
 } Value;
 
-/* An AnyValue: last member of the oneof wins, as in protobuf. */
+/* An AnyValue with at most one member of its oneof on the wire: exporters send one. Several
+ * (protobuf's rules: the last wins, a repeated array merges, a replaced one must still parse) are
+ * left to the reference path, as are members this reader does not know. */
 static int read_anyvalue(Reader r, Value *v) {
     Field f;
     v->kind = V_NONE;
     while (r.p < r.end) {
         if (next_field(&r, &f)) return FALLBACK;
+        if (f.number >= 1 && f.number <= 8 && v->kind != V_NONE) return FALLBACK;
         switch (f.number) {
             case 1: WANT(f, 2); if (check_utf8(&f)) return FALLBACK; v->kind = V_STRING; v->str = f; break;
             case 2: WANT(f, 0); v->kind = V_BOOL; v->bits = f.varint; break;
             case 3: WANT(f, 0); v->kind = V_INT; v->bits = f.varint; break;
             case 4: WANT(f, 1); v->kind = V_DOUBLE; v->bits = f.varint; break;
             case 5: WANT(f, 2); v->kind = V_ARRAY; v->str = f; break;
-            case 6: case 7: return FALLBACK; /* key-value lists and bytes: rare, left to Python */
+            /* key-value lists, bytes, string_value_strindex (profiles): rare, left to Python */
+            case 6: case 7: case 8: return FALLBACK;
             default: break; /* unknown fields are skipped, as upb does */
         }
     }

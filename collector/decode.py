@@ -45,23 +45,40 @@ def decode_protobuf(body: bytes, rejections: Rejections) -> ExportTraceServiceRe
 
 
 def _drop_invalid_utf8(lenient, rejections: Rejections) -> ExportTraceServiceRequest:
+    """The request without the spans that hold, or sit under a resource or scope that holds,
+    a string that is not UTF-8; each dropped span is counted with its reason."""
+    kept = _Lenient.request()
     index = -1
     for rs in lenient.resource_spans:
-        resource_ok = _valid(_Strict.resource, rs.resource)
+        resource_ok = _valid(_Strict.resource, rs.resource) and _utf8(rs.schema_url)
+        kept_rs = None
         for ss in rs.scope_spans:
-            scope_ok = resource_ok and _valid(_Strict.scope, ss.scope)
-            keep = []
+            scope_ok = resource_ok and _valid(_Strict.scope, ss.scope) and _utf8(ss.schema_url)
+            spans = []
             for span in ss.spans:
                 index += 1
                 if scope_ok and _valid(trace_pb2.Span, span):
-                    keep.append(span)
+                    spans.append(span)
                 else:
                     where = "its span" if scope_ok else "its resource or scope"
                     rejections.add(f"span {index}: invalid UTF-8 in a string field of {where}")
-            if len(keep) != len(ss.spans):
-                del ss.spans[:]
-                ss.spans.extend(keep)
-    return ExportTraceServiceRequest.FromString(lenient.SerializeToString())
+            if spans:
+                if kept_rs is None:
+                    kept_rs = kept.resource_spans.add(
+                        resource=rs.resource, schema_url=rs.schema_url
+                    )
+                kept_rs.scope_spans.add(scope=ss.scope, schema_url=ss.schema_url).spans.extend(
+                    spans
+                )
+    return ExportTraceServiceRequest.FromString(kept.SerializeToString())
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _valid(strict_cls, lenient_msg) -> bool:
