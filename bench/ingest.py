@@ -18,7 +18,9 @@ What it measures, the way a user runs the collector:
 4. For the measured window it reports: acknowledged spans/s; committed spans/s (the change in
    ``SELECT count() FROM otel_traces`` through ``POST /v1/sql``); collector and load-generator
    CPU-seconds per 1,000 spans (psutil user+system, all threads); the collector's peak RSS (sampled
-   every 100 ms, plus VmHWM); request latency p50/p99; refused requests; and group-commit statistics
+   every 100 ms from start until the load has drained, plus VmHWM read then, before the
+   benchmark's own duplicate check, whose peak is shown apart); request latency p50/p99; refused
+   requests; and group-commit statistics
    from ``/metrics``. When the load has drained it checks that the committed total equals the
    acknowledged total.
 5. ``--profile`` runs ``py-spy record`` against the collector during the measured window. It
@@ -371,7 +373,10 @@ class CollectorProcess:
         }
 
     def distinct_span_count(self) -> int:
-        return int(self.sql("SELECT uniqExact(TraceId, SpanId) AS n FROM otel_traces")[0]["n"])
+        """Distinct (TraceId, SpanId) pairs, hashed to 64 bits so the check holds ~16 B per row
+        rather than both strings (a collision among a few million rows: ~1e-7)."""
+        sql = "SELECT uniqExact(cityHash64(TraceId, SpanId)) AS n FROM otel_traces"
+        return int(self.sql(sql)[0]["n"])
 
     def metrics(self) -> dict[str, float]:
         """``/metrics`` samples as {'name{labels}': value}."""
@@ -650,10 +655,14 @@ def run(args: argparse.Namespace) -> dict:
         if pyspy:
             pyspy_output = pyspy.communicate(timeout=120)[0].decode(errors="replace").strip()
         committed_total = collector.span_count()
-        distinct_total = collector.distinct_span_count()
+        # Memory under load ends here: the duplicate check below is the benchmark's own query
+        # (an aggregation over every stored row), not ingest, and is reported apart.
         end_memory = collector.memory_status()
         sampled_peak = collector.peak_rss
         window_peak = collector.window_peak_rss
+        distinct_total = collector.distinct_span_count()
+        after_checks_memory = collector.memory_status()
+        peak_with_checks = max(collector.peak_rss / MIB, after_checks_memory["VmHWM"])
     finally:
         for p in loadgens:
             if p.is_alive():
@@ -748,6 +757,7 @@ def run(args: argparse.Namespace) -> dict:
         "peak_rss_mb_sampled": sampled_peak / MIB,
         "peak_rss_mb_window": window_peak / MIB,
         "peak_rss_mb_vmhwm": end_memory["VmHWM"],
+        "peak_rss_mb_with_checks": peak_with_checks,
         "idle_rss_mb": idle_memory["VmRSS"],
         "idle_rss_anon_file_mb": (idle_memory["RssAnon"], idle_memory["RssFile"]),
         "end_rss_anon_file_mb": (end_memory["RssAnon"], end_memory["RssFile"]),
@@ -832,11 +842,16 @@ def print_report(r: dict, top: int) -> None:
             f"({r['loadgen_cores']:.2f} cores busy)",
         ),
         (
-            "collector peak RSS, with its detection process (100 ms samples)",
+            "collector peak RSS under load, with its detection process (100 ms samples)",
             f"{r['peak_rss_mb_sampled']:.0f} MB",
             f"<= {BAR_PEAK_RSS_MB} MB  {verdict(peak_rss <= BAR_PEAK_RSS_MB)}",
         ),
         ("collector process alone, peak RSS (VmHWM)", f"{r['peak_rss_mb_vmhwm']:.0f} MB", ""),
+        (
+            "  then during the benchmark's duplicate check",
+            f"{r['peak_rss_mb_with_checks']:.0f} MB",
+            "(its own query over every row; not the bar)",
+        ),
         (
             "collector RSS idle after start",
             f"{r['idle_rss_mb']:.0f} MB",

@@ -223,7 +223,7 @@ class Config(_Section):
         description="ClickHouse server settings for chDB, e.g. background_pool_size",
     )
     embedded_malloc_conf: str = Field(
-        default="dirty_decay_ms:1000,muzzy_decay_ms:0",
+        default="dirty_decay_ms:250,muzzy_decay_ms:0",
         description="jemalloc options for chDB (JE_MALLOC_CONF); empty keeps chDB's own",
     )
     embedded_release_startup_pages: bool = Field(
@@ -240,7 +240,12 @@ class Config(_Section):
 
     max_recv_msg_size_mib: int = Field(default=16, ge=1, le=1024)
     max_concurrent_requests: int = Field(default=64, ge=1)
-    batch_max_spans: int = Field(default=20_000, ge=1)
+    batch_max_spans: int = Field(
+        default=3072,
+        ge=1,
+        description="a group commit (one INSERT) holds at most this many spans; smaller groups"
+        " keep chDB's memory per INSERT down (bench/README.md: 3072 measured best on 2 cores)",
+    )
     batch_flush_interval_s: float = Field(default=0.1, ge=0, le=60)
     batch_inserts_in_flight: int = Field(default=1, ge=1, le=8)
     queue_max_spans: int = Field(default=100_000, ge=1)

@@ -1,8 +1,9 @@
 """Group commit: many concurrent requests share one INSERT; each is acknowledged once committed.
 
 A request's batch waits at most ``flush_interval_s`` (or until ``max_batch_spans`` are waiting) and
-is then written with everything else that is waiting, on the store's own thread, so decoding the
-next requests goes on meanwhile. When more than ``max_queue_spans`` wait, new batches are refused
+is then written with the other waiting batches, at most ``max_batch_spans`` spans per INSERT (which
+bounds the store's memory per INSERT), on a thread of its own, so decoding the next requests goes
+on meanwhile. When more than ``max_queue_spans`` wait, new batches are refused
 with ``Overloaded`` (a retryable status for the client): memory stays bounded and nothing that
 was acknowledged is lost. If the insert fails, every request in the group gets ``StoreDown``.
 """
@@ -33,7 +34,7 @@ class GroupCommitWriter:
         metrics: Metrics,
         *,
         flush_interval_s: float = 0.1,
-        max_batch_spans: int = 20_000,
+        max_batch_spans: int = 3072,
         max_queue_spans: int = 100_000,
         retry_after_s: int = 1,
         inserts_in_flight: int = 1,
@@ -106,15 +107,28 @@ class GroupCommitWriter:
                     pass
                 continue
             await self._slots.acquire()  # batches keep gathering while every insert slot is busy
-            group, self._pending = self._pending, []
-            spans = self._pending_spans
-            self._pending_spans = 0
+            group, spans = self._take_group()
             self._in_flight_spans += spans
             task = asyncio.get_running_loop().create_task(self._insert(group, spans))
             self._inserts.add(task)
             task.add_done_callback(self._inserts.discard)
         if self._inserts:
             await asyncio.gather(*self._inserts)
+
+    def _take_group(self) -> tuple[list[tuple[bytes, int, asyncio.Future]], int]:
+        """The oldest waiting batches, up to ``max_batch_spans`` (at least one batch): a group's
+        size bounds the store's memory for one INSERT, however long the previous one took."""
+        taken = spans = 0
+        for _, n, _ in self._pending:
+            if taken and spans + n > self._max_batch_spans:
+                break
+            taken += 1
+            spans += n
+        group, self._pending = self._pending[:taken], self._pending[taken:]
+        self._pending_spans -= spans
+        if self._pending:
+            self._first_pending_at = time.monotonic() - self._flush_interval_s  # due now
+        return group, spans
 
     async def _insert(self, group: list[tuple[bytes, int, asyncio.Future]], spans: int) -> None:
         started = time.perf_counter()

@@ -13,6 +13,7 @@ import threading
 import time
 
 import grpc
+import orjson
 import pytest
 import requests
 from google.protobuf import json_format
@@ -319,6 +320,32 @@ def test_group_commits_in_parallel_lose_nothing(collector_factory):
             "SELECT toUInt32(count()) AS n, toUInt32(uniqExact(SpanName)) AS names FROM otel_traces"
         )
         assert rows == [{"n": 48, "names": 48}]
+
+
+def test_a_group_commit_holds_at_most_batch_max_spans(collector_factory, monkeypatch):
+    """The group size bounds chDB's memory for one INSERT, even when requests pile up behind a
+    slow insert: what does not fit waits for the next group, and nothing is lost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with collector_factory(batch_max_spans=5, batch_flush_interval_s=0.2) as collector:
+        store = collector.collector.store
+        real_insert = store.insert_blocks
+        group_sizes = []
+
+        def recording_insert(table, fmt, blocks):
+            group_sizes.append(sum(len(orjson.loads(b)["SpanName"]) for b in blocks))
+            time.sleep(0.2)  # a slow store: the next requests gather meanwhile
+            return real_insert(table, fmt, blocks)
+
+        monkeypatch.setattr(store, "insert_blocks", recording_insert)
+        bodies = [request(span(f"s{i}"), span(f"t{i}")).SerializeToString() for i in range(12)]
+        with ThreadPoolExecutor(12) as pool:
+            statuses = list(pool.map(lambda b: http_export(collector, b).status_code, bodies))
+        assert statuses == [200] * 12
+        assert sum(group_sizes) == 24
+        assert max(group_sizes) <= 5, group_sizes
+        assert len(group_sizes) >= 5  # 24 spans in pairs, at most two pairs a group
+        assert collector.query("SELECT toUInt32(count()) AS n FROM otel_traces") == [{"n": 24}]
 
 
 def test_an_unexpected_insert_error_is_a_retryable_refusal_not_a_hang(collector, monkeypatch):
