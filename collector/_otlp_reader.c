@@ -404,8 +404,6 @@ typedef struct {
     PyObject *found;  /* dict field -> (priority, key, value, text), or NULL */
     PyObject *service; /* resource only: text of service.name */
     int want_service;
-    /* exception events: (key, string value) pairs of exception.type / exception.message */
-    PyObject *exception_pairs;
 } Attrs;
 
 static void attrs_begin(Attrs *a, Out *json, PyObject *found, int want_service) {
@@ -413,7 +411,6 @@ static void attrs_begin(Attrs *a, Out *json, PyObject *found, int want_service) 
     a->n_keys = 0;
     a->found = found;
     a->want_service = want_service;
-    a->exception_pairs = NULL;
 }
 
 /* One KeyValue: checked, written to the JSON map, recorded when the agent fields need it. */
@@ -514,16 +511,15 @@ static int append_ref(PyObject *list, PyObject *item) { /* borrows item */
         if (rc_) return rc_;      \
     } while (0)
 
-/* Attributes of a resource, scope, event or link: JSON map into a->json. */
-static int read_attr_list(Ctx *c, Reader r, uint32_t number, Out *json, PyObject *found,
-                          int want_service) {
+/* A resource's attributes: the JSON map into json, agent attributes into found. */
+static int read_attr_list(Ctx *c, Reader r, Out *json, PyObject *found, int want_service) {
     Field f;
     attrs_begin(&c->attrs, json, found, want_service);
     if (json) json->len = 0;
     if (json && out_char(json, '{')) return FAILED;
     while (r.p < r.end) {
         TRY(next_field(&r, &f));
-        if (f.number == number) {
+        if (f.number == 1) { /* Resource.attributes */
             WANT(f, 2);
             TRY(read_keyvalue(&c->attrs, f.sub));
         }
@@ -559,7 +555,7 @@ static int read_resource(Ctx *c, Reader r) {
     c->resource_found = PyDict_New();
     if (!c->resource_found) return FAILED;
     c->attrs.service = NULL;
-    TRY(read_attr_list(c, r, 1, &c->json, c->resource_found, 1));
+    TRY(read_attr_list(c, r, &c->json, c->resource_found, 1));
     c->service = c->attrs.service ? c->attrs.service : Py_NewRef(empty_str);
     c->attrs.service = NULL;
     c->resource_fragment = out_fragment(&c->json);
@@ -955,6 +951,15 @@ PyDoc_STRVAR(configure_doc,
 "configure(field_priority, fragment_type, span_kind_names, status_names, empty_list)\n\n"
 "field_priority: attribute key -> (field, priority) as in normalize._FIELD_PRIORITY.");
 
+static void free_entries(Interesting *list, Py_ssize_t n) {
+    for (Py_ssize_t k = 0; k < n; k++) {
+        Py_XDECREF(list[k].key_obj);
+        Py_XDECREF(list[k].field);
+        Py_XDECREF(list[k].priority);
+    }
+    PyMem_Free(list);
+}
+
 static PyObject *configure(PyObject *self, PyObject *args) {
     PyObject *priorities, *fragment, *kinds, *statuses, *empty;
     if (!PyArg_ParseTuple(args, "O!OO!O!O!", &PyDict_Type, &priorities, &fragment, &PyTuple_Type,
@@ -988,12 +993,7 @@ static PyObject *configure(PyObject *self, PyObject *args) {
         e->prio = prio;
     }
     /* swap in the new table (configure is called once, at import; a second call replaces) */
-    for (Py_ssize_t k = 0; k < n_entries; k++) {
-        Py_DECREF(entries[k].key_obj);
-        Py_DECREF(entries[k].field);
-        Py_DECREF(entries[k].priority);
-    }
-    PyMem_Free(entries);
+    free_entries(entries, n_entries);
     memset(table, 0, sizeof table);
     entries = fresh;
     n_entries = n;
@@ -1008,12 +1008,7 @@ static PyObject *configure(PyObject *self, PyObject *args) {
     Py_XSETREF(empty_list, Py_NewRef(empty));
     Py_RETURN_NONE;
 bad:
-    for (Py_ssize_t k = 0; k < i; k++) {
-        Py_XDECREF(fresh[k].key_obj);
-        Py_XDECREF(fresh[k].field);
-        Py_XDECREF(fresh[k].priority);
-    }
-    PyMem_Free(fresh);
+    free_entries(fresh, i);
     if (!PyErr_Occurred())
         PyErr_SetString(PyExc_TypeError, "field_priority: expected {str: (str, int)}");
     return NULL;

@@ -29,24 +29,18 @@ class Pipeline:
         self, body: bytes, encoding: Literal["protobuf", "json"], protocol: str
     ) -> Rejections:
         rejections = Rejections()
-        batch = None
-        if encoding == "protobuf":
-            batch = self.normalizer.read_wire(body, rejections)  # the fast C reader, when it can
+        # the fast C reader when it can; otherwise the reference reader over a decoded request
+        batch = self.normalizer.read_wire(body, rejections) if encoding == "protobuf" else None
+        request = None
         if batch is None:
-            if encoding == "protobuf":
-                request = decode_protobuf(body, rejections)
-            else:
-                request = decode_json(body, rejections)
-            if self.forwarder is not None and encoding == "json":
-                self.forwarder.submit(request.SerializeToString())
+            decode = decode_protobuf if encoding == "protobuf" else decode_json
+            request = decode(body, rejections)
             batch, rejections = self.normalizer.normalize(request, rejections)
-            del request  # memory: only what a consumer keeps may outlive this point
-            self.metrics.requests_read.labels("python").inc()
-        else:
-            self.metrics.requests_read.labels("native").inc()
-        if self.forwarder is not None and encoding == "protobuf":
-            # Forward what was received, all of it and unchanged; never waits.
-            self.forwarder.submit(body)
+        self.metrics.requests_read.labels("native" if request is None else "python").inc()
+        if self.forwarder is not None:
+            # Forward what was received (all of it, unchanged for protobuf); never waits.
+            self.forwarder.submit(body if encoding == "protobuf" else request.SerializeToString())
+        del request  # memory: only what a consumer keeps may outlive this point
         n_spans = len(batch)
         self.metrics.spans_received.labels(protocol).inc(n_spans + rejections.count)
         if rejections.count:
