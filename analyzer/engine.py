@@ -65,8 +65,14 @@ class Detection:
         return [] if replay else findings
 
     async def observe_columns(self, columns: dict, now: int, replay: bool = False) -> list[Finding]:
-        """The interface the analyzer calls (``DetectionProcess`` has the same)."""
-        return self.observe(steps_from_columns(columns), now, replay)
+        """The interface the analyzer calls (``DetectionProcess`` has the same). A batch detection
+        fails on is skipped with ``DetectionUnavailable``, as the detection process answers it:
+        a detector bug must not fail the export whose spans are being stored."""
+        try:
+            return self.observe(steps_from_columns(columns), now, replay)
+        except Exception as exc:
+            log.exception("detection failed on a batch; its findings are lost")
+            raise DetectionUnavailable(f"detection failed on it: {type(exc).__name__}") from exc
 
     async def close(self) -> None:
         pass
@@ -79,6 +85,9 @@ class Analyzer:
     a process of their own, so that they use the second core instead of the ingest path's GIL).
     ``policy_for(service, agent)`` gives the escalation thresholds.
     """
+
+    #: the only columns ``consume`` reads: the pipeline keeps just these while a commit is awaited
+    columns = STEP_COLUMNS
 
     def __init__(
         self,

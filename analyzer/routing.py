@@ -5,12 +5,18 @@ set (``labels_of``); a route matches when all its matchers do; the tree is walke
 walks it: the root always matches, the first matching child wins unless it says ``continue``, and
 a route with no matching child is the one used. A silence mutes an incident whose labels match all
 of its matchers while it is active.
+
+Regexes are RE2's (``analyzer.user_regex``), anchored as Alertmanager anchors them: matching is
+linear in the label's length, and a pattern RE2 refuses is refused when the silence or route is
+given.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+
+from analyzer.user_regex import RegexError, compile_regex, escape
 
 # Labels a route or a silence may match on.
 LABELS = ("severity", "class", "detector", "kind", "agent", "service", "tenant")
@@ -30,11 +36,16 @@ class Matcher:
     name: str
     op: str
     value: str
+    regex: object = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.op in ("=~", "!~"):  # user patterns were length-checked by parse_matcher/config
+            object.__setattr__(self, "regex", compile_regex(self.value, max_chars=None))
 
     def matches(self, labels: dict[str, str]) -> bool:
         got = labels.get(self.name, "")
-        if self.op in ("=~", "!~"):
-            hit = re.fullmatch(self.value, got) is not None
+        if self.regex is not None:
+            hit = self.regex.fullmatch(got) is not None
         else:
             hit = got == self.value
         return hit if self.op in ("=", "=~") else not hit
@@ -56,9 +67,9 @@ def parse_matcher(text: str, allowed: tuple[str, ...] = SILENCE_LABELS) -> Match
         raise ValueError(f"{text!r}: can match only on {', '.join(allowed)}")
     if op in ("=~", "!~"):
         try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"{text!r}: not a valid regular expression ({exc})") from None
+            compile_regex(value)
+        except RegexError as exc:
+            raise ValueError(f"{text!r}: {name}: {exc}") from None
     return Matcher(name, op, value)
 
 
@@ -84,7 +95,7 @@ def build_route(config, parent: Route | None = None, root: bool = True) -> Route
     matchers = [Matcher(k, "=", v) for k, v in config.match.items() if isinstance(v, str)]
     # a list of values means "any of": one anchored regex
     matchers += [
-        Matcher(k, "=~", "|".join(re.escape(x) for x in v))
+        Matcher(k, "=~", "|".join(escape(x) for x in v))
         for k, v in config.match.items()
         if not isinstance(v, str)
     ]

@@ -6,28 +6,31 @@ the second core, and the collector's share of detection is one ``orjson.dumps`` 
 step columns (~0.4 µs per span) — see ``bench/README.md`` for the before/after.
 
 Parent (``DetectionProcess``, used by ``Analyzer``): starts ``python -m analyzer.worker``, sends
-each batch's step columns with the collector's clock, and awaits the findings. Replies come in
-order, one per batch, so a FIFO of futures matches them. ``drain()`` on the child's stdin is the
+each batch's step columns with the collector's clock and a batch id, and awaits the reply with that
+id. The child answers every batch, with its findings or with the error detection raised, so one bad
+batch fails alone and cannot put later replies out of step. ``drain()`` on the child's stdin is the
 backpressure: when detection falls behind, ingest waits for it instead of queueing without end.
-If the child dies, its batches fail with ``DetectionUnavailable`` (the spans are stored anyway)
-and the next batch starts a new child; detector state starts afresh then (logged).
+Anything the parent cannot place (a reply to no pending batch, a frame it cannot read) or the
+child dying fails every pending batch with ``DetectionUnavailable`` (the spans are stored anyway)
+and ends the child; the next batch starts a new one, with detector state afresh (logged).
 
-Child (``main``): reads frames from stdin, runs ``Detection``, writes findings to stdout (stdout
+Child (``main``): reads frames from stdin, runs ``Detection``, writes replies to stdout (stdout
 is the protocol; ``print`` goes to stderr, where logging goes too).
 
-Frames: 4-byte big-endian length, 1-byte kind, payload. ``B`` batch (8-byte clock, 1-byte
-replay flag, orjson of the step columns) -> ``F`` reply (pickle of the findings: a trusted pipe
-to our own child); ``P`` policy (orjson of the policy file's data, or ``null`` for none).
+Frames: 4-byte big-endian length, 1-byte kind, payload. ``B`` batch (8-byte batch id, 8-byte
+clock, 1-byte replay flag, orjson of the step columns) -> ``F`` findings (8-byte batch id, pickle
+of the findings: a trusted pipe to our own child) or ``E`` error (8-byte batch id, UTF-8 text);
+``P`` policy (orjson of the policy file's data, or ``null`` for none), not answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import pickle
 import struct
 import sys
-from collections import deque
 
 import orjson
 
@@ -38,7 +41,9 @@ from collector.gc_tuning import tune_gc
 log = logging.getLogger("agentwatch.detection")
 
 _HEADER = struct.Struct("!IB")
-_BATCH = struct.Struct("!QB")
+_BATCH = struct.Struct("!QQB")  # batch id, clock, replay
+_ID = struct.Struct("!Q")  # the batch id that starts a reply
+_FINDINGS, _ERROR = ord("F"), ord("E")
 _STDOUT_LIMIT = 256 * 1024 * 1024  # one reply frame at most (findings of one batch)
 
 
@@ -69,13 +74,14 @@ class DetectionProcess:
         self.policy_data = policy_data
         self.max_sessions = max_sessions
         self._proc: asyncio.subprocess.Process | None = None
-        self._pending: deque[asyncio.Future] = deque()
+        self._pending: dict[int, asyncio.Future] = {}  # the current child's batches, by id
+        self._ids = itertools.count(1)
         self._reader: asyncio.Task | None = None
         self._starting: asyncio.Lock | None = None
         self.restarts = 0
 
     async def start(self) -> None:
-        self._proc = await asyncio.create_subprocess_exec(
+        proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "analyzer.worker",
@@ -84,9 +90,13 @@ class DetectionProcess:
             stdout=asyncio.subprocess.PIPE,
             limit=_STDOUT_LIMIT,
         )
-        for pipe in (self._proc.stdin, self._proc.stdout):
+        for pipe in (proc.stdin, proc.stdout):
             _widen(pipe)
-        self._reader = asyncio.get_running_loop().create_task(self._read_replies(self._proc))
+        self._proc = proc
+        self._pending = {}
+        self._reader = asyncio.get_running_loop().create_task(
+            self._read_replies(proc, self._pending)
+        )
         self._send(_frame(b"P", orjson.dumps(self.policy_data)))
 
     def _send(self, frame: bytes) -> None:
@@ -110,15 +120,25 @@ class DetectionProcess:
             await self.start()
 
     async def observe_columns(self, columns: dict, now: int, replay: bool = False) -> list[Finding]:
-        await self._ensure_running()
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append(future)
-        self._send(_frame(b"B", _BATCH.pack(now, replay) + orjson.dumps(columns)))
         try:
-            await self._proc.stdin.drain()
-        except (ConnectionError, BrokenPipeError) as exc:
-            raise DetectionUnavailable(f"cannot send to the detection process: {exc}") from None
-        return await future
+            payload = orjson.dumps(columns)
+        except TypeError as exc:  # orjson.JSONEncodeError: e.g. an integer beyond 64 bits
+            raise DetectionUnavailable(f"cannot send this batch to detection: {exc}") from None
+        await self._ensure_running()
+        batch_id = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        pending = self._pending
+        pending[batch_id] = future
+        try:
+            self._send(_frame(b"B", _BATCH.pack(batch_id, now, replay) + payload))
+            try:
+                await self._proc.stdin.drain()
+            except ConnectionError as exc:
+                raise DetectionUnavailable(f"cannot send to the detection process: {exc}") from None
+            return await future
+        finally:
+            if pending.pop(batch_id, None) is not None:  # not answered: cancelled, or not sent
+                future.cancel()
 
     async def set_policy(self, policy_data: dict | None) -> None:
         """Sessions first seen from now on get this policy (as in the collector's process)."""
@@ -127,26 +147,42 @@ class DetectionProcess:
             self._send(_frame(b"P", orjson.dumps(policy_data)))
             await self._proc.stdin.drain()
 
-    async def _read_replies(self, proc: asyncio.subprocess.Process) -> None:
+    async def _read_replies(self, proc: asyncio.subprocess.Process, pending: dict) -> None:
+        """Settle each batch's future with its reply, until the child ends or breaks protocol."""
+        why = "exited"
         try:
             while True:
                 header = await proc.stdout.readexactly(_HEADER.size)
-                length, _kind = _HEADER.unpack(header)
-                findings = pickle.loads(await proc.stdout.readexactly(length))
-                future = self._pending.popleft()
-                if not future.done():
+                length, kind = _HEADER.unpack(header)
+                payload = await proc.stdout.readexactly(length)
+                (batch_id,) = _ID.unpack_from(payload)
+                if kind not in (_FINDINGS, _ERROR) or batch_id not in pending:
+                    raise ValueError(f"a reply of kind {kind} to batch {batch_id}, not pending")
+                if kind == _FINDINGS:
+                    findings = pickle.loads(memoryview(payload)[_ID.size :])
+                future = pending.pop(batch_id)
+                if future.done():
+                    continue  # its exporter has gone
+                if kind == _FINDINGS:
                     future.set_result(findings)
+                else:
+                    text = payload[_ID.size :].decode(errors="replace")
+                    future.set_exception(DetectionUnavailable(f"detection failed on it: {text}"))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except Exception as exc:  # whatever it is, the stream is out of step from here on
+            why = f"broke protocol ({exc}) and was stopped"
+            log.error("detection process %s: starting a new one", why)
+            proc.kill()
         finally:
             code = await proc.wait()
-            if self._pending:
-                log.error("detection process exited (code %s) with %d batches unanswered",
-                          code, len(self._pending))  # fmt: skip
-            while self._pending:
-                future = self._pending.popleft()
+            if pending:
+                log.error("detection process %s (code %s) with %d batches unanswered",
+                          why, code, len(pending))  # fmt: skip
+            while pending:
+                _, future = pending.popitem()
                 if not future.done():
-                    future.set_exception(DetectionUnavailable(f"detection process exited ({code})"))
+                    future.set_exception(DetectionUnavailable(f"detection process {why} ({code})"))
 
     async def close(self) -> None:
         if self._proc is None:
@@ -188,19 +224,28 @@ def main() -> None:
             return  # the collector closed the pipe: done
         length, kind = _HEADER.unpack(header)
         payload = inp.read(length)
+        if len(payload) < length:
+            return
         if kind == ord("P"):
             data = orjson.loads(payload)
             current["policy"] = None if data is None else parse_policy(data, "<collector policy>")
             continue
-        now, replay = _BATCH.unpack_from(payload)
+        if kind != ord("B") or length < _BATCH.size:
+            sys.exit(f"detection process: unexpected frame {kind} of {length} bytes")
+        batch_id, now, replay = _BATCH.unpack_from(payload)
         try:
             columns = orjson.loads(memoryview(payload)[_BATCH.size :])
             findings = detection.observe(steps_from_columns(columns), now, bool(replay))
-        except Exception:  # a detector bug must not take detection down for every later batch
+            reply = _frame(
+                b"F", _ID.pack(batch_id) + pickle.dumps(findings, pickle.HIGHEST_PROTOCOL)
+            )
+        except Exception as exc:  # a detector bug must not take detection down for later batches
             log.exception("detection failed on a batch; its findings are lost")
-            findings = []
-        reply = pickle.dumps(findings, protocol=pickle.HIGHEST_PROTOCOL)
-        out.write(_frame(b"F", reply))
+            reply = _frame(
+                b"E",
+                _ID.pack(batch_id) + f"{type(exc).__name__}: {exc}"[:500].encode(errors="replace"),
+            )
+        out.write(reply)
         out.flush()
 
 

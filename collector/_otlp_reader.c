@@ -7,11 +7,11 @@
  * orjson.Fragment) and only the attributes the agent fields need become Python objects.
  *
  * Scope, kept narrow on purpose: this reader handles the requests exporters send. Anything else
- * (invalid UTF-8, malformed wire data, bad ids, bytes or key-value-list values, arrays that are not
- * non-empty strings, duplicate keys, a singular message field repeated) makes parse() return None
- * and the caller uses the reference path (upb + normalize.py), which reports the reason. So the
- * two paths never disagree on what they both accept; tests/test_native_reader.py checks that the
- * blocks are byte-identical.
+ * (invalid UTF-8, malformed wire data, bad ids, times the store cannot hold, bytes or key-value-list
+ * values, arrays that are not non-empty strings, duplicate keys, a singular message field repeated)
+ * makes parse() return None and the caller uses the reference path (upb + normalize.py), which
+ * reports the reason. So the two paths never disagree on what they both accept;
+ * tests/test_native_reader.py checks that the blocks are byte-identical.
  *
  * Field numbers: opentelemetry-proto v1 (trace.proto, common.proto, resource.proto).
  */
@@ -274,6 +274,9 @@ static PyObject *hex_of(const Field *f) {
     }
     return s;
 }
+
+/* The latest time the store holds: Timestamp is DateTime64(9), nanoseconds in an Int64. */
+#define MAX_TIME_NS ((uint64_t)INT64_MAX)
 
 static int all_zero(const Field *f) {
     for (const uint8_t *p = f->sub.p; p < f->sub.end; p++)
@@ -658,7 +661,7 @@ static int read_event(Ctx *c, Nested *n, Reader r, PyObject **exceptions) {
     while (r.p < r.end) {
         if (next_field(&r, &f)) goto fallback;
         if (f.number == 1) {
-            if (f.wire != 1) goto fallback;
+            if (f.wire != 1 || f.varint > MAX_TIME_NS) goto fallback;
             time = f.varint;
         } else if (f.number == 2) {
             if (f.wire != 2 || check_utf8(&f)) goto fallback;
@@ -750,10 +753,12 @@ static int read_span(Ctx *c, Reader r) {
             default: break;
         }
     }
-    /* Ids the store can hold; anything else is rejected, with its reason, by the reference path. */
+    /* Ids and times the store can hold; anything else is rejected, with its reason, by the
+     * reference path (OTLP requires both times; 0 means not set). */
     if (!trace.sub.p || LEN(trace) != 16 || all_zero(&trace) || !span.sub.p || LEN(span) != 8 ||
         all_zero(&span) || (parent.sub.p && LEN(parent) != 0 && LEN(parent) != 8))
         goto fallback;
+    if (start == 0 || start > MAX_TIME_NS || end == 0 || end > MAX_TIME_NS) goto fallback;
 
     /* Second pass: attributes, events and links, in wire order. */
     attrs_begin(&c->attrs, &c->json, found, 0);

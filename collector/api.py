@@ -1,11 +1,13 @@
 """The API and web port (default 8080): health, Prometheus metrics, and the endpoints the CLI uses.
 
 ``/healthz`` and ``/metrics`` are open; ``/v1/*`` (SQL, incidents, control) and ``/ofrep/*``
-(flag checks) need the API token when one is configured.
+(flag checks) need the API token when one is configured (``/v1/sql`` takes ``sql_token`` too),
+and beyond loopback one must be (``Config._token_beyond_loopback``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 
 import orjson
@@ -13,12 +15,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from collector.control_api import add_control_routes
+from collector.health import check as health_check
 from collector.incidents_api import add_incident_routes
 from collector.paging_api import add_paging_routes
-from collector.sql_gate import ReadOnlyViolation, read_only_query
+from collector.sql_gate import ReadOnlyViolation, new_tag, run_read_only
 from collector.store import StoreError, StoreUnavailable
 from collector.web import COLLECTOR
 from collector.web import error as _error
+
+READONLY = 164  # ClickHouse's error code for what readonly mode refuses
 
 # Output formats of POST /v1/sql: the CLI's names -> ClickHouse formats
 SQL_FORMATS = {
@@ -30,7 +35,7 @@ SQL_FORMATS = {
 
 
 def build_api_app(collector) -> web.Application:
-    app = web.Application(middlewares=[_token_middleware(collector.config.api_token)])
+    app = web.Application(middlewares=[_token_middleware(collector.config)])
     app[COLLECTOR] = collector
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
@@ -41,12 +46,17 @@ def build_api_app(collector) -> web.Application:
     return app
 
 
-def _token_middleware(token: str | None):
+def _token_middleware(config):
+    """``/v1/*`` and ``/ofrep/*`` need a token once one is configured: the admin ``api_token``
+    everywhere; ``sql_token`` also opens ``POST /v1/sql`` (it is the SQL port's password)."""
+    admin = [config.api_token] if config.api_token else []
+    readers = admin + ([config.sql_token] if config.sql_token else [])
+
     @web.middleware
     async def check_token(request: web.Request, handler):
-        if token and request.path.startswith(("/v1/", "/ofrep/")):
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        if request.path.startswith(("/v1/", "/ofrep/")):
+            accepted = readers if request.path == "/v1/sql" else admin
+            if accepted and not _bearer_matches(request, accepted):
                 return _error(
                     401, "missing or wrong API token (send 'Authorization: Bearer <token>')"
                 )
@@ -55,18 +65,16 @@ def _token_middleware(token: str | None):
     return check_token
 
 
+def _bearer_matches(request: web.Request, tokens: list[str]) -> bool:
+    given = request.headers.get("Authorization", "").encode()
+    # every token compared, in constant time each, so timing tells nothing about which matched
+    matches = [hmac.compare_digest(given, f"Bearer {token}".encode()) for token in tokens]
+    return any(matches)
+
+
 async def healthz(request: web.Request) -> web.Response:
-    collector = request.app[COLLECTOR]
-    try:
-        await collector.run_store(collector.store.query, "SELECT 1", "TSV")
-    except (StoreError, StoreUnavailable) as exc:
-        return web.json_response(
-            {"status": "unhealthy", "store": collector.store.description, "error": str(exc)},
-            status=503,
-        )
-    return web.json_response(
-        {"status": "ok", "store": collector.store.description, "ports": collector.ports}
-    )
+    """Within 2 s whatever the store does, never behind ingest or SQL (``collector.health``)."""
+    return await health_check(request.app[COLLECTOR])
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -75,7 +83,11 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def sql(request: web.Request) -> web.Response:
-    """``{"query": "...", "format": "table|json|csv|tsv", "params": {...}}`` -> the query's output."""
+    """``{"query": "...", "format": "table|json|csv|tsv", "params": {...}}`` -> the query's output.
+
+    Always read-only (the SQL port is the way to write, with ``sql_readonly: false``): the same
+    gate, limits and session per statement as the SQL port.
+    """
     collector = request.app[COLLECTOR]
     try:
         doc = orjson.loads(await request.read())
@@ -90,14 +102,19 @@ async def sql(request: web.Request) -> web.Response:
     params = doc.get("params") or {}
     if not isinstance(params, dict):
         return _error(400, "'params' must be an object of query parameters")
+    tag = new_tag()
     try:
-        if collector.config.sql_readonly:
-            query = await collector.run_store(read_only_query, collector.store, query, params)
-        out = await collector.run_store(collector.store.query, query, SQL_FORMATS[fmt], params)
+        out, _, _ = await collector.run_sql(
+            run_read_only, collector.store, query, SQL_FORMATS[fmt], params, {},
+            collector.config.sql_limits, tag,
+        )  # fmt: skip
+    except asyncio.CancelledError:
+        collector.cancel_sql(tag)  # the client went away
+        raise
     except ReadOnlyViolation as exc:
         return _error(403, str(exc))
-    except StoreError as exc:
-        return _error(400, str(exc))
+    except StoreError as exc:  # ClickHouse's READONLY (164) is a refusal too
+        return _error(403 if exc.code == READONLY else 400, str(exc))
     except StoreUnavailable as exc:
         return _error(503, str(exc))
     content_type = {"json": "application/json", "csv": "text/csv"}.get(fmt, "text/plain")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
@@ -22,7 +23,7 @@ from collector.pipeline import Pipeline
 from collector.pricing import PriceTable
 from collector.receivers.grpc import GrpcReceiver
 from collector.receivers.http import build_otlp_http_app
-from collector.store import Store, open_store
+from collector.store import Store, StoreUnavailable, open_store
 from collector.store.migrations import migrate
 from collector.writer import GroupCommitWriter
 
@@ -42,6 +43,10 @@ class Collector:
         self._insert_executor = ThreadPoolExecutor(
             max_workers=config.batch_inserts_in_flight, thread_name_prefix="insert"
         )
+        self._sql_executor = ThreadPoolExecutor(
+            max_workers=config.sql_max_concurrent_queries, thread_name_prefix="sql"
+        )
+        self._sql_in_flight = 0
         self._runners: list[web.AppRunner] = []
         self._grpc: GrpcReceiver | None = None
         self._writer: GroupCommitWriter | None = None
@@ -58,6 +63,32 @@ class Collector:
     async def run_store(self, fn, *args):
         """Run a blocking store call on the store's thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def run_sql(self, fn, *args):
+        """Run a client's SQL statement (SQL port, ``/v1/sql``) on the SQL pool: up to
+        ``sql_max_concurrent_queries`` at once, apart from the store thread; beyond four times
+        that many waiting, refuse (``StoreUnavailable``: 503, retry later)."""
+        if self._sql_in_flight >= 4 * self.config.sql_max_concurrent_queries:
+            raise StoreUnavailable(
+                f"too many SQL queries at once ({self._sql_in_flight}); retry later"
+                " (sql_max_concurrent_queries)"
+            )
+        self._sql_in_flight += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._sql_executor, fn, *args)
+        finally:
+            self._sql_in_flight -= 1
+
+    def cancel_sql(self, tag: str) -> None:
+        """Stop the SQL statement tagged ``tag`` (its client went away); never waits."""
+
+        def cancel() -> None:
+            try:
+                self.store.cancel(tag)
+            except Exception:
+                log.exception("could not cancel SQL statement %s", tag)
+
+        threading.Thread(target=cancel, name="sql-cancel", daemon=True).start()
 
     async def start(self) -> None:
         config = self.config
@@ -89,13 +120,11 @@ class Collector:
 
             self.forwarder = Forwarder(config.forward, self.metrics)
             await self.forwarder.start()
-        consumers = [self._writer]
         if config.detect:
             from analyzer.restore import restore
 
             self.analyzer = await self._build_analyzer()
             await restore(self.analyzer, self.store, self.run_store)
-            consumers.append(self.analyzer)
             self._tasks.append(asyncio.get_running_loop().create_task(self._tick_analyzer()))
         if READER == "native":
             log.info("OTLP protobuf requests read by the C reader (collector/_otlp_reader.c)")
@@ -107,7 +136,11 @@ class Collector:
             )
         prices = PriceTable({name: p.to_price() for name, p in config.prices.items()})
         self.pipeline = Pipeline(
-            Normalizer(prices, config.default_tenant), consumers, self.metrics, self.forwarder
+            Normalizer(prices, config.default_tenant),
+            self._writer,
+            self.metrics,
+            self.forwarder,
+            after_commit=[self.analyzer] if self.analyzer is not None else [],
         )
         self._grpc = GrpcReceiver(
             self.pipeline,
@@ -121,14 +154,28 @@ class Collector:
         )
         from collector.sql_endpoint import build_sql_app
 
-        self.ports["sql"] = await self._serve(build_sql_app(self), config.sql_port)
-        self.ports["api"] = await self._serve(build_api_app(self), config.api_port)
+        # a client that goes away cancels its handler, and so its query
+        self.ports["sql"] = await self._serve(build_sql_app(self), config.sql_port, cancel=True)
+        self.ports["api"] = await self._serve(build_api_app(self), config.api_port, cancel=True)
+        self._warn_if_open()
         if config.clickhouse_url is None and config.embedded_release_startup_pages:
             from collector.store.embedded import release_startup_pages
 
             released = release_startup_pages()
             if released:
                 log.info("released %d MiB of chDB library pages used only at start-up", released)
+
+    def _warn_if_open(self) -> None:
+        config = self.config
+        if config.loopback_only:
+            return
+        if not config.api_token:
+            log.warning(
+                "listening on %s WITHOUT api_token (allow_unauthenticated: true): anyone who"
+                " reaches these ports can read every span and incident, acknowledge and resolve"
+                " incidents and silence pages",
+                config.listen,
+            )
 
     async def _start_control(self) -> None:
         """Containment state from the store, refreshed every second; with detection on, policy
@@ -247,8 +294,10 @@ class Collector:
             await asyncio.sleep(every_s)
             await self.analyzer.tick()
 
-    async def _serve(self, app: web.Application, port: int) -> int:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    async def _serve(self, app: web.Application, port: int, cancel: bool = False) -> int:
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, handler_cancellation=cancel
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.config.listen, port, reuse_address=True)
         await site.start()
@@ -268,6 +317,7 @@ class Collector:
         if self._writer:
             await self._writer.close()
         self._insert_executor.shutdown(wait=True)
+        self._sql_executor.shutdown(wait=True)
         if self.analyzer:
             await self.analyzer.close()
         if self.forwarder:

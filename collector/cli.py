@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 import requests
@@ -52,7 +54,11 @@ def main() -> None:
     help="Use a ClickHouse server, e.g. http://user:pass@host:8123/db, instead of chDB.",
 )
 @click.option("--clickhouse-user", help="ClickHouse user (overrides the URL's).")
-@click.option("--clickhouse-password", help="ClickHouse password (overrides the URL's).")
+@click.option(
+    "--clickhouse-password",
+    help="ClickHouse password (overrides the URL's). Visible to other users in `ps`: prefer"
+    " AGENTWATCH_CLICKHOUSE_PASSWORD in the environment.",
+)
 @click.option("--clickhouse-database", help="ClickHouse database (overrides the URL's).")
 @click.option(
     "--forward-endpoint", help="Processor mode: also send every request to this OTLP endpoint."
@@ -83,10 +89,19 @@ def main() -> None:
 def serve(
     config_path, forward_endpoint, forward_protocol, sql_writable, log_level, **flags
 ) -> None:
-    """Run the collector (embedded ClickHouse store unless --clickhouse-url is given)."""
+    """Run the collector (embedded ClickHouse store unless --clickhouse-url is given).
+
+    Secrets from the environment: AGENTWATCH_CLICKHOUSE_PASSWORD, AGENTWATCH_API_TOKEN and
+    AGENTWATCH_SQL_TOKEN. Precedence: flag > environment > config file > default.
+    """
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if flags.get("clickhouse_password") or _has_password(flags.get("clickhouse_url")):
+        logging.getLogger("agentwatch").warning(
+            "a ClickHouse password on the command line is visible to other users in `ps`;"
+            " set AGENTWATCH_CLICKHOUSE_PASSWORD instead"
+        )
     if forward_endpoint or forward_protocol:
         forward = {"endpoint": forward_endpoint}
         if forward_protocol:
@@ -95,7 +110,7 @@ def serve(
     if sql_writable:
         flags["sql_readonly"] = False
     try:
-        config = load_config(config_path, flags)
+        config = load_config(config_path, flags, os.environ)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -117,6 +132,13 @@ def serve(
         raise click.ClickException(f"store unavailable: {exc}") from None
     except OSError as exc:
         raise click.ClickException(f"cannot start: {exc}") from None
+
+
+def _has_password(url: str | None) -> bool:
+    try:
+        return bool(urlsplit(url or "").password)
+    except ValueError:
+        return False  # the config check says what is wrong with it
 
 
 def _client_options(fn):

@@ -96,6 +96,7 @@ def register(main: click.Group, client_options, api_call) -> None:
         \b
         Matchers: NAME=VALUE, NAME!=VALUE, NAME=~REGEX, NAME!~REGEX on severity, class,
         detector, kind, agent, service, tenant, fingerprint, incident_id (all must match).
+        REGEX is RE2 syntax, anchored (no backreferences or lookaround; at most 1000 chars).
         Examples:
           agentwatch silence add agent=support severity=SEV3 --duration 2h --comment "deploy"
           agentwatch silence list
@@ -110,6 +111,13 @@ def register(main: click.Group, client_options, api_call) -> None:
     @client_options
     def silence_add(matchers, duration, comment, created_by, api_url, token) -> None:
         """Silence incidents matching every MATCHER."""
+        from analyzer.routing import parse_matcher
+
+        for text in matchers:  # the collector checks them too; this says so before any call
+            try:
+                parse_matcher(text)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="MATCHERS") from None
         body = {
             "matchers": list(matchers),
             "duration_s": parse_duration(duration),

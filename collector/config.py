@@ -1,12 +1,18 @@
 """The collector's one typed configuration: defaults, a YAML file, then command-line flags.
 
-Precedence is explicit and simple: built-in defaults < config file < flags. Environment variables
-never override anything silently. A bad value stops start-up with ``ConfigError`` naming the file,
-the key and what was expected.
+Precedence is explicit and simple: built-in defaults < config file < environment < flags. Only the
+secrets in ``ENV_SETTINGS`` are read from the environment (a flag is visible to every user in
+``ps``), and one that overrides a value of the file or is overridden by a flag is logged, never
+silent. A bad value stops start-up with ``ConfigError`` naming the file, the key and what was
+expected; a secret's value is never shown in it (``_shown``).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse, urlsplit
@@ -23,6 +29,15 @@ from pydantic import (
 )
 
 from collector.pricing import Price
+
+log = logging.getLogger("agentwatch.config")
+
+#: Secrets that may come from the environment instead of the file or a flag.
+ENV_SETTINGS = {
+    "clickhouse_password": "AGENTWATCH_CLICKHOUSE_PASSWORD",
+    "api_token": "AGENTWATCH_API_TOKEN",
+    "sql_token": "AGENTWATCH_SQL_TOKEN",
+}
 
 
 class ConfigError(ValueError):
@@ -152,13 +167,13 @@ class RouteConfig(_Section):
     @field_validator("match_re")
     @classmethod
     def _regexes(cls, value: dict[str, str]) -> dict[str, str]:
-        import re
+        from analyzer.user_regex import RegexError, compile_regex
 
         for key, pattern in value.items():
             try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"{key}: not a valid regular expression ({exc})") from None
+                compile_regex(pattern)
+            except RegexError as exc:
+                raise ValueError(f"{key}: {pattern!r}: {exc}") from None
         return value
 
 
@@ -237,6 +252,16 @@ class Config(_Section):
     clickhouse_user: str | None = None
     clickhouse_password: str | None = None
     clickhouse_database: str | None = None
+    clickhouse_connect_timeout_s: float = Field(
+        default=5.0, gt=0, le=300, description="ClickHouse server: TCP/TLS connect timeout"
+    )
+    clickhouse_query_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="ClickHouse server: longest wait for a statement's answer (an insert whose"
+        " answer is late is sent again with the same deduplication token)",
+    )
 
     max_recv_msg_size_mib: int = Field(default=16, ge=1, le=1024)
     max_concurrent_requests: int = Field(default=64, ge=1)
@@ -252,8 +277,36 @@ class Config(_Section):
     retry_after_s: int = Field(default=1, ge=1, le=3600)
 
     sql_readonly: bool = True
-    sql_token: str | None = None
-    api_token: str | None = None
+    sql_max_execution_time_s: float = Field(
+        default=60, gt=0, description="a SQL-port or /v1/sql query stops after this long"
+    )
+    sql_max_memory_usage_mib: int = Field(
+        default=1024, ge=16, description="memory one SQL query may use in ClickHouse"
+    )
+    sql_max_result_mib: int = Field(
+        default=128, ge=1, description="a larger query result fails instead of filling memory"
+    )
+    sql_max_concurrent_queries: int = Field(
+        default=4, ge=1, le=64, description="SQL queries run at once; more wait, then are refused"
+    )
+    sql_max_query_kib: int = Field(
+        default=1024,
+        ge=1,
+        description="largest SQL request body after decompression while sql_readonly (INSERT"
+        " bodies with writes on may be up to 1 GiB)",
+    )
+    sql_token: str | None = Field(
+        default=None, description="password of the SQL port and token of POST /v1/sql (reads)"
+    )
+    api_token: str | None = Field(
+        default=None,
+        description="the admin token: every API path, and the SQL port as its password too",
+    )
+    allow_unauthenticated: bool = Field(
+        default=False,
+        description="listen beyond loopback without api_token (anyone who reaches the ports"
+        " can read every span, ack incidents, silence pages); refused at start-up otherwise",
+    )
 
     detect: bool = Field(default=True, description="run the streaming detectors on every span")
     incident_flush_interval_s: float = Field(
@@ -305,6 +358,17 @@ class Config(_Section):
         return value
 
     @model_validator(mode="after")
+    def _token_beyond_loopback(self) -> Config:
+        if not self.loopback_only and not self.api_token and not self.allow_unauthenticated:
+            raise ValueError(
+                f"listen: {self.listen} reaches beyond this machine, and without api_token anyone"
+                " who reaches the ports can read every span and incident, acknowledge and resolve"
+                " incidents, silence pages and send test pages; set api_token (or"
+                " AGENTWATCH_API_TOKEN), or allow_unauthenticated: true to run open anyway"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _ports_distinct(self) -> Config:
         ports = {
             "otlp_grpc_port": self.otlp_grpc_port,
@@ -322,12 +386,33 @@ class Config(_Section):
         return self
 
     @property
+    def sql_limits(self):
+        from collector.sql_gate import SqlLimits
+
+        return SqlLimits(
+            max_execution_time_s=self.sql_max_execution_time_s,
+            max_memory_usage_mib=self.sql_max_memory_usage_mib,
+            max_result_mib=self.sql_max_result_mib,
+        )
+
+    @property
     def loopback_only(self) -> bool:
-        return self.listen in ("127.0.0.1", "localhost", "::1")
+        """Does every listener bind to this machine's loopback only?"""
+        if self.listen == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.listen).is_loopback
+        except ValueError:
+            return False  # a host name: assume it is reachable from elsewhere
 
 
-def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Defaults, then ``path`` (YAML), then ``overrides`` (flags that were given)."""
+def load_config(
+    path: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Defaults, then ``path`` (YAML), then ``ENV_SETTINGS`` of ``environ`` (the CLI passes
+    ``os.environ``), then ``overrides`` (flags that were given)."""
     data: dict[str, Any] = {}
     source = "command line"
     if path is not None:
@@ -337,18 +422,25 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         except FileNotFoundError:
             raise ConfigError(f"{path}: file not found") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+            raise ConfigError(f"{path}: not valid YAML{_yaml_problem(exc)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of settings at the top level")
         data.update(loaded)
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    env = {k: environ[var] for k, var in ENV_SETTINGS.items() if (environ or {}).get(var)}
+    for key in env:
+        if key in flags:
+            log.warning("%s: --%s wins over %s", key, key.replace("_", "-"), ENV_SETTINGS[key])
+        elif data.get(key) is not None:
+            log.warning("%s: %s wins over %s's", key, ENV_SETTINGS[key], source)
+    data.update(env)
     data.update(flags)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source, set(flags))) from None
+        raise ConfigError(_describe(exc, source, set(flags), set(env) - set(flags), data)) from None
     if config.policy_file is not None:
         check_policy_file(config.policy_file)
     return config
@@ -364,12 +456,20 @@ def check_policy_file(path: Path):
         raise ConfigError(f"policy file: {exc}") from None
 
 
-def _describe(exc: ValidationError, file_source: str, flag_keys: set[str]) -> str:
+def _describe(
+    exc: ValidationError, file_source: str, flag_keys: set[str], env_keys: set[str], data: dict
+) -> str:
+    """One line per error: where the value came from, its key, what was expected, what was got
+    (a secret shown as ``***``, by the name of its key: see ``_shown``)."""
     lines = []
     for error in exc.errors():
         key = ".".join(str(p) for p in error["loc"]) or "(top level)"
         top = str(error["loc"][0]) if error["loc"] else ""
-        source = f"command line (--{top.replace('_', '-')})" if top in flag_keys else file_source
+        source = file_source
+        if top in flag_keys:
+            source = f"command line (--{top.replace('_', '-')})"
+        elif top in env_keys:
+            source = f"environment ({ENV_SETTINGS[top]})"
         msg = error["msg"]
         if error["type"] == "value_error":  # our own check's words, without pydantic's prefix
             msg = str(error.get("ctx", {}).get("error", msg))
@@ -377,7 +477,61 @@ def _describe(exc: ValidationError, file_source: str, flag_keys: set[str]) -> st
             msg = "unknown setting (check the spelling; see `agentwatch serve --help`)"
         got = error.get("input")
         shown = (
-            "" if error["type"] == "extra_forbidden" or isinstance(got, dict) else f" (got {got!r})"
+            ""
+            if error["type"] == "extra_forbidden" or isinstance(got, dict)
+            else f" (got {_shown(error['loc'], got)})"
         )
         lines.append(f"{source}: {key}: {msg}{shown}")
-    return "\n".join(lines)
+    text = "\n".join(lines)
+    # our own checks' words may quote a value too (a receiver's url): hide every secret there
+    for raw, hidden in sorted(_secrets(data).items(), key=lambda item: -len(item[0])):
+        text = text.replace(raw, hidden)
+    return text
+
+
+# A key whose name says it holds a secret (or any key under one, e.g. headers.Authorization).
+_SECRET_KEY = re.compile(r"password|token|secret|(^|_)key$|headers|authorization", re.I)
+# A URL may hold a password (user:password@) or a token in its path (a Slack webhook).
+_URL_KEY = re.compile(r"(^|_)(url|endpoint)$", re.I)
+
+
+def _shown(loc: tuple, value: Any) -> str:
+    """``value`` as an error may show it, judged by the names along its key ``loc``."""
+    names = [str(part) for part in loc]
+    if any(_SECRET_KEY.search(name) for name in names):
+        return "'***'"
+    if names and _URL_KEY.search(names[-1]) and isinstance(value, str):
+        return repr(redact_url(value))
+    return repr(value)
+
+
+def redact_url(text: str) -> str:
+    """Scheme, host and port only: ``'tcp://admin:pw@db:9000/x?k=1'`` -> ``'tcp://***@db:9000/…'``."""
+    try:
+        parts = urlsplit(text.strip())
+    except ValueError:
+        return "***"
+    credentials, _, host = parts.netloc.rpartition("@")
+    if not parts.scheme or not host:
+        return "***"
+    rest = "/…" if parts.path.strip("/") or parts.query or parts.fragment else ""
+    return f"{parts.scheme}://{'***@' if credentials else ''}{host}{rest}"
+
+
+def _secrets(data: Any, loc: tuple = ()) -> dict[str, str]:
+    """Every secret text in the settings -> how an error may show it."""
+    if isinstance(data, dict | list):
+        items = data.items() if isinstance(data, dict) else enumerate(data)
+        return {raw: hidden for k, v in items for raw, hidden in _secrets(v, (*loc, k)).items()}
+    if not isinstance(data, str) or len(data) < 4:  # a shorter one could mask ordinary words
+        return {}
+    shown = _shown(loc, data)
+    return {} if shown == repr(data) else {data: shown[1:-1]}
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, without PyYAML's snippet of the line (it may hold a secret)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    what = " ".join(p for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p)
+    return f"{where}: {what or type(exc).__name__}"

@@ -21,8 +21,6 @@ listens beyond loopback without one (anyone who can reach it could otherwise sto
 
 from __future__ import annotations
 
-import ipaddress
-
 import orjson
 from aiohttp import web
 
@@ -182,18 +180,9 @@ async def list_controls(request: web.Request) -> web.Response:
     return web.json_response({"controls": controls}, dumps=_dumps)
 
 
-def _listens_beyond_loopback(listen: str) -> bool:
-    if listen == "localhost":
-        return False
-    try:
-        return not ipaddress.ip_address(listen).is_loopback
-    except ValueError:
-        return True  # a host name: assume it is reachable from elsewhere
-
-
 async def _change_request(request: web.Request) -> dict:
     config = collector_of(request).config
-    if not config.api_token and _listens_beyond_loopback(config.listen):
+    if not config.api_token and not config.loopback_only:
         raise ControlError(
             f"403: control changes need an API token when the collector listens on {config.listen}:"
             " set api_token in the config and send 'Authorization: Bearer <token>'"

@@ -61,6 +61,20 @@ def add_incident_routes(app: web.Application) -> None:
     app.router.add_post("/v1/incidents/{id}/resolve", resolve_incident)
 
 
+def text_param(name: str) -> str:
+    """The SQL for query parameter ``name`` holding any text (its value: ``text_value(text)``).
+
+    ClickHouse reads a parameter's value as an escaped TSV field: chDB is handed our values as
+    they are, so a backslash, tab or newline gave HTTP 500 or matched another text, while
+    clickhouse-connect escapes them for a server. Hex digits read the same on both paths.
+    """
+    return f"unhex({{{name}:String}})"
+
+
+def text_value(text: str) -> str:
+    return text.encode().hex()
+
+
 class _Failed(Exception):
     def __init__(self, response: web.Response) -> None:
         self.response = response
@@ -99,8 +113,8 @@ async def list_incidents(request: web.Request) -> web.Response:
         params["severity"] = severity
     for name in ("detector", "kind", "class", "service", "agent", "tenant"):
         if q.get(name):
-            where.append(f"`{name}` = {{{name}:String}}")
-            params[name] = q[name]
+            where.append(f"`{name}` = {text_param(name)}")
+            params[name] = text_value(q[name])
     try:
         limit = int(q.get("limit", "50"))
     except ValueError:

@@ -13,9 +13,11 @@ protobuf request, and one set of agent-field rules (``Normalizer._agent_fields``
 
 Conventions and prices are data in ``conventions.py`` and ``pricing.py``.
 
-A span that cannot be stored correctly (bad ids, a token count that is not a number) is rejected
-with a reason and its neighbours are kept; the caller reports the count as OTLP partial success.
-This module does no I/O.
+No value can fail a request. A span that cannot be stored faithfully (bad ids, a start or end time
+the store cannot hold) is rejected with a reason and its neighbours are kept. A value that is only
+unusable for an agent column (a token count of 1e308 or "lots", an HTTP status of 7) leaves that
+column 0 and the span is stored, the attribute as sent: the span is still a true record of what
+the agent did. The caller reports both as OTLP partial success. This module does no I/O.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
 _STATUS_ERROR = 2
 MAX_REJECTION_MESSAGES = 5
+#: The latest time the store holds: ``Timestamp`` is DateTime64(9), nanoseconds in an Int64.
+MAX_TIME_NS = 2**63 - 1
+_MAX_TIME_TEXT = "2262-04-11T23:47:16Z"
+_MAX_COUNT = 2**64 - 1  # token columns are UInt64
 
 # key -> (field, priority); lower priority wins when a span carries several names for one fact
 _FIELD_PRIORITY: dict[str, tuple[str, int]] = {
@@ -82,29 +88,37 @@ _EXCEPTION_HTTP_STATUS = {
 }
 _HTTP_STATUS_IN_TEXT = re.compile(
     r"(?:error code|status code|status|http(?:/[\d.]+)?|code)[\s:=\"']*([1-5]\d\d)\b|^\s*([1-5]\d\d)\b",
-    re.IGNORECASE,
+    re.IGNORECASE | re.ASCII,
 )
 
 
 @dataclass(slots=True)
 class Rejections:
-    """Spans refused during decoding/normalisation: a count and the first few reasons."""
+    """What the exporter is told besides OK: ``count`` spans rejected, ``kept`` spans stored with
+    an agent column left 0 (a warning), and the first few reasons of either."""
 
     count: int = 0
     messages: list[str] = field(default_factory=list)
+    kept: int = 0
 
     def add(self, message: str, n: int = 1) -> None:
         self.count += n
         if len(self.messages) < MAX_REJECTION_MESSAGES:
             self.messages.append(message)
 
+    def keep(self, message: str) -> None:
+        """A span stored without one of its agent values (``message`` says which and why)."""
+        self.kept += 1
+        self.add(message, 0)
+
     def merge(self, other: Rejections) -> None:
         for message in other.messages:
             self.add(message, 0)
         self.count += other.count
+        self.kept += other.kept
 
     def summary(self) -> str:
-        more = self.count - len(self.messages)
+        more = self.count + self.kept - len(self.messages)
         text = "; ".join(self.messages)
         return f"{text}; and {more} more" if more > 0 and self.messages else text
 
@@ -154,26 +168,22 @@ class Normalizer:
         names, statuses, messages, event_names = raw[5], raw[13], raw[14], raw[16]
         agent_fields = self._agent_fields
         agent_rows = []
-        dropped = []
+        problems: list[str] = []
         for i, own in enumerate(found):
-            try:
-                agent_rows.append(
-                    agent_fields(
-                        own,
-                        r_found[i],
-                        statuses[i] == "Error",
-                        messages[i],
-                        bool(event_names[i]),
-                        exceptions[i],
-                    )
+            agent_rows.append(
+                agent_fields(
+                    own,
+                    r_found[i],
+                    statuses[i] == "Error",
+                    messages[i],
+                    bool(event_names[i]),
+                    exceptions[i],
+                    problems,
                 )
-            except ValueError as exc:
-                rejections.add(f"span {i} ({names[i]!r}): {exc}")
-                dropped.append(i)
-        if dropped:
-            skip = set(dropped)
-            keep = [i for i in range(len(found)) if i not in skip]
-            raw = [[column[i] for i in keep] for column in raw]
+            )
+            if problems:
+                rejections.keep(f"span {i} ({names[i]!r}): {'; '.join(problems)}")
+                problems.clear()
         cols = dict(zip(_RAW_COLUMNS, raw, strict=True))
         if agent_rows:
             cols.update(zip(_AGENT_COLUMNS, map(list, zip(*agent_rows, strict=True)), strict=True))
@@ -191,6 +201,7 @@ class Normalizer:
         rejections = rejections if rejections is not None else Rejections()
         rows: list[tuple] = []
         append_row = rows.append
+        problems: list[str] = []
         index = -1
         for rs in request.resource_spans:
             r_found: dict = {}
@@ -214,25 +225,31 @@ class Normalizer:
                         problem = _id_problem(trace_id, span_id, parent)
                         rejections.add(f"span {index} ({span.name!r}): {problem}")
                         continue
+                    start = span.start_time_unix_nano
+                    end = span.end_time_unix_nano
+                    events = span.events
+                    if not (0 < start <= MAX_TIME_NS and 0 < end <= MAX_TIME_NS) or (
+                        events and max(e.time_unix_nano for e in events) > MAX_TIME_NS
+                    ):
+                        problem = _time_problem(start, end, events)
+                        rejections.add(f"span {index} ({span.name!r}): {problem}")
+                        continue
                     found: dict = {}
                     attrs = _attributes(span.attributes, found)
                     status = span.status
                     code = status.code
-                    events = span.events
-                    try:
-                        agent = self._agent_fields(
-                            found,
-                            r_found,
-                            code == _STATUS_ERROR,
-                            status.message,
-                            bool(events),
-                            _exception_pairs(events) if events else None,
-                        )
-                    except ValueError as exc:
-                        rejections.add(f"span {index} ({span.name!r}): {exc}")
-                        continue
-                    start = span.start_time_unix_nano
-                    end = span.end_time_unix_nano
+                    agent = self._agent_fields(
+                        found,
+                        r_found,
+                        code == _STATUS_ERROR,
+                        status.message,
+                        bool(events),
+                        _exception_pairs(events) if events else None,
+                        problems,
+                    )
+                    if problems:
+                        rejections.keep(f"span {index} ({span.name!r}): {'; '.join(problems)}")
+                        problems.clear()
                     kind = span.kind
                     append_row(
                         (
@@ -274,14 +291,16 @@ class Normalizer:
         status_message: str,
         has_events: bool,
         exception_pairs: list | None,
+        problems: list[str],
     ) -> tuple:
         """The normalised agent columns of one span (``COLUMNS`` from ``Tenant`` on).
 
         ``found``/``r_found``: field -> (priority, key, value, text) of the span's and its
         resource's agent attributes (value as a Python object, text as stored in the map).
         ``exception_pairs``: ("exception.type" | "exception.message", string) of its exception
-        events, in order. Raises ValueError for a value that cannot be right (a token count that
-        is not a number). Hot path: plain dict lookups inline, no helper calls unless needed.
+        events, in order. A number that cannot be right for its column (a token count of -3 or
+        1e308) leaves the column 0 and is described in ``problems``; nothing here raises. Hot
+        path: plain dict lookups inline, no helper calls unless needed.
         """
         own = found
         if r_found:  # resource-level facts (tenant, user …) apply unless the span says otherwise
@@ -330,17 +349,17 @@ class Normalizer:
         cost = 0.0
         if step == "llm":
             if "input_tokens" in own:
-                input_tokens = _integer(own["input_tokens"])
+                input_tokens = _count(own["input_tokens"], "InputTokens", problems)
             if "output_tokens" in own:
-                output_tokens = _integer(own["output_tokens"])
+                output_tokens = _count(own["output_tokens"], "OutputTokens", problems)
             if not input_tokens and not output_tokens and "total_tokens" in own:
-                input_tokens = _integer(own["total_tokens"])
+                input_tokens = _count(own["total_tokens"], "InputTokens", problems)
             if "cache_read_tokens" in own:
-                cache_read = _integer(own["cache_read_tokens"])
+                cache_read = _count(own["cache_read_tokens"], "CacheReadTokens", problems)
             if "cache_write_tokens" in own:
-                cache_write = _integer(own["cache_write_tokens"])
+                cache_write = _count(own["cache_write_tokens"], "CacheWriteTokens", problems)
             if "reasoning_tokens" in own:
-                reasoning = _integer(own["reasoning_tokens"])
+                reasoning = _count(own["reasoning_tokens"], "ReasoningTokens", problems)
             if model and (input_tokens or output_tokens):
                 price = self.prices.lookup(model)
                 if price is None:
@@ -359,7 +378,7 @@ class Normalizer:
         http_status = 0
         if is_error or error_type or has_events:
             if "http_status" in own:
-                http_status = _integer(own["http_status"])
+                http_status = _count(own["http_status"], "HttpStatus", problems, 100, 599)
             error_type, http_status = _error_details(
                 is_error, status_message, exception_pairs, error_type, http_status
             )
@@ -391,7 +410,7 @@ class Normalizer:
             reasoning,
             finish,
             error_type,
-            http_status if 0 < http_status < 1000 else 0,
+            http_status if 100 <= http_status <= 599 else 0,
             cost,
             convention,
         )
@@ -411,6 +430,22 @@ def _id_problem(trace_id: bytes, span_id: bytes, parent: bytes) -> str:
         return "span_id is all zeros"
     if parent and len(parent) != 8:
         return f"parent_span_id must be empty or 8 bytes, got {len(parent)}"
+    return ""
+
+
+def _time_problem(start: int, end: int, events) -> str:
+    """Why a span's times cannot be stored (OTLP requires both; the store ends in 2262)."""
+    for name, t in (("start_time_unix_nano", start), ("end_time_unix_nano", end)):
+        if t == 0:
+            return f"{name} is 0 (not set)"
+        if t > MAX_TIME_NS:
+            return f"{name} {t} is after {_MAX_TIME_TEXT}, the latest time the store holds"
+    for i, event in enumerate(events):
+        if event.time_unix_nano > MAX_TIME_NS:
+            return (
+                f"event {i} time_unix_nano {event.time_unix_nano} is after {_MAX_TIME_TEXT}, "
+                "the latest time the store holds"
+            )
     return ""
 
 
@@ -574,24 +609,30 @@ _KIND_NAMES = {
 }
 
 
-def _integer(hit: tuple) -> int:
-    """A whole-number attribute; OTLP/JSON and some SDKs send numbers as strings or doubles."""
+def _count(
+    hit: tuple, column: str, problems: list[str], low: int = 0, high: int = _MAX_COUNT
+) -> int:
+    """A whole-number attribute in ``low``..``high`` (the column's range), else 0 and a problem.
+
+    OTLP/JSON and some SDKs send numbers as strings or doubles, so "12" and 12.0 are 12."""
     _, key, value, s = hit
     kind = type(value)
     if kind is int:
-        pass
-    elif kind is float and value.is_integer():
-        value = int(value)
-    elif kind is str and s.strip().isdigit():
-        value = int(s)
+        n = value
+    elif kind is float and value.is_integer():  # not NaN or ±inf
+        n = int(value)
+    elif kind is str and len(s) <= 40 and (t := s.strip()).isascii() and t.isdigit():
+        n = int(t)
     else:
-        shown = s if len(s) <= 40 else s[:40] + "…"
-        raise ValueError(
-            f"attribute {key} must be a whole number, got {_KIND_NAMES.get(kind, 'empty')} {shown!r}"
-        )
-    if value < 0:
-        raise ValueError(f"attribute {key} must not be negative, got {value}")
-    return value
+        n = None
+    if n is not None and low <= n <= high:
+        return n
+    shown = s if len(s) <= 40 else s[:40] + "…"
+    problems.append(
+        f"attribute {key} must be a whole number from {low} to {high}, got "
+        f"{_KIND_NAMES.get(kind, 'empty')} {shown!r}: {column} left 0"
+    )
+    return 0
 
 
 def _first_string(value, text: str) -> str:
@@ -615,7 +656,7 @@ def _error_details(
         else:
             texts.append(text)
     if not http_status and error_type:
-        if error_type.isdigit() and len(error_type) == 3:
+        if len(error_type) == 3 and error_type.isascii() and error_type.isdigit():
             http_status = int(error_type)
         else:
             http_status = _EXCEPTION_HTTP_STATUS.get(error_type.rsplit(".", 1)[-1], 0)
@@ -639,10 +680,9 @@ def canonical_tool_args(raw: str) -> str:
     'not json'
     """
     try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        return orjson.dumps(orjson.loads(raw), option=orjson.OPT_SORT_KEYS).decode()
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):  # not JSON, or nested beyond 255
         return raw.strip()
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def args_hash_of(canonical_args: str) -> int:

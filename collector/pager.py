@@ -113,6 +113,7 @@ class Pager:
         self.pending: dict[str, Notification] = {}
         self.firing: dict[tuple[str, str, str], Firing] = {}
         self.silences: list[Silence] = []
+        self._refused_silences: set[str] = set()
         self._silences_loaded_ns = 0
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -221,7 +222,14 @@ class Pager:
             " toUnixTimestamp64Nano(ends_at) AS ends_ns FROM silences FINAL"
             " WHERE ends_at > now64(9)"
         )
-        self.silences = [silence_from_row(r) for r in rows]
+        self.silences = []
+        for row in rows:
+            try:
+                self.silences.append(silence_from_row(row))
+            except ValueError as exc:  # stored before matchers were RE2's: refused, said once
+                if row["silence_id"] not in self._refused_silences:
+                    self._refused_silences.add(row["silence_id"])
+                    log.error("silence %s is not applied: %s", row["silence_id"], exc)
         self._silences_loaded_ns = self.clock()
 
     # --- incident events -> outbox ----------------------------------------------------------------
@@ -414,7 +422,9 @@ class Pager:
             if notifier is None:
                 outcome = ("failed", f"receiver {n.receiver!r} is no longer configured", None)
             else:
-                page = Page(n.action, n.incident, n.route, n.note, n.reason == "test")
+                page = Page(
+                    n.action, n.incident, n.route, n.note, n.reason == "test", n.notification_id
+                )
                 request = notifier.request(page)
                 if request is None:
                     outcome = ("skipped", f"{n.action} is not in this receiver's API", None)

@@ -15,6 +15,7 @@ restart, whether or not this collector pages.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 
@@ -29,6 +30,7 @@ from collector.web import error as _error
 from collector.web import json_response as _json
 
 _JSON_OUT = " SETTINGS output_format_json_quote_64bit_integers = 0, date_time_output_format = 'iso'"
+_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 OUTBOX_FILTERS = {
     "unsettled": ("pending", "failed"),
     "pending": ("pending",),
@@ -155,6 +157,8 @@ async def add_silence(request: web.Request) -> web.Response:
 
 async def expire_silence(request: web.Request) -> web.Response:
     silence_id = request.match_info["id"]
+    if not _ID.match(silence_id):  # ours are sil-<hex>: any other text names no silence
+        return _error(404, f"no silence {silence_id!r}")
     collector = _collector(request)
     try:
         rows = await _rows(

@@ -1,33 +1,74 @@
-"""receiver -> decode -> normalise -> consumers (store writer, analyzer), plus optional forwarding.
+"""receiver -> decode -> normalise -> store writer -> after-commit consumers (the analyzer), plus
+optional forwarding.
 
 Receivers call ``export`` once per request and translate its outcome into their protocol's status:
 a returned ``Rejections`` is success (maybe partial), ``PayloadError``/``PermanentError`` is bad
 data, ``RetryableError`` means nothing was kept and the client should retry.
+
+Two rules keep that promise honest:
+- **Only what was committed is analysed.** The analyzer sees a batch after the writer committed
+  it, so a refused request (queue full, store down) and its retries are never counted; and no
+  failure after the commit fails the request (its retry would store the spans twice).
+- **Memory is bounded by what is accepted.** A request is decoded on the event loop (one at a
+  time) and handed to the writer before the next await, so its spans count against
+  ``queue_max_spans`` at once; a full queue refuses it with a retryable status. (Starting the
+  consumers as tasks, as before, let decoded requests pile up uncounted: 6 GB in the issue.)
 """
 
 from __future__ import annotations
 
-import asyncio
+import logging
 from typing import Literal
 
 from collector.consumer import Consumer
 from collector.decode import decode_json, decode_protobuf
 from collector.metrics import Metrics
-from collector.normalize import Normalizer, Rejections
+from collector.normalize import Normalizer, Rejections, SpanBatch
+
+log = logging.getLogger("agentwatch.pipeline")
 
 
 class Pipeline:
     def __init__(
-        self, normalizer: Normalizer, consumers: list[Consumer], metrics: Metrics, forwarder=None
+        self,
+        normalizer: Normalizer,
+        writer: Consumer,
+        metrics: Metrics,
+        forwarder=None,
+        after_commit: list[Consumer] | None = None,
     ) -> None:
         self.normalizer = normalizer
-        self.consumers = consumers
+        self.writer = writer
+        self.after_commit = after_commit or []
         self.metrics = metrics
         self.forwarder = forwarder
 
     async def export(
         self, body: bytes, encoding: Literal["protobuf", "json"], protocol: str
     ) -> Rejections:
+        batch, rejections = self._read(body, encoding, protocol)
+        # From here the writer counts these spans against queue_max_spans: it takes the batch
+        # (or refuses it) before its first await, so no other request is decoded in between.
+        n_spans = len(batch)
+        if n_spans:
+            # While the commit is awaited, the request holds what the writer kept (one JSON
+            # block) and the columns the after-commit consumers read, not the whole batch.
+            later = [(c, _only(batch, getattr(c, "columns", None))) for c in self.after_commit]
+            committed = self.writer.consume(batch)
+            del batch
+            if await committed is False:  # the writer had these spans already (a retry)
+                later = []
+            for consumer, kept in later:
+                try:
+                    await consumer.consume(kept)
+                except Exception:  # committed is committed: never fail the request now
+                    log.exception("after-commit consumer %r failed on %d spans", consumer, n_spans)
+        unpriced = len(self.normalizer.unpriced_models)
+        if unpriced:
+            self.metrics.unpriced_models.set(unpriced)
+        return rejections
+
+    def _read(self, body: bytes, encoding, protocol: str):
         rejections = Rejections()
         # the fast C reader when it can; otherwise the reference reader over a decoded request
         batch = self.normalizer.read_wire(body, rejections) if encoding == "protobuf" else None
@@ -40,18 +81,14 @@ class Pipeline:
         if self.forwarder is not None:
             # Forward what was received (all of it, unchanged for protobuf); never waits.
             self.forwarder.submit(body if encoding == "protobuf" else request.SerializeToString())
-        del request  # memory: only what a consumer keeps may outlive this point
-        n_spans = len(batch)
-        self.metrics.spans_received.labels(protocol).inc(n_spans + rejections.count)
+        self.metrics.spans_received.labels(protocol).inc(len(batch) + rejections.count)
         if rejections.count:
             self.metrics.spans_rejected.labels(protocol).inc(rejections.count)
-        if n_spans:
-            # Start every consumer, then let go of the batch: while the commit is awaited, an
-            # in-flight request holds only what the consumers kept (the writer: one JSON block).
-            waits = [consumer.consume(batch) for consumer in self.consumers]
-            del batch
-            await (waits[0] if len(waits) == 1 else asyncio.gather(*waits))
-        unpriced = len(self.normalizer.unpriced_models)
-        if unpriced:
-            self.metrics.unpriced_models.set(unpriced)
-        return rejections
+        return batch, rejections
+
+
+def _only(batch: SpanBatch, names) -> SpanBatch:
+    """``batch`` with just the columns ``names`` (all of them when ``None``)."""
+    if names is None:
+        return batch
+    return SpanBatch({name: batch.columns[name] for name in names}, len(batch))

@@ -9,15 +9,18 @@ ClickHouse settings as URL parameters; the ``X-ClickHouse-*`` response headers; 
 
 What it must not do:
 - write while the collector is read-only (the default): every statement then goes through
-  ``sql_gate.read_only_query``; as in ClickHouse, GET and ``readonly=1`` are read-only as well;
-- run SET or USE: there are no sessions, and they would change the one store connection that
-  ingestion uses too;
-- block the event loop: store calls run on the store thread (``collector.run_store``). That thread
-  is shared with ingestion, so a slow query delays commits.
+  ``sql_gate.run_read_only`` (a session locked by ClickHouse at readonly = 1, allow-listed
+  settings and formats, resource limits); as in ClickHouse, GET and ``readonly=1`` are read-only
+  as well;
+- let one client's statement touch another's: each runs in a session of its own (a fresh chDB
+  connection), on the SQL pool (``collector.run_sql``), never on the store thread that ingestion
+  and ``/healthz`` use; a statement whose client went away is cancelled (KILL QUERY);
+- block the event loop: every store call runs on a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -28,17 +31,23 @@ import uuid
 import orjson
 from aiohttp import web
 
-from collector.sql_gate import READING_KEYWORDS, ReadOnlyViolation, read_only_query
+from collector.sql_gate import (
+    READING_KEYWORDS,
+    ReadOnlyViolation,
+    new_tag,
+    run_read_only,
+)
 from collector.store import StoreError, StoreUnavailable
 
 log = logging.getLogger("agentwatch.sql")
 
-MAX_BODY_BYTES = 1 << 30  # INSERT bodies can be large; ClickHouse sets no limit at all
+MAX_INSERT_BODY_BYTES = 1 << 30  # INSERT bodies (writes on) can be large
 SERVER_NAME = "agentwatch"
 
 # The ClickHouse error codes raised here, by name, for the "(NAME)" at the end of a message.
 SYNTAX_ERROR, BAD_ARGUMENTS, NOT_IMPLEMENTED, UNKNOWN_FORMAT, UNKNOWN_DATABASE = 62, 36, 48, 73, 81
 READONLY, AUTHENTICATION_FAILED, UNKNOWN_EXCEPTION = 164, 516, 1002
+TOO_MANY_SIMULTANEOUS_QUERIES, QUERY_TOO_LARGE = 202, 1003
 _NAMES = {
     SYNTAX_ERROR: "SYNTAX_ERROR",
     BAD_ARGUMENTS: "BAD_ARGUMENTS",
@@ -46,6 +55,8 @@ _NAMES = {
     UNKNOWN_FORMAT: "UNKNOWN_FORMAT",
     UNKNOWN_DATABASE: "UNKNOWN_DATABASE",
     READONLY: "READONLY",
+    TOO_MANY_SIMULTANEOUS_QUERIES: "TOO_MANY_SIMULTANEOUS_QUERIES",
+    QUERY_TOO_LARGE: "QUERY_TOO_LARGE",
     AUTHENTICATION_FAILED: "AUTHENTICATION_FAILED",
     UNKNOWN_EXCEPTION: "UNKNOWN_EXCEPTION",
 }
@@ -54,10 +65,10 @@ _NAMES = {
 _STATUS_OF_CODES = {
     400: (6, 8, 15, 25, 26, 27, 36, 37, 38, 41, 44, 53, 62, 72, 117, 123, 167, 168, 223, 321, 376,
           427, 441, 675, 676),
-    401: (194,),
+    401: (194,), 429: (202,),
     403: (192, 193, 497, 512, 516),
     404: (46, 47, 50, 56, 60, 63, 73, 78, 81, 115, 152, 336, 511),
-    408: (159,), 411: (381,), 413: (229,), 415: (779,), 501: (48,), 503: (76, 209, 439),
+    408: (159,), 411: (381,), 413: (229, 1003), 415: (779,), 501: (48,), 503: (76, 209, 439),
 }  # fmt: skip
 HTTP_STATUS = {code: status for status, codes in _STATUS_OF_CODES.items() for code in codes}
 
@@ -70,7 +81,6 @@ _HTTP_PARAMS = {
     "enable_http_compression", "send_progress_in_http_headers", "add_http_cors_header",
     "cancel_http_readonly_queries_on_client_close",
 }  # fmt: skip
-_GATE_SETTINGS = " SETTINGS readonly = 2"  # how read_only_query ends a SELECT; ours go after it
 _READ_ONLY = (
     "the SQL endpoint is read-only: INSERT statements are refused; "
     "start the collector with sql_readonly: false to write"
@@ -80,8 +90,8 @@ _READ_ONLY = (
 # ClickHouse's parser, so binary data that starts with whitespace survives).
 _INSERT_HEAD = re.compile(rb"\s*INSERT\s+INTO\s+(.+?)\s+FORMAT\s+(\w+)[ \t\f]*\r?\n?", re.I | re.S)
 _NOT_A_TARGET = re.compile(rb"\b(?:VALUES|SELECT|WITH)\b", re.I)  # those INSERTs run as text
+_FORMAT_AT_END = re.compile(r"\sFORMAT\s+(\w+)\s*;?\s*$", re.I)
 _FIRST_WORD = re.compile(r"(?:\s|\(|--[^\n]*|/\*.*?\*/)*(\w*)", re.S)
-_FORMAT_CLAUSE = re.compile(r"\sFORMAT\s+(\w+)(?:\s+SETTINGS\s.*)?$", re.I | re.S)
 # chDB's Python API reads these "formats" as "return a Python object"; they are not ClickHouse's.
 _PYTHON_FORMATS = ("dataframe", "datastore", "arrowtable")
 _BINARY_FORMATS = ("native", "rowbinary", "arrow", "parquet", "orc", "avro", "protobuf", "msgpack",
@@ -98,8 +108,13 @@ class ClickHouseError(Exception):
 
 
 def build_sql_app(collector) -> web.Application:
+    """The app; run it with ``handler_cancellation=True`` so a client that goes away cancels its
+    query (``collector._serve`` does)."""
     endpoint = _SqlEndpoint(collector)
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    config = collector.config
+    # aiohttp counts the body after undoing Content-Encoding: a gzip bomb stops at this size
+    max_body = config.sql_max_query_kib * 1024 if config.sql_readonly else MAX_INSERT_BODY_BYTES
+    app = web.Application(client_max_size=max_body)
     app.router.add_get("/ping", endpoint.ping)
     app.router.add_get("/", endpoint.handle)
     app.router.add_post("/", endpoint.handle)
@@ -123,7 +138,7 @@ class _SqlEndpoint:
         try:
             if request.method != "POST" and "query" not in params:
                 return web.Response(text="Ok.\n")  # ClickHouse's answer to a bare GET /
-            self._authenticate(request, params)  # before reading a body of up to MAX_BODY_BYTES
+            self._authenticate(request, params)  # before reading any body
             store_database = getattr(self.collector.store, "database", "default")
             database = params.get("database") or request.headers.get("X-ClickHouse-Database")
             if database and database != store_database:
@@ -134,7 +149,14 @@ class _SqlEndpoint:
                     "compress=1 and decompress=1 (ClickHouse's own block compression) are not "
                     "supported; use HTTP compression (enable_http_compression=1, Content-Encoding)",
                 )
-            sql = await _read_query(request, params)
+            try:
+                sql = await _read_query(request, params)
+            except web.HTTPRequestEntityTooLarge:
+                raise ClickHouseError(
+                    QUERY_TOO_LARGE,
+                    f"the request body is larger than {request.client_max_size} bytes after"
+                    " decompression (sql_max_query_kib while sql_readonly)",
+                ) from None
             timezone, setting_names = await self._server_info()
             headers["X-ClickHouse-Timezone"] = params.get("session_timezone") or timezone
             output, summary, fmt = await self._execute(request, params, sql, setting_names)
@@ -160,9 +182,11 @@ class _SqlEndpoint:
         return response
 
     def _authenticate(self, request: web.Request, params: dict[str, str]) -> None:
-        """With ``sql_token`` set it is the password: Basic auth, X-ClickHouse-Key or ?password=."""
-        token = self.collector.config.sql_token
-        if not token:
+        """With ``sql_token`` or ``api_token`` set either is the password: Basic auth,
+        X-ClickHouse-Key, a Bearer token or ?password=."""
+        config = self.collector.config
+        tokens = [t.encode() for t in (config.sql_token, config.api_token) if t]
+        if not tokens:
             return
         user = request.headers.get("X-ClickHouse-User") or params.get("user") or "default"
         # Any one may carry it: clickhouse-connect sends "Basic default:" next to X-ClickHouse-Key.
@@ -177,7 +201,8 @@ class _SqlEndpoint:
         elif scheme.lower() == "bearer":  # clickhouse-connect's access_token
             passwords.append(credentials)
         passwords = [p for p in passwords if p]
-        if any(hmac.compare_digest(p.encode(), token.encode()) for p in passwords):
+        # every pair compared in constant time, so timing tells nothing about a near match
+        if any([hmac.compare_digest(p.encode(), t) for p in passwords for t in tokens]):
             return
         problem = "password is incorrect" if passwords else "no password given"
         raise ClickHouseError(
@@ -205,11 +230,16 @@ class _SqlEndpoint:
         if refusal:
             refusal = f"Cannot execute query in readonly mode: {refusal}"
 
+        settings = {
+            name: value
+            for name, value in params.items()
+            if name in setting_names and name not in _HTTP_PARAMS and not name.startswith("http_")
+        }
         insert = _insert_with_data(sql)
         if insert is not None:
             if config.sql_readonly or refusal:
                 raise ReadOnlyViolation(_READ_ONLY if config.sql_readonly else refusal)
-            summary = await self.collector.run_store(store.insert_blocks, *insert)
+            summary = await self._run(_insert, store, settings, *insert)
             return b"", summary or {}, None
 
         default_format = params.get("default_format") or "TabSeparated"
@@ -219,47 +249,59 @@ class _SqlEndpoint:
             text = sql.decode()
         except UnicodeDecodeError:
             raise ClickHouseError(BAD_ARGUMENTS, "the query is not valid UTF-8") from None
-        query_params = {
-            name.removeprefix("param_"): value
+        query_params = {  # clients send them escaped as TSV fields; the store takes plain values
+            name.removeprefix("param_"): _unescape(value)
             for name, value in params.items()
             if name.startswith("param_")
         }
-        settings = {
-            name: value
-            for name, value in params.items()
-            if name in setting_names and name not in _HTTP_PARAMS and not name.startswith("http_")
-        }
-        gate_all = config.sql_readonly
-        return await self.collector.run_store(
-            _run_statement, store, text, gate_all, refusal, default_format, query_params, settings
+        keyword = _FIRST_WORD.match(text).group(1).upper()
+        if config.sql_readonly or (refusal and keyword in READING_KEYWORDS):
+            return await self._run(
+                run_read_only,
+                store,
+                text,
+                default_format,
+                query_params,
+                settings,
+                config.sql_limits,
+            )
+        if refusal:
+            raise ReadOnlyViolation(refusal)
+        if keyword in ("SET", "USE"):
+            raise ClickHouseError(
+                NOT_IMPLEMENTED,
+                f"{keyword} is not supported: there are no sessions (pass settings as URL"
+                " parameters; use database default)",
+            )
+        # Writes on (sql_readonly: false) and a POST: the client has the store's full power, as
+        # ClickHouse's default user; its statement still runs in a session of its own.
+        output, summary = await self._run(
+            _statement, store, settings, text, default_format, query_params
         )
+        if keyword not in READING_KEYWORDS:
+            return output, summary, None  # DDL, INSERT … VALUES / SELECT: no result
+        match = _FORMAT_AT_END.search(text)
+        return output, summary, match.group(1) if match else default_format
+
+    async def _run(self, fn, *args) -> tuple:
+        """``fn(*args, tag=…)`` on the SQL pool; cancelled (KILL QUERY) if the client goes away."""
+        tag = new_tag()
+        try:
+            return await self.collector.run_sql(fn, *args, tag)
+        except asyncio.CancelledError:
+            self.collector.cancel_sql(tag)
+            raise
 
 
-def _run_statement(store, text, gate_all, refusal, default_format, query_params, settings) -> tuple:
-    """On the store thread, so the gate's check and the statement run back to back."""
-    keyword = _FIRST_WORD.match(text).group(1).upper()
-    if gate_all or keyword in READING_KEYWORDS:
-        # Reads always take the gate (one statement, readonly = 2), also when writes are allowed.
-        statement = read_only_query(store, text, query_params)
-        if settings and statement.endswith(_GATE_SETTINGS):
-            statement += "".join(f", {name} = {_quote(value)}" for name, value in settings.items())
-        match = _FORMAT_CLAUSE.search(statement)
-        fmt = match.group(1) if match else default_format
-    elif refusal:
-        raise ReadOnlyViolation(refusal)
-    elif keyword in ("SET", "USE"):
-        raise ClickHouseError(
-            NOT_IMPLEMENTED,
-            f"{keyword} is not supported: there are no sessions, and it would change the store "
-            "connection ingestion uses (pass settings as URL parameters; use database default)",
-        )
-    else:
-        statement, fmt = text, None  # DDL, INSERT … VALUES / SELECT: run as sent
-    with_summary = getattr(store, "query_with_summary", None)
-    if with_summary is None:  # a ClickHouse server as the store: no counters
-        return store.query(statement, default_format, query_params), {}, fmt
-    output, summary = with_summary(statement, default_format, query_params)
-    return output, summary, fmt
+def _insert(store, settings, target, fmt, blocks, tag) -> dict:
+    """An INSERT with data (writes on): the client's settings apply, in a session of its own."""
+    with store.session({**settings, "log_comment": tag}, readonly=False) as session:
+        return session.insert_blocks(target, fmt, blocks)
+
+
+def _statement(store, settings, text, default_format, query_params, tag) -> tuple:
+    with store.session({**settings, "log_comment": tag}, readonly=False) as session:
+        return session.query(text, default_format, query_params)
 
 
 def _load_server_info(store) -> tuple[str, frozenset[str]]:
@@ -307,8 +349,22 @@ def _lz4_decompress(data: bytes) -> bytes:
     return b"".join(parts)
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+_TSV_ESCAPE = re.compile(r"\\(.)", re.S)
+_TSV_CHARS = {
+    "t": "\t",
+    "n": "\n",
+    "r": "\r",
+    "b": "\b",
+    "f": "\f",
+    "0": "\0",
+    "a": "\a",
+    "v": "\v",
+}
+
+
+def _unescape(value: str) -> str:
+    """A query parameter's value as ClickHouse reads it (an escaped TSV field)."""
+    return _TSV_ESCAPE.sub(lambda m: _TSV_CHARS.get(m.group(1), m.group(1)), value)
 
 
 def _content_type(fmt: str) -> str:

@@ -1,57 +1,194 @@
-"""Read-only SQL for people and tools: only one reading statement, enforced by ClickHouse itself.
+"""Read-only SQL for people and tools: the boundary between a client's query and the store.
 
-ClickHouse's own parser does the reading, never a regex of ours:
+Every reading statement from the SQL port and ``POST /v1/sql`` runs through ``run_read_only``.
+ClickHouse enforces the boundary wherever it can; our checks close what it leaves open:
 
-1. ``formatQuerySingleLine`` checks that the text is exactly one statement (chDB would otherwise
-   run every statement of a multi-statement string) and gives its kind (first keyword).
-2. ``EXPLAIN AST`` lists every function the statement calls; one that ClickHouse knows as a table
-   function (``system.table_functions``) must be in ``SAFE_TABLE_FUNCTIONS``. ``readonly = 2``
-   alone does not stop ``file()``, ``url()``, ``s3()``, ``python()`` … from reading the host's
-   files, the network or the process's memory, so those are refused by name, and so is the
-   scalar ``file()``.
-3. The statement runs with ``readonly = 2``: ClickHouse refuses writes and DDL even inside it.
+1. **A session locked by ClickHouse.** Each statement gets a read session of its own (a fresh
+   chDB connection; on a server, the request's settings). The allow-listed settings and the
+   resource limits are applied first, then ``readonly = 1``: from then on ClickHouse refuses any
+   write, DDL, ``SET``, a ``SETTINGS`` clause that changes anything, and the table functions that
+   reach files or the network (``file``, ``url``, ``remote``, ``executable``, ``format`` …).
+   Settings are the dangerous surface (``additional_result_filter`` runs a subquery,
+   ``format_template_resultset`` reads a file, ``output_format_schema`` writes one), so a client
+   may set only ``allowed_setting`` ones, and only as URL parameters.
+2. **One statement of a reading kind**, by ClickHouse's own parser (``formatQuerySingleLine``;
+   chDB would otherwise run every statement of a multi-statement string).
+3. **What readonly = 1 still lets through**, read from ``EXPLAIN AST``: the scalar ``file()``
+   (reads any file), table functions outside ``SAFE_TABLE_FUNCTIONS``, a ``SETTINGS`` clause in a
+   subquery (accepted by ClickHouse at readonly = 1), ``INTO OUTFILE`` (chDB writes the file).
+4. **Output formats** from ``OUTPUT_FORMATS``: not Template or Protobuf, whose schema files are
+   named by settings.
+
+A fresh session per statement also means no output, temporary table or setting of one client
+can reach another (chDB puts a failed query's partial output in front of the next query's on the
+same connection).
 """
 
 from __future__ import annotations
 
 import re
-
-from collector.store import Store, StoreError
+import uuid
+from dataclasses import dataclass
 
 #: Table functions that only compute or read this store's own tables.
 SAFE_TABLE_FUNCTIONS = frozenset(
     {
         "numbers", "numbers_mt", "zeros", "zeros_mt", "generateSeries", "generate_series", "primes",
-        "values", "null", "view", "viewIfPermitted", "merge", "format", "generateRandom", "loop",
+        "values", "null", "view", "viewIfPermitted", "merge", "generateRandom", "loop",
         "SQLStandardValues",
     }
 )  # fmt: skip
+#: Scalar functions that reach outside the store although ClickHouse allows them at readonly = 1.
+REFUSED_FUNCTIONS = frozenset({"file", "catboostEvaluate"})
 _FUNCTION_IN_AST = re.compile(r"^\s*Function (\w+)", re.MULTILINE)
+_SETTINGS_IN_AST = re.compile(r"^\s*Set\s*$", re.MULTILINE)
 
 READING_KEYWORDS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN")
-_NEEDS_SETTING = ("SELECT", "WITH")  # statements that can read tables and take a SETTINGS clause
+
+#: Output formats a client may ask for (``default_format`` or a ``FORMAT`` clause).
+OUTPUT_FORMATS = frozenset(
+    name.lower()
+    for name in """
+    TabSeparated TabSeparatedRaw TabSeparatedWithNames TabSeparatedWithNamesAndTypes
+    TabSeparatedRawWithNames TabSeparatedRawWithNamesAndTypes TSV TSVRaw TSVWithNames
+    TSVWithNamesAndTypes TSVRawWithNames TSVRawWithNamesAndTypes
+    CSV CSVWithNames CSVWithNamesAndTypes CustomSeparated CustomSeparatedWithNames
+    CustomSeparatedWithNamesAndTypes
+    JSON JSONStrings JSONColumns JSONColumnsWithMetadata JSONCompact JSONCompactStrings
+    JSONCompactColumns JSONEachRow JSONEachRowWithProgress JSONStringsEachRow
+    JSONStringsEachRowWithProgress JSONCompactEachRow JSONCompactEachRowWithNames
+    JSONCompactEachRowWithNamesAndTypes JSONCompactEachRowWithProgress JSONCompactStringsEachRow
+    JSONCompactStringsEachRowWithNames JSONCompactStringsEachRowWithNamesAndTypes
+    JSONCompactStringsEachRowWithProgress JSONObjectEachRow JSONLines JSONL NDJSON
+    PrettyJSONEachRow PrettyJSONLines PrettyNDJSON
+    Pretty PrettyNoEscapes PrettyMonoBlock PrettyNoEscapesMonoBlock PrettyCompact
+    PrettyCompactNoEscapes PrettyCompactMonoBlock PrettyCompactNoEscapesMonoBlock PrettySpace
+    PrettySpaceNoEscapes PrettySpaceMonoBlock PrettySpaceNoEscapesMonoBlock
+    Vertical Values XML Markdown MD TSKV SQLInsert LineAsString LineAsStringWithNames
+    LineAsStringWithNamesAndTypes Raw RawWithNames RawWithNamesAndTypes RawBLOB
+    Native RowBinary RowBinaryWithNames RowBinaryWithNamesAndTypes
+    Parquet Arrow ArrowStream ORC Avro MsgPack BSONEachRow Npy Null Prometheus
+    """.split()
+)
+
+#: Settings a client may give (as URL parameters): output shape and limits, nothing that names a
+#: file, a URL, a filter or a schema. Limits are capped by the collector's own (``SqlLimits``).
+_ALLOWED_SETTINGS = frozenset(
+    {
+        "session_timezone", "date_time_output_format", "interval_output_format", "extremes",
+        "join_use_nulls", "max_block_size", "max_threads", "log_comment", "result_overflow_mode", "timeout_overflow_mode",
+        "read_overflow_mode", "max_result_rows", "max_rows_to_read", "max_bytes_to_read",
+        "enable_analyzer", "allow_experimental_analyzer", "prefer_column_name_to_alias",
+        "aggregate_functions_null_for_empty", "cast_keep_nullable", "transform_null_in",
+        "count_distinct_implementation", "joined_subquery_requires_alias", "final",
+        "use_skip_indexes", "optimize_read_in_order", "bool_true_representation",
+        "bool_false_representation", "format_csv_delimiter", "format_csv_null_representation",
+        "format_tsv_null_representation", "format_custom_escaping_rule",
+        "format_custom_field_delimiter", "format_custom_row_before_delimiter",
+        "format_custom_row_after_delimiter", "format_custom_row_between_delimiter",
+        "format_custom_result_before_delimiter", "format_custom_result_after_delimiter",
+    }
+)  # fmt: skip
+_ALLOWED_PREFIXES = ("output_format_",)
+_SETTING_NAME = re.compile(r"[a-z][a-z0-9_]*")
+_NEVER = re.compile(r"schema|file|path|url|template|filter|directory|dictionar")
+#: Settings clients send on every request that only shape *input* data; a read has none, so they
+#: are accepted and not applied (clickhouse-connect sends ``date_time_input_format``).
+_IGNORED_PREFIXES = ("input_format_", "date_time_input_format", "cast_string_to_dynamic")
 
 
-class ReadOnlyViolation(Exception):
-    """The statement would write, or is not a single statement; the message says what is allowed."""
-
-
-def _escape_param(value: str) -> str:
-    # Query parameters are parsed like TSV fields: escape backslash, tab and newline.
+def allowed_setting(name: str) -> bool:
+    """May a client set ``name``? ``max_*`` limits are allowed too, capped (``SqlLimits.cap``)."""
+    if not _SETTING_NAME.fullmatch(name) or _NEVER.search(name):
+        return False
     return (
-        value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+        name in _ALLOWED_SETTINGS or name in SqlLimits.CAPPED or name.startswith(_ALLOWED_PREFIXES)
     )
 
 
-def read_only_query(store: Store, query: str, params: dict | None = None) -> str:
-    """The statement to run in place of ``query``; raises ``ReadOnlyViolation`` or ``StoreError``.
+class ReadOnlyViolation(Exception):
+    """The statement would write, reach outside the store, or is not a single statement; the
+    message says what is allowed."""
 
-    Blocking: call it on the store's thread.
-    """
-    try:
-        out = store.query(
-            "SELECT formatQuerySingleLine({q:String})", "TSVRaw", {"q": _escape_param(query)}
+
+@dataclass(frozen=True)
+class SqlLimits:
+    """Resource limits of every read (config ``sql_max_*``); a client may only lower them."""
+
+    max_execution_time_s: float = 60
+    max_memory_usage_mib: int = 1024
+    max_result_mib: int = 128
+
+    #: setting name -> this object's attribute and the factor from its unit to the setting's
+    CAPPED = {
+        "max_execution_time": ("max_execution_time_s", 1),
+        "max_memory_usage": ("max_memory_usage_mib", 1 << 20),
+        "max_result_bytes": ("max_result_mib", 1 << 20),
+    }
+
+    def settings(self, requested: dict[str, str]) -> dict[str, str]:
+        """The limits, each lowered to the client's value where that is lower (and not 0)."""
+        out = {}
+        for name, (attribute, factor) in self.CAPPED.items():
+            cap = getattr(self, attribute) * factor
+            try:
+                asked = float(requested[name])
+            except (KeyError, ValueError):
+                asked = 0
+            value = asked if 0 < asked < cap else cap
+            out[name] = str(int(value)) if float(value).is_integer() else str(value)
+        return out
+
+
+def session_settings(requested: dict[str, str], limits: SqlLimits, tag: str) -> dict[str, str]:
+    """What a read session runs with: the client's allowed settings, the limits, and ``tag``
+    (as ``log_comment``) to find the query again to cancel it."""
+    refused = sorted(
+        name
+        for name in requested
+        if not allowed_setting(name) and not name.startswith(_IGNORED_PREFIXES)
+    )
+    if refused:
+        raise ReadOnlyViolation(
+            f"Cannot modify '{refused[0]}' setting in readonly mode: the SQL endpoint takes only "
+            "output-format settings and lower limits (see README, 'SQL interface')"
         )
+    settings = {
+        name: value
+        for name, value in requested.items()
+        if allowed_setting(name) and name not in SqlLimits.CAPPED
+    }
+    settings.update(limits.settings(requested))
+    settings["result_overflow_mode"] = "throw"  # a result over the limit fails, never truncates
+    settings["log_comment"] = tag
+    return settings
+
+
+def new_tag() -> str:
+    return f"agentwatch-sql:{uuid.uuid4()}"
+
+
+def check_format(name: str) -> str:
+    if name.lower() not in OUTPUT_FORMATS:
+        raise ReadOnlyViolation(
+            f"format {name} is refused by the read-only SQL endpoint (Template and Protobuf read"
+            " or write schema files); use a format such as JSONEachRow, TabSeparated, CSV, Native"
+        )
+    return name
+
+
+_FORMAT_CLAUSE = re.compile(r"\sFORMAT\s+(\w+)$", re.I)
+
+
+def check_statement(session, query: str, params: dict | None) -> tuple[str, str | None]:
+    """(the statement to run, its FORMAT clause or None); raises ``ReadOnlyViolation``.
+
+    ``session`` is a read session (``Store.session``): ClickHouse's parser runs there.
+    """
+    from collector.store import StoreError
+
+    try:
+        out, _ = session.query("SELECT formatQuerySingleLine({q:String})", "TSVRaw", {"q": query})
     except StoreError as exc:
         if "Multi-statements are not allowed" in str(exc):
             raise ReadOnlyViolation(
@@ -67,34 +204,59 @@ def read_only_query(store: Store, query: str, params: dict | None = None) -> str
         )
     if " INTO OUTFILE " in f" {statement.upper()} ":
         raise ReadOnlyViolation("the SQL endpoint is read-only: INTO OUTFILE is refused")
-    _refuse_outside_access(store, statement, params)
-    if keyword in _NEEDS_SETTING:
-        return f"{statement} SETTINGS readonly = 2"
-    return statement
-
-
-def _refuse_outside_access(store: Store, statement: str, params: dict | None) -> None:
-    """Refuse table functions that reach outside the store (files, network, other databases)."""
-    ast = store.query(f"EXPLAIN AST {statement}", "TSVRaw", params).decode()
-    called = set(_FUNCTION_IN_AST.findall(ast))
-    if not called:
-        return
-    table_functions = _table_functions(store)
-    outside = sorted(
-        name for name in called if (name in table_functions and name not in SAFE_TABLE_FUNCTIONS)
-    )
-    if outside:
+    ast, _ = session.query(f"EXPLAIN AST {statement}", "TSVRaw", params)
+    ast = ast.decode()
+    if _SETTINGS_IN_AST.search(ast):
         raise ReadOnlyViolation(
-            f"the SQL endpoint is read-only and reads only this store's tables: {', '.join(outside)}() is refused"
+            "SETTINGS clauses are refused by the read-only SQL endpoint; pass allowed settings as"
+            " URL parameters (output formats and lower limits)"
         )
+    called = set(_FUNCTION_IN_AST.findall(ast))
+    if called:
+        table_functions = _table_functions(session)
+        outside = sorted(
+            name
+            for name in called
+            if name in REFUSED_FUNCTIONS
+            or (name in table_functions and name not in SAFE_TABLE_FUNCTIONS)
+        )
+        if outside:
+            raise ReadOnlyViolation(
+                "the SQL endpoint is read-only and reads only this store's tables: "
+                f"{', '.join(outside)}() is refused"
+            )
+    match = _FORMAT_CLAUSE.search(statement)
+    if match:
+        check_format(match.group(1))
+    return statement, match.group(1) if match else None
 
 
-_table_functions_cache: dict[int, frozenset[str]] = {}
+_table_functions_cache: list[frozenset[str]] = []
 
 
-def _table_functions(store: Store) -> frozenset[str]:
-    key = id(store)
-    if key not in _table_functions_cache:
-        out = store.query("SELECT name FROM system.table_functions", "TSVRaw").decode()
-        _table_functions_cache[key] = frozenset(out.split())
-    return _table_functions_cache[key]
+def _table_functions(session) -> frozenset[str]:
+    if not _table_functions_cache:
+        out, _ = session.query("SELECT name FROM system.table_functions", "TSVRaw", None)
+        _table_functions_cache.append(frozenset(out.decode().split()))
+    return _table_functions_cache[0]
+
+
+def run_read_only(
+    store,
+    query: str,
+    fmt: str,
+    params: dict | None = None,
+    settings: dict[str, str] | None = None,
+    limits: SqlLimits | None = None,
+    tag: str | None = None,
+) -> tuple[bytes, dict, str]:
+    """(output, ClickHouse's counters, the format used) of one reading statement.
+
+    Blocking: run it on a thread of the SQL pool (``collector.run_sql``), never the store thread.
+    """
+    check_format(fmt)
+    applied = session_settings(settings or {}, limits or SqlLimits(), tag or new_tag())
+    with store.session(applied, readonly=True) as session:
+        statement, clause_format = check_statement(session, query, params)
+        output, summary = session.query(statement, fmt, params)
+    return output, summary, clause_format or fmt

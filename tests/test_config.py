@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,84 @@ def test_embedded_server_settings_reach_chdb(collector_factory):
             "SELECT value FROM system.server_settings WHERE name = 'background_pool_size'"
         )
         assert rows == [{"value": "3"}]
+
+
+# --- secrets (issue 11, hole 9) -------------------------------------------------------------------
+
+SLACK = "https://hooks.slack.com/services/T000/B000/XXXXsecretXXXX"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "secret"),
+    [
+        ("api_token: 12345678\n", "api_token: Input should be a valid string (got '***')", "12345678"),
+        ("sql_token: [tok-secret]\n", "sql_token: Input should be a valid string (got '***')", "tok-secret"),
+        ("clickhouse_url: tcp://admin:hunter2@db:9000/x\n",
+         "clickhouse_url: expected http(s)://[user:password@]host[:port][/database]"
+         " (got 'tcp://***@db:9000/…')", "hunter2"),
+        ("forward: {endpoint: 'http://x:4318', headers: {Authorization: 98765432}}\n",
+         "forward.headers.Authorization: Input should be a valid string (got '***')", "98765432"),
+        ("paging: {receivers: [{name: p, type: pagerduty, routing_key: 12345678}], route: {receiver: p}}\n",
+         "paging.receivers.0.routing_key: Input should be a valid string (got '***')", "12345678"),
+        (f"paging: {{receivers: [{{name: s, type: slack, url: '{SLACK[8:]}'}}], route: {{receiver: s}}}}\n",
+         "paging.receivers.0: url: expected http(s)://host[:port][/path], got '***'", "XXXXsecretXXXX"),
+        ("paging: {receivers: [{name: w, type: webhook, url: 'ftp://hooks.example/h?token=tok-secret'}],"
+         " route: {receiver: w}}\n",
+         "paging.receivers.0: url: expected http(s)://host[:port][/path], got 'ftp://hooks.example/…'",
+         "tok-secret"),
+        ("otlp_grpc_port: 1\napi_token: tok-secret: x\n",
+         "not valid YAML at line 2, column 22: mapping values are not allowed here", "tok-secret"),
+    ],
+)  # fmt: skip
+def test_config_errors_name_file_key_and_expectation_but_never_a_secret(
+    tmp_path, text, expected, secret
+):
+    path = tmp_path / "agentwatch.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert f"{path}: " in str(raised.value) and expected in str(raised.value)
+    assert secret not in str(raised.value)
+
+
+def test_a_flag_with_a_password_in_its_url_is_not_echoed():
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, {"clickhouse_url": "tcp://admin:hunter2@db:9000"})
+    assert "(--clickhouse-url): clickhouse_url: expected http(s)://" in str(raised.value)
+    assert "hunter2" not in str(raised.value) and "tcp://***@db:9000" in str(raised.value)
+
+
+def test_secrets_from_the_environment_flag_then_environment_then_file(tmp_path, caplog):
+    path = tmp_path / "agentwatch.yaml"
+    path.write_text("api_token: file-token\nsql_token: file-sql\n")
+    env = {"AGENTWATCH_API_TOKEN": "env-token", "AGENTWATCH_CLICKHOUSE_PASSWORD": "env-pw"}
+    config = load_config(path, {"clickhouse_password": "flag-pw"}, env)
+    assert (config.api_token, config.sql_token, config.clickhouse_password) == (
+        "env-token", "file-sql", "flag-pw",
+    )  # fmt: skip
+    said = caplog.text  # neither override is silent, and neither names a value
+    assert f"api_token: AGENTWATCH_API_TOKEN wins over {path}'s" in said
+    assert (
+        "clickhouse_password: --clickhouse-password wins over AGENTWATCH_CLICKHOUSE_PASSWORD"
+        in said
+    )
+    assert not any(v in said for v in ("env-token", "env-pw", "flag-pw", "file-token"))
+    assert load_config(None, None, {"AGENTWATCH_SQL_TOKEN": "s"}).sql_token == "s"
+    assert load_config(None, None, {"AGENTWATCH_SQL_TOKEN": ""}).sql_token is None
+
+
+def test_serve_warns_that_a_password_flag_shows_in_ps(tmp_path):
+    def serve(*args: str, **env: str) -> str:
+        """stderr of ``serve``; a bad port stops start-up right after the warning."""
+        done = subprocess.run(
+            [sys.executable, "-m", "collector.cli", "serve", "--otlp-grpc-port", "99999",
+             "--data-dir", str(tmp_path), *args],
+            capture_output=True, text=True, timeout=60, env={**os.environ, **env},
+        )  # fmt: skip
+        assert done.returncode != 0 and "otlp_grpc_port" in done.stderr
+        return done.stderr
+
+    assert "visible to other users in `ps`" in serve("--clickhouse-password", "pw")
+    assert "visible to other users in `ps`" in serve("--clickhouse-url", "http://u:pw@db:8123")
+    quiet = serve(AGENTWATCH_CLICKHOUSE_PASSWORD="pw")
+    assert "`ps`" not in quiet and "pw" not in quiet.replace("port", "")

@@ -184,7 +184,8 @@ def test_writes_need_a_token(collector_factory):
         finally:
             openfeature.shutdown()
 
-    with collector_factory(listen="0.0.0.0") as collector:  # beyond loopback, no token configured
+    # beyond loopback, no token configured (allowed only on purpose)
+    with collector_factory(listen="0.0.0.0", allow_unauthenticated=True) as collector:
         refused = requests.post(f"{collector.api_url}/v1/control",
                                 json={"mode": "paused", "scope": {}, "reason": "x"})  # fmt: skip
         assert refused.status_code == 403 and "need an API token" in refused.json()["error"]

@@ -348,6 +348,7 @@ def test_views_and_api_through_a_clickhouse_server_store(collector_factory):
                 readme_query("blast radius"), {"id": iid, "window_minutes": "5"}
             )
             assert (blast["sessions"], blast["calls"]) == (1, 6)
+            _check_awkward_filters(downstream, _seed_awkward_agents(downstream))
 
 
 def test_changes_with_detection_off_go_to_the_table(tmp_path):
@@ -359,3 +360,41 @@ def test_changes_with_detection_off_go_to_the_table(tmp_path):
         assert requests.post(f"{url}/ack", json={"actor": "dan"}).json()["status"] == "acknowledged"
         assert current(collector, iid)["status"] == "acknowledged"
         assert [e[0] for e in events(collector, iid)] == ["opened", "acknowledged"]
+
+
+# --- filters take any text (issue 11, hole 9) -----------------------------------------------------
+
+AWKWARD = ["a\\b", "a\\", "\\N", "a\tb", "a\nb", "it's", 'say "hi"', "ünï ✓ 日本", "a\\tb", "ab"]
+
+
+def _seed_awkward_agents(collector) -> dict[str, str]:
+    """One open incident per awkward agent name; agent -> incident_id."""
+    from collector.store import insert_rows
+
+    rows = [
+        {"incident_id": f"inc-awk{n:02d}", "fingerprint": f"fp{n}", "version": 1,
+         "detector": "loop", "kind": "loop", "class": "semantic", "severity": "SEV2",
+         "status": "open", "tenant": "default", "service": f"svc {agent}", "agent": agent,
+         "first_seen": "2030-01-01 00:00:00", "last_seen": "2030-01-01 00:00:00"}
+        for n, agent in enumerate(AWKWARD)
+    ]  # fmt: skip
+    collector.call(
+        collector.collector.run_store(insert_rows, collector.collector.store, "incidents", rows)
+    )
+    return {row["agent"]: row["incident_id"] for row in rows}
+
+
+def _check_awkward_filters(collector, ids: dict[str, str]) -> None:
+    url = f"{collector.api_url}/v1/incidents"
+    for agent, iid in ids.items():
+        for params in ({"agent": agent}, {"service": f"svc {agent}", "status": "active"}):
+            response = requests.get(url, params=params, timeout=30)
+            assert response.status_code == 200, (params, response.text)
+            assert [(r["incident_id"], r["agent"]) for r in response.json()] == [(iid, agent)]
+
+
+def test_filter_values_with_backslash_tab_newline_quotes_and_unicode(collector_factory):
+    """A backslash or a tab in a filter gave HTTP 500 (and ``a\\b`` matched nothing): every text
+    now reaches the SQL as it was sent."""
+    with collector_factory(detect=False) as collector:
+        _check_awkward_filters(collector, _seed_awkward_agents(collector))

@@ -113,8 +113,9 @@ def compare(body: bytes) -> tuple[SpanBatch, Rejections] | None:
     expected, _ = reference.normalize(decoded, rejections)
     got, want = _block(batch), _block(expected)
     assert got == want, f"blocks differ for {body.hex()}: {_difference(got, want)}"
-    assert (native_rejections.count, native_rejections.messages) == (
+    assert (native_rejections.count, native_rejections.kept, native_rejections.messages) == (
         rejections.count,
+        rejections.kept,
         rejections.messages,
     )
     assert len(batch) == len(expected)
@@ -200,6 +201,7 @@ NASTY = (
     + "\x7f é ü 中文 😀 \u2028 \u2029 \ufeff \uffff \U0010ffff"
 )
 DOUBLES = [0.0, -0.0, 1.0, 0.1, 1e16, 1e15, 1e-7, 1e300, math.nan, math.inf, -math.inf, 5e-324]
+DOUBLES += [2.0**64, 2.0**64 - 2048, 1e308, -1.0, 429.0]  # at and beyond a count's range
 INTS = [0, 1, -1, -(2**63), 2**63 - 1, 2**53 + 1]
 CHAT = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o"}
 
@@ -477,8 +479,8 @@ CASES: dict[str, Callable[[], bytes]] = {
     "kinds_statuses_and_times": lambda: one(
         *(edited(sp(f"kind {k}"), kind=k) for k in (0, 1, 2, 3, 4, 5, 9, -1)),
         *(with_status(sp(f"status {c}"), c, "m") for c in (0, 1, 2, 7)),
-        edited(sp("backwards"), start_time_unix_nano=10, end_time_unix_nano=5),
-        edited(sp("extremes"), start_time_unix_nano=2**64 - 1, end_time_unix_nano=0),
+        edited(sp("backwards"), start_time_unix_nano=10, end_time_unix_nano=5),  # Duration 0
+        edited(sp("extremes"), start_time_unix_nano=1, end_time_unix_nano=2**63 - 1),
         edited(sp("zero parent"), parent_span_id=bytes(8), trace_state="a=b", flags=0x101),
     ),
     "sessions_inherited_along_a_trace": _sessions_along_a_trace,
@@ -516,45 +518,116 @@ def test_escaped_text_survives_the_round_trip():
     assert columns["ScopeVersion"] == [NASTY] and columns["TraceState"] == [NASTY]
 
 
-def test_a_bad_token_count_is_rejected_alike_and_its_neighbours_kept():
-    bad = {**CHAT, "gen_ai.usage.input_tokens": "lots"}
+def test_a_bad_token_count_is_left_out_alike_and_the_span_kept():
+    bad = {**CHAT, "gen_ai.usage.input_tokens": "lots", "gen_ai.usage.output_tokens": 7}
     batch, rejections = assert_native_same(
         one(sp("good-1", CHAT), sp("bad", bad), sp("good-2", {**CHAT, "llm.usage.total_tokens": 5}))
     )
-    assert batch.columns["SpanName"] == ["good-1", "good-2"]
-    assert rejections.count == 1
+    assert batch.columns["SpanName"] == ["good-1", "bad", "good-2"]
+    assert batch.columns["InputTokens"] == [0, 0, 5]
+    assert batch.columns["OutputTokens"] == [0, 7, 0]
+    stored = orjson.loads(batch.to_json())["SpanAttributes"][1]
+    assert stored["gen_ai.usage.input_tokens"] == "lots"  # as sent
+    assert (rejections.count, rejections.kept) == (0, 1)
     assert rejections.messages == [
-        "span 1 ('bad'): attribute gen_ai.usage.input_tokens must be a whole number, got "
-        "string_value 'lots'"
+        "span 1 ('bad'): attribute gen_ai.usage.input_tokens must be a whole number from 0 to "
+        "18446744073709551615, got string_value 'lots': InputTokens left 0"
     ]
 
 
-@pytest.mark.parametrize(
-    "value",
-    ["lots", "-3", "", "1.5", -2, 1.5, math.nan, math.inf, True, ["1"], "²", None],
-    ids=repr,
-)
-def test_every_kind_of_bad_token_count_is_rejected_alike(value):
+OUT_OF_RANGE_COUNTS = [
+    *("lots", "-3", "", "1.5", "²", "١٢", "18446744073709551616", "9" * 400),
+    *(-2, -(2**63), 1.5, -1.0, 2.0**64, 1e308, -math.inf, math.nan, math.inf, True, ["1"], None),
+]
+
+
+@pytest.mark.parametrize("value", OUT_OF_RANGE_COUNTS, ids=repr)
+def test_every_kind_of_bad_token_count_is_left_out_alike(value):
+    """The value is unusable for the UInt64 column, never for the request: the span is stored with
+    OutputTokens 0 and a warning, its neighbours untouched, and the block serialises."""
     attributes = {**CHAT, "gen_ai.usage.output_tokens": value}
     if value is None:  # a KeyValue with no value at all
         s = _with_raw_attributes(sp("bad", CHAT), KeyValue(key="gen_ai.usage.output_tokens"))
     else:
         s = sp("bad", attributes)
     batch, rejections = assert_native_same(one(sp("before", CHAT), s, sp("after", CHAT)))
-    assert batch.columns["SpanName"] == ["before", "after"] and rejections.count == 1
+    assert batch.columns["SpanName"] == ["before", "bad", "after"]
+    assert batch.columns["OutputTokens"] == [0, 0, 0]
+    assert (rejections.count, rejections.kept) == (0, 1)
+    assert "OutputTokens left 0" in rejections.summary()
+    orjson.loads(batch.to_json())
 
 
-def test_only_the_first_rejection_messages_are_kept_and_all_are_counted():
+@pytest.mark.parametrize("value", [0, "0", 0.0, 2**63 - 1, "18446744073709551615", 2.0**63, " 7 "])
+def test_token_counts_at_the_edges_of_the_column_are_stored(value):
+    batch, rejections = assert_native_same(
+        one(sp("edge", {**CHAT, "gen_ai.usage.input_tokens": value}))
+    )
+    assert batch.columns["InputTokens"] == [int(value)] and rejections.messages == []
+
+
+@pytest.mark.parametrize("value", [99, 600, 70000, -1, "5xx", 2.0**64])
+def test_an_http_status_outside_100_to_599_is_left_out_alike(value):
+    error = {**CHAT, "http.response.status_code": value}
+    batch, rejections = assert_native_same(one(sp("failed", error, error="boom")))
+    assert batch.columns["HttpStatus"] == [0] and batch.columns["ErrorType"] == ["_OTHER"]
+    assert (rejections.count, rejections.kept) == (0, 1)
+    assert "HttpStatus left 0" in rejections.summary()
+
+
+def test_only_the_first_messages_are_kept_and_every_span_is_counted():
     bad = [sp(f"bad-{i}", {**CHAT, "gen_ai.usage.input_tokens": -i - 1}) for i in range(8)]
     batch, rejections = assert_native_same(one(*bad, sp("good", CHAT)))
-    assert len(batch) == 1 and rejections.count == 8 and len(rejections.messages) == 5
+    assert len(batch) == 9 and rejections.kept == 8 and len(rejections.messages) == 5
+    assert rejections.summary().endswith("; and 3 more")
 
 
-def test_a_count_beyond_64_bits_fails_to_serialise_on_both_paths():
-    """int(1e300) is a valid count to ``_integer`` but orjson cannot store it: same on both."""
-    batch, _ = assert_native_same(one(sp("huge", {**CHAT, "gen_ai.usage.input_tokens": 1e300})))
-    with pytest.raises(orjson.JSONEncodeError):
-        batch.to_json()
+TIMES_THE_STORE_CANNOT_HOLD = {
+    "start 0": ({"start_time_unix_nano": 0}, "start_time_unix_nano is 0 (not set)"),
+    "end 0": ({"end_time_unix_nano": 0}, "end_time_unix_nano is 0 (not set)"),
+    "start 2^63": ({"start_time_unix_nano": 2**63}, "start_time_unix_nano 9223372036854775808 is"),
+    "end 2^64-1": ({"end_time_unix_nano": 2**64 - 1}, "end_time_unix_nano 18446744073709551615"),
+    "both 2^64-1": (
+        {"start_time_unix_nano": 2**64 - 1, "end_time_unix_nano": 2**64 - 1},
+        "after 2262-04-11T23:47:16Z, the latest time the store holds",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", TIMES_THE_STORE_CANNOT_HOLD)
+def test_a_span_with_times_the_store_cannot_hold_is_rejected_with_its_reason(case):
+    """Stored, these became 1969 or 2036 (DateTime64(9) holds 1970 … 2262-04-11 as an Int64):
+    the C reader hands the request off, the reference path rejects that span alone."""
+    times, reason = TIMES_THE_STORE_CANNOT_HOLD[case]
+    body = one(sp("before"), edited(sp("bad"), **times), sp("after"))
+    assert_handed_off(body)
+    batch, rejections = Normalizer().normalize(decode_protobuf(body, Rejections()))
+    assert batch.columns["SpanName"] == ["before", "after"]
+    assert rejections.count == 1 and reason in rejections.summary(), rejections.summary()
+    assert rejections.summary().startswith("span 1 ('bad'): ")
+
+
+def test_an_event_time_the_store_cannot_hold_rejects_its_span():
+    """0 is allowed (OTLP does not require an event's time); past 2262 is not."""
+    late = sp("late", events=[("e", {})])
+    late.events[0].time_unix_nano = 2**63
+    zero = sp("zero", events=[("e", {})])
+    zero.events[0].time_unix_nano = 0
+    body = one(late, zero)
+    assert_handed_off(body)
+    batch, rejections = Normalizer().normalize(decode_protobuf(body, Rejections()))
+    assert batch.columns["SpanName"] == ["zero"] and batch.columns["EventsTimestampNs"] == [[0]]
+    assert rejections.messages == [
+        "span 0 ('late'): event 0 time_unix_nano 9223372036854775808 is after "
+        "2262-04-11T23:47:16Z, the latest time the store holds"
+    ]
+
+
+def test_the_latest_time_the_store_holds_is_read_natively():
+    edge = edited(sp("edge"), start_time_unix_nano=2**63 - 2, end_time_unix_nano=2**63 - 1)
+    edge.events.add(name="e", time_unix_nano=2**63 - 1)
+    batch, _ = assert_native_same(one(edge))
+    assert batch.columns["TimestampNs"] == [2**63 - 2] and batch.columns["Duration"] == [1]
 
 
 def test_the_workload_keeps_the_contract_with_long_lived_normalizers():
@@ -816,9 +889,12 @@ def string_array(items: list[bytes]) -> bytes:
     return ld(5, b"".join(ld(1, ld(1, item)) for item in items))
 
 
+T0 = 1_763_000_000_000_000_000
+
+
 def wire_request(*span_attributes: bytes) -> bytes:
     """One span whose attributes are the given KeyValue payloads, written as they are."""
-    s = ld(1, b"\x01" * 16) + ld(2, b"\x02" * 8) + ld(5, b"s")
+    s = ld(1, b"\x01" * 16) + ld(2, b"\x02" * 8) + ld(5, b"s") + fixed64(7, T0) + fixed64(8, T0)
     s += b"".join(ld(9, kv) for kv in span_attributes)
     return ld(1, ld(2, ld(2, s)))
 
@@ -880,6 +956,7 @@ def test_fields_in_any_order_are_read_alike():
     spn = ld(9, ld(1, b"gen_ai.operation.name") + ld(2, ld(1, b"chat")))
     spn += ld(15, varint_field(3, 2) + ld(2, b"oops")) + ld(11, ld(2, b"exception"))
     spn += ld(5, b"late name") + ld(2, b"\x02" * 8) + ld(1, b"\x01" * 16) + fixed64(7, 9)
+    spn = fixed64(8, 11) + spn
     scope_spans = ld(2, spn) + ld(1, ld(2, b"v1") + ld(1, b"scope after its spans"))
     body = ld(1, ld(2, scope_spans) + ld(1, ld(1, ld(1, b"service.name") + ld(2, ld(1, b"svc")))))
     batch, _ = assert_native_same(body)
@@ -948,6 +1025,10 @@ TEXTS = [
     " 7 ",
     "lots",
     "-3",
+    "18446744073709551615",
+    "18446744073709551616",
+    "9" * 400,
+    "٣",
     "tool_call",
     "end_turn",
     "openai.RateLimitError",
@@ -961,6 +1042,14 @@ text = st.one_of(st.sampled_from(TEXTS), st.text(_chars, max_size=10)).map(str.e
 ints = st.one_of(st.integers(-3, 5000), st.sampled_from(INTS), st.integers(-(2**63), 2**63 - 1))
 floats = st.one_of(st.sampled_from(DOUBLES + [12.0, 2.5]), st.floats())
 u64 = st.integers(0, 2**64 - 1)
+storable_times = st.one_of(st.integers(1, 2**63 - 1), st.sampled_from([1, T0, 2**63 - 1]))
+odd_times = st.sampled_from([0, 2**63, 2**64 - 1])
+
+
+@functools.cache
+def times(exotic: bool) -> st.SearchStrategy:
+    """Span times: storable, and in exotic requests now and then 0 or past 2262."""
+    return rarely(exotic, odd_times, storable_times, odds=40)
 
 
 def weighted(*choices: tuple[int, st.SearchStrategy]) -> st.SearchStrategy:
@@ -1102,13 +1191,15 @@ def span_bytes(draw, exotic: bool, traces: list[bytes]) -> bytes:
         fields.append(ld(4, draw(st.one_of(st.just(b""), ids(8, exotic)))))
     if draw(st.booleans()):
         fields.append(ld(3, draw(strings(exotic))))
-    start = draw(u64)
+    start = draw(times(exotic))
     fields += [varint_field(6, draw(st.integers(-2, 7))), fixed64(7, start)]
-    fields.append(fixed64(8, draw(st.one_of(st.just(min(start + 1000, 2**64 - 1)), u64))))
+    end = st.just(min(start + 1000, 2**63 - 1)) if start <= 2**63 - 1 else st.just(start)
+    fields.append(fixed64(8, draw(st.one_of(end, times(exotic)))))
     fields.append(draw(attribute_list(9, exotic)))
     for _ in range(draw(st.integers(0, 2))):
         name = draw(st.one_of(st.just(b"exception"), strings(exotic)))
-        event = fixed64(1, draw(u64)) + ld(2, name) + draw(attribute_list(3, exotic, EVENT_KEYS))
+        time = draw(st.one_of(st.just(0), times(exotic)))  # an event's time may be 0
+        event = fixed64(1, time) + ld(2, name) + draw(attribute_list(3, exotic, EVENT_KEYS))
         fields.append(ld(11, event))
     for _ in range(draw(st.integers(0, 2))):
         link = ld(1, draw(ids(16, exotic))) + ld(2, draw(ids(8, exotic)))

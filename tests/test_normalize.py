@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from collector.conventions import FIELD_OF_KEY
 from collector.normalize import COLUMNS, Normalizer, Rejections
 from collector.pricing import Price, PriceTable
-from tests.otlp import request, span
+from tests.otlp import attrs, request, span
 
 
 def normalize(*spans, resource=None, normalizer=None):
@@ -252,17 +256,115 @@ def test_error_type_and_http_status_from_every_place_they_hide(
     assert (row["ErrorType"], row["HttpStatus"]) == (error_type, http_status)
 
 
-def test_a_span_with_a_non_numeric_token_count_is_rejected_and_its_neighbours_kept():
+def test_a_span_with_a_non_numeric_token_count_is_stored_without_it():
+    """The span is a true record of the step; only its token column cannot use the value."""
     rows, rejections = normalize(
         span("good-1", {"gen_ai.operation.name": "chat"}),
         span("bad", {"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": "lots"}),
         span("good-2", {"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": "12"}),
     )
-    assert [r["SpanName"] for r in rows] == ["good-1", "good-2"]
-    assert rows[1]["InputTokens"] == 12  # numbers sent as strings are accepted
-    assert rejections.count == 1
+    assert [r["SpanName"] for r in rows] == ["good-1", "bad", "good-2"]
+    assert [r["InputTokens"] for r in rows] == [0, 0, 12]  # numbers sent as strings are accepted
+    assert rows[1]["SpanAttributes"]["gen_ai.usage.input_tokens"] == "lots"
+    assert (rejections.count, rejections.kept) == (0, 1)
     assert "gen_ai.usage.input_tokens must be a whole number" in rejections.summary()
-    assert "'bad'" in rejections.summary()
+    assert "'bad'" in rejections.summary() and "InputTokens left 0" in rejections.summary()
+
+
+TOKEN_KEYS = [
+    "gen_ai.usage.input_tokens",
+    "gen_ai.usage.output_tokens",
+    "llm.usage.total_tokens",
+    "gen_ai.usage.cache_read.input_tokens",
+    "gen_ai.usage.cache_creation.input_tokens",
+    "gen_ai.usage.reasoning.output_tokens",
+]
+
+
+@pytest.mark.parametrize("key", TOKEN_KEYS)
+@pytest.mark.parametrize(
+    "value", [2.0**64, 1e308, "9" * 400, "9" * 5000, -1, float("nan"), float("inf")], ids=repr
+)
+def test_a_count_the_column_cannot_hold_never_fails_the_batch(key, value):
+    """Issue 11, hole 2: these failed the whole request (500 / UNKNOWN), neighbours dropped."""
+    chat = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o"}
+    batch, rejections = Normalizer().normalize(
+        request(span("ok-1", chat), span("odd", {**chat, key: value}), span("ok-2", chat))
+    )
+    assert batch.columns["SpanName"] == ["ok-1", "odd", "ok-2"]
+    stored = orjson.loads(batch.to_json())  # what the store receives
+    assert all(stored[c] == [0, 0, 0] for c in TOKEN_COLUMNS) and stored["CostUsd"] == [0, 0, 0]
+    assert (rejections.count, rejections.kept) == (0, 1) and "left 0" in rejections.summary()
+
+
+TOKEN_COLUMNS = ["InputTokens", "OutputTokens", "CacheReadTokens", "CacheWriteTokens"]
+
+
+def test_the_largest_count_is_kept_and_priced():
+    [row], rejections = normalize(
+        span(
+            "huge",
+            {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": "gpt-4o",
+                "gen_ai.usage.input_tokens": "18446744073709551615",
+            },
+        )
+    )
+    assert row["InputTokens"] == 2**64 - 1 and rejections.messages == []
+    assert 0 < row["CostUsd"] < float("inf")
+
+
+def test_odd_error_types_and_deeply_nested_tool_arguments_never_raise():
+    deep = "[" * 300 + "]" * 300  # valid JSON that orjson reads but cannot write back
+    rows, rejections = normalize(
+        span(
+            "t",
+            {
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": "x",
+                "gen_ai.tool.call.arguments": deep,
+            },
+        ),  # fmt: skip
+        span("e", {"gen_ai.operation.name": "chat", "error.type": "²³⁴"}, error="HTTP ٥٠٣"),
+    )
+    assert rows[0]["ToolArgs"] == deep and rows[0]["ToolArgsHash"] != 0
+    assert (rows[1]["ErrorType"], rows[1]["HttpStatus"]) == ("²³⁴", 0)
+    assert rejections.messages == []
+
+
+AGENT_KEYS = sorted(FIELD_OF_KEY)
+any_value = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**63 - 1),
+        st.floats(),
+        st.text(max_size=30),
+        st.sampled_from(["9" * 400, " 7 ", "1e308", "٣", "²", "-0", "503", "Error code: 429"]),
+        st.binary(max_size=4),
+    ),
+    lambda children: st.lists(children, max_size=3),
+    max_leaves=5,
+)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(AGENT_KEYS), any_value), max_size=8),
+    st.booleans(),
+    st.sampled_from(["", "boom", "status code 503"]),
+)
+def test_no_attribute_value_fails_a_batch(attributes, with_event, error):
+    """Whatever the agent attributes hold, the span is normalised and the block serialises."""
+    s = span("step", dict(attributes), error=error or None)
+    if with_event:
+        s.events.add(name="exception").attributes.extend(
+            attrs({"exception.type": "openai.RateLimitError", "exception.message": error})
+        )
+    batch, _ = Normalizer().normalize(request(s))
+    assert len(batch) == 1
+    orjson.loads(batch.to_json())
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ The pagers are local HTTP receivers that answer as PagerDuty, Opsgenie and Slack
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 import requests
+from aiohttp import web
 from click.testing import CliRunner
 
 from collector.cli import main as cli
@@ -205,6 +207,43 @@ def test_nothing_is_lost_when_the_pager_is_down_across_a_restart(tmp_path: Path)
         opsgenie.close()
 
 
+class HangingReceiver(FakeReceiver):
+    """Takes each request in, and while ``hang`` is set never answers (the answer is lost)."""
+
+    hang = True
+
+    async def _handle(self, request):
+        if self.hang:
+            self.requests.append({"headers": dict(request.headers), "body": await request.json()})
+            while self.hang:
+                await asyncio.sleep(0.05)
+            return web.Response(status=503)
+        return await super()._handle(request)
+
+
+def test_a_page_in_flight_at_a_stop_is_sent_again_with_the_same_idempotency_key(tmp_path):
+    """Issue 11, hole 9: the receiver got the trigger, the collector died before the answer; after
+    the restart the outbox sends it again, and the key lets the receiver drop the repeat."""
+    hook = HangingReceiver()
+    settings = paging({"name": "hook", "type": "webhook", "url": hook.url, "timeout_s": 60})
+    try:
+        with run_collector(tmp_path / "data", **settings) as collector:
+            api(collector, "POST", "/v1/alerts/test", json={"route": "default"})
+            [lost] = eventually(lambda: hook.requests, what="the trigger reaching the receiver")
+        hook.hang = False
+        with run_collector(tmp_path / "data", **settings) as collector:
+            eventually(lambda: len(hook.accepted) >= 2, what="the trigger again, then the resolve")
+        trigger, resolve = hook.accepted[:2]
+        assert (trigger["body"]["action"], resolve["body"]["action"]) == ("trigger", "resolve")
+        key = lost["headers"]["Idempotency-Key"]
+        assert trigger["headers"]["Idempotency-Key"] == key == trigger["body"]["idempotency_key"]
+        assert lost["body"]["idempotency_key"] == key
+        assert resolve["headers"]["Idempotency-Key"] not in ("", key)
+    finally:
+        hook.hang = False
+        hook.close()
+
+
 def test_opsgenie_throttling_is_retried_and_priorities_map(collector_factory):
     opsgenie = FakeOpsgenie(api_key="og-key")
     opsgenie.fail_next((429, {"Retry-After": "1"}, '{"message": "Too many requests"}'))
@@ -340,6 +379,50 @@ def test_silence_matchers_are_checked(collector):
         timeout=10,
     )
     assert response.status_code == 400 and "can match only on" in response.json()["error"]
+    for silence_id in ("a%5Cb", "a%09b", "a%0Ab"):  # backslash, tab, newline: 500 before
+        expired = requests.delete(f"{collector.api_url}/v1/silences/{silence_id}", timeout=10)
+        assert expired.status_code == 404 and "no silence" in expired.json()["error"]
+
+
+def test_a_silence_regex_re2_cannot_run_is_refused_and_one_stored_before_is_skipped(
+    collector_factory,
+):
+    """Hole 7 of issue 11: silence regexes are RE2's, refused when given (API and CLI)."""
+    from analyzer.incidents import utc_text
+    from collector.store import insert_rows
+
+    hook = FakeReceiver()
+    try:
+        with collector_factory(**paging({"name": "hook", "type": "webhook", "url": hook.url})) as c:
+            for matcher, why in (
+                (r"agent=~(a)\1", "backreferences or lookaround"),
+                ("agent=~" + "a" * 1001, "longer than 1000 characters"),
+            ):
+                response = requests.post(
+                    c.api_url + "/v1/silences", json={"matchers": [matcher], "duration_s": 60}
+                )
+                assert response.status_code == 400, response.text
+                assert (
+                    why in response.json()["error"]
+                    and repr(matcher)[:30] in response.json()["error"]
+                )
+            ran = CliRunner().invoke(
+                cli, ["silence", "add", "agent=~(?=x)", "--api-url", c.api_url]
+            )
+            assert ran.exit_code == 2 and "'agent=~(?=x)'" in ran.output and "RE2" in ran.output
+
+            kept = api(
+                c, "POST", "/v1/silences", json={"matchers": ["agent=~(a+)+b"], "duration_s": 60}
+            )
+            now = time.time_ns()
+            old = {"silence_id": "sil-before-re2", "version": now, "created_by": "", "comment": "",
+                   "matchers": orjson.dumps(["agent=~(?!x)"]).decode(),
+                   "starts_at": utc_text(now), "ends_at": utc_text(now + 60 * 10**9)}  # fmt: skip
+            c.call(c.collector.run_store(insert_rows, c.collector.store, "silences", [old]))
+            c.call(c.collector.pager.load_silences())  # would raise: the pager could not start
+            assert [s.silence_id for s in c.collector.pager.silences] == [kept["silence_id"]]
+    finally:
+        hook.close()
 
 
 # --- configuration --------------------------------------------------------------------------------
@@ -365,6 +448,11 @@ def _config(route: dict, receivers: list | None = None) -> dict:
         (_config({"routes": []}), "route.receiver: the root route needs a receiver"),
         (_config({"receiver": "pd", "routes": [{"receiver": "pd"}, {"receiver": "pd"}]}),
          "route.routes.1: route name 'pd' is also route.routes.0's"),
+        (_config({"receiver": "pd", "routes": [{"match_re": {"agent": "(?!test-).*"}}]}),
+         "paging.route.routes.0.match_re: agent: '(?!test-).*': not a regular expression RE2"
+         " accepts (invalid perl operator: (?!); RE2 has no backreferences or lookaround"),
+        (_config({"receiver": "pd", "match_re": {"service": "x" * 1001}}),
+         "paging.route.match_re: service: 'xxx"),
     ],
 )  # fmt: skip
 def test_bad_paging_config_names_the_key(tmp_path, paging_config, message):

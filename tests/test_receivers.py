@@ -99,6 +99,7 @@ def test_invalid_utf8_rejects_only_that_span(collector):
 def test_http_protobuf_partial_success(collector):
     body = request(
         span("fine"),
+        span("bad-id", span_id=bytes(8)),
         span("bad-tokens", {"gen_ai.operation.name": "chat", "gen_ai.usage.output_tokens": "many"}),
     ).SerializeToString()
     response = http_export(collector, body)
@@ -106,10 +107,12 @@ def test_http_protobuf_partial_success(collector):
     assert response.headers["Content-Type"].startswith("application/x-protobuf")
     message = ExportTraceServiceResponse.FromString(response.content)
     assert message.partial_success.rejected_spans == 1
+    assert "span_id is all zeros" in message.partial_success.error_message
+    # the span with an unusable token count is stored, its OutputTokens 0, with a warning
     assert (
         "gen_ai.usage.output_tokens must be a whole number" in message.partial_success.error_message
     )
-    assert span_names(collector, 1) == ["fine"]
+    assert span_names(collector, 2) == ["bad-tokens", "fine"]
 
 
 def test_http_gzip_body(collector):
@@ -294,9 +297,11 @@ def test_session_is_resolved_for_children_sent_before_their_root(collector):
 def test_a_slow_sql_query_does_not_hold_up_ingest(collector):
     """Spans are inserted on a connection and thread of their own: an on-call engineer's long
     query does not make exporters wait (or time out and retry) until it finishes."""
-    slow_query = "SELECT sleepEachRow(0.5) FROM numbers(8) SETTINGS max_block_size = 1"  # ~4 s
+    slow_query = "SELECT sleepEachRow(0.5) FROM numbers(8)"  # ~4 s, one row a block
     query = threading.Thread(
-        target=lambda: requests.post(collector.sql_url, data=slow_query, timeout=60)
+        target=lambda: requests.post(
+            collector.sql_url, params={"max_block_size": "1"}, data=slow_query, timeout=60
+        )
     )
     query.start()
     time.sleep(0.5)  # the query is running
@@ -363,3 +368,146 @@ def test_an_unexpected_insert_error_is_a_retryable_refusal_not_a_hang(collector,
     monkeypatch.undo()
     assert http_export(collector, request(span("lucky")).SerializeToString()).status_code == 200
     assert span_names(collector, 1) == ["lucky"]
+
+
+# --- hostile and broken bodies (issue 11, holes 2 and 9): never a 5xx / UNKNOWN ------------------
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One collector (detection on, the default) for the tests below; each uses its own names."""
+    from tests.conftest import run_collector
+
+    with run_collector(tmp_path_factory.mktemp("hostile") / "data") as running:
+        yield running
+
+
+CHAT = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o"}
+
+
+def stored(collector, prefix: str, expected: int) -> list[dict]:
+    return collector.wait_for_rows(
+        "SELECT SpanName, InputTokens, Timestamp FROM otel_traces "
+        f"WHERE startsWith(SpanName, '{prefix}') ORDER BY SpanName",
+        expected,
+    )
+
+
+@pytest.mark.parametrize(
+    "value", [2.0**64, 1e308, "9" * 400, -1, float("nan"), float("inf")], ids=repr
+)
+def test_a_token_count_the_column_cannot_hold_is_a_warning_not_a_failure(shared, value):
+    """It failed the whole request (UNKNOWN / 500) and dropped its neighbours; then, with
+    detection on, every later export was answered only when the next one arrived. Now the span
+    is stored with InputTokens 0 and a warning, and exporters sending one request at a time are
+    each answered at once."""
+    tag = "tok-" + "".join(c for c in repr(value) if c.isalnum())[:12] + "-"
+    body = request(
+        span(tag + "a", CHAT),
+        span(tag + "b", {**CHAT, "gen_ai.usage.input_tokens": value}),
+        span(tag + "c", {**CHAT, "gen_ai.usage.input_tokens": 3}),
+    ).SerializeToString()
+    with grpc.insecure_channel(shared.grpc_endpoint) as channel:
+        call = channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=None)
+        response = ExportTraceServiceResponse.FromString(call(body, timeout=10))
+        assert response.partial_success.rejected_spans == 0
+        assert "InputTokens left 0" in response.partial_success.error_message
+        for i in range(3):  # one at a time, as a BatchSpanProcessor exports
+            after = request(span(f"{tag}next-{i}", {**CHAT, "gen_ai.usage.input_tokens": i}))
+            call(after.SerializeToString(), timeout=5)
+    rows = stored(shared, tag, 6)
+    assert [(r["SpanName"][len(tag) :], r["InputTokens"]) for r in rows] == [
+        ("a", 0), ("b", 0), ("c", 3), ("next-0", 0), ("next-1", 1), ("next-2", 2),
+    ]  # fmt: skip
+    http = http_export(shared, body.replace(tag.encode(), tag.upper().encode()))
+    assert http.status_code == 200
+    assert ExportTraceServiceResponse.FromString(http.content).partial_success.rejected_spans == 0
+
+
+@pytest.mark.parametrize("start", [0, 2**63, 2**64 - 1])
+def test_a_span_time_the_store_cannot_hold_is_rejected_with_its_reason(shared, start):
+    """These were stored as 1969 or 2036."""
+    tag = f"time-{start}-"
+    bad = span(tag + "bad")
+    bad.start_time_unix_nano = bad.end_time_unix_nano = start
+    body = request(span(tag + "ok"), bad).SerializeToString()
+    response, _ = grpc_export(shared, body)
+    assert response.partial_success.rejected_spans == 1
+    assert "start_time_unix_nano" in response.partial_success.error_message
+    [row] = stored(shared, tag, 1)
+    assert row["SpanName"] == tag + "ok" and row["Timestamp"].startswith("2025-11-13")
+
+
+def test_an_attribute_nested_too_deep_rejects_only_its_span(shared):
+    from tests.test_decode import body_of, nested_array, nested_kvlist, with_value
+
+    body = body_of(
+        span("deep-ok").SerializeToString(),
+        with_value("deep-kv", nested_kvlist(50)),
+        with_value("deep-array", nested_array(100)),
+    )
+    response, _ = grpc_export(shared, body)
+    assert response.partial_success.rejected_spans == 2
+    assert "nested deeper than protobuf's limit" in response.partial_success.error_message
+    assert [r["SpanName"] for r in stored(shared, "deep-", 1)] == ["deep-ok"]
+
+
+def test_json_that_one_span_spoils_rejects_only_that_span(shared):
+    from tests.test_decode import deep_json_value, json_body, json_span, with_raw_value
+
+    body = json_body(
+        json_span("json-ok"),
+        with_raw_value("json-surrogate", '{"stringValue": "\\ud800"}'),
+        with_raw_value("json-deep", deep_json_value(400)),
+    )
+    response = http_export(shared, body, {"Content-Type": "application/json"})
+    assert response.status_code == 200
+    assert response.json()["partialSuccess"]["rejectedSpans"] == "2"
+    assert [r["SpanName"] for r in stored(shared, "json-", 1)] == ["json-ok"]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "message"),
+    [
+        (b"\x1f\x8b garbage", {**PROTOBUF, "Content-Encoding": "gzip"}, 400, "cannot be read"),
+        (b"not deflate", {**PROTOBUF, "Content-Encoding": "deflate"}, 400, "cannot be read"),
+        (b'{"resourceSpans": ["x"]}', {"Content-Type": "application/json"}, 400, "JSON objects"),
+        (gzip.compress(b"\x00" * (20 << 20)), {**PROTOBUF, "Content-Encoding": "gzip"}, 413, ""),
+    ],
+    ids=["garbage gzip", "garbage deflate", "resourceSpans of strings", "gzip bomb"],
+)
+def test_unreadable_bodies_are_4xx_not_500(shared, body, headers, status, message):
+    """Garbage gzip and ``{"resourceSpans":["x"]}`` were 500. The size limit (16 MiB) applies
+    to the decompressed body: a 20 KB gzip of 20 MiB is refused without holding 20 MiB."""
+    response = http_export(shared, body, headers)
+    assert response.status_code == status
+    if response.headers["Content-Type"].startswith("application/json"):
+        detail = json_format.Parse(response.text, status_pb2.Status()).message
+    else:
+        detail = status_pb2.Status.FromString(response.content).message
+    assert message in detail
+
+
+def test_random_bodies_never_get_a_5xx_or_unknown(shared):
+    """Mutations of valid requests and random JSON shapes, over both receivers."""
+    from hypothesis import given, settings
+
+    from tests.test_decode import json_values, shapes_around
+    from tests.test_native_reader import mutants
+
+    @settings(max_examples=60, deadline=None, database=None)
+    @given(mutants(), json_values)
+    def check(protobuf_body, doc):
+        assert http_export(shared, protobuf_body).status_code < 500
+        try:
+            grpc_export(shared, protobuf_body)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, exc
+        for shaped in shapes_around(doc):
+            response = http_export(shared, json.dumps(shaped).encode(), {"Content-Type": JSON_CT})
+            assert response.status_code < 500, response.text
+
+    check()
+
+
+JSON_CT = "application/json"

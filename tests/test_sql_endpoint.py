@@ -447,3 +447,9 @@ def test_a_collector_migrates_and_inserts_through_another_collectors_endpoint(co
             # the materialized views created through the endpoint ran on the endpoint's inserts
             sessions = upstream.query("SELECT SessionId, AgentName FROM session_traces")
             assert sessions == [{"SessionId": "sess-relay", "AgentName": "support"}]
+
+
+def test_parameters_with_tabs_and_backslashes_through_clickhouse_connect(collector):
+    client = client_for(collector)
+    for value in ("a\\b", "tab\there", "two\nlines", "ends with \\"):
+        assert client.query("SELECT {v:String}", parameters={"v": value}).result_rows == [(value,)]

@@ -34,6 +34,7 @@ class Page:
     route: str = ""
     note: str = ""  # who acknowledged/resolved, and why
     test: bool = False
+    key: str = ""  # the outbox entry's id: the same for every attempt, across restarts
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """OTLP/HTTP receiver: ``POST /v1/traces`` with protobuf or JSON bodies, gzip accepted.
 
 Responses follow the OTLP/HTTP specification: 200 with ``ExportTraceServiceResponse`` (partial
-success included), 400 with a ``google.rpc.Status`` body for bad data, 413 for an oversize body,
-415 for an unknown content type, 503 with ``Retry-After`` when the collector cannot take the data
-now. The response body uses the request's encoding.
+success included), 400 with a ``google.rpc.Status`` body for bad data (its compression included),
+413 for a body too large once decompressed, 415 for an unknown content type, 503 with
+``Retry-After`` when the collector cannot take the data now. The response body uses the request's
+encoding.
 """
 
 from __future__ import annotations
@@ -41,10 +42,15 @@ class _Receiver:
                 415, JSON, f"unsupported Content-Type {content_type!r}; send {PROTOBUF} or {JSON}"
             )
         try:
-            body = await request.read()
+            body = await request.read()  # decompressed (gzip, deflate) and limited after that
         except web.HTTPRequestEntityTooLarge as exc:
             metrics.requests.labels("http", "invalid").inc()
             return _status(413, content_type, f"request body too large: {exc.text}")
+        except web.RequestPayloadError as exc:  # e.g. not gzip although Content-Encoding says so
+            metrics.requests.labels("http", "invalid").inc()
+            return _status(
+                400, content_type, f"request body cannot be read: {exc.__cause__ or exc}"
+            )
         encoding = "protobuf" if content_type == PROTOBUF else "json"
         try:
             rejections = await self._pipeline.export(body, encoding, "http")

@@ -22,14 +22,23 @@ class StoreError(Exception):
 
 
 class StoreUnavailable(Exception):
-    """The store cannot be reached or is failing: retry later."""
+    """The store cannot be reached or is failing: retry later.
+
+    ``in_doubt``: a write may have been committed all the same (a timeout or a connection lost
+    after the statement was sent); False only when it cannot have reached the store.
+    """
+
+    def __init__(self, message: str, *, in_doubt: bool = True) -> None:
+        super().__init__(message)
+        self.in_doubt = in_doubt
 
 
 class Store(Protocol):
     description: str
 
     def insert_blocks(self, table: str, fmt: str, blocks: list[bytes]) -> None:
-        """Insert several blocks of one format in one INSERT (one commit)."""
+        """Insert several blocks of one format in one INSERT (one commit). ``table`` may carry
+        the INSERT's settings (``insert_target``)."""
 
     def query(self, sql: str, fmt: str = "JSONEachRow", params: dict | None = None) -> bytes:
         """Run one statement and return its output in ClickHouse format ``fmt``."""
@@ -38,6 +47,21 @@ class Store(Protocol):
         """Run one statement for its effect (DDL)."""
 
     def close(self) -> None: ...
+
+
+def insert_target(table: str, settings: dict[str, str | int]) -> str:
+    """``table SETTINGS k = v, …``: the target of ``INSERT INTO … FORMAT``. Settings inside the
+    statement apply on every path (chDB, a server, another collector's SQL endpoint), where
+    settings sent beside it (URL parameters) may be dropped."""
+    values = ", ".join(
+        f"{name} = {value}" if isinstance(value, int) else f"{name} = '{_quote(value)}'"
+        for name, value in settings.items()
+    )
+    return f"{table} SETTINGS {values}" if values else table
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def insert_rows(store: Store, table: str, rows: list[dict]) -> None:
@@ -65,6 +89,8 @@ def open_store(config: Config) -> Store:
             user=config.clickhouse_user,
             password=config.clickhouse_password,
             database=config.clickhouse_database,
+            connect_timeout_s=config.clickhouse_connect_timeout_s,
+            query_timeout_s=config.clickhouse_query_timeout_s,
         )
     from collector.store.embedded import EmbeddedStore
 

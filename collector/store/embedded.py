@@ -12,6 +12,7 @@ import queue
 import re
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -116,15 +117,9 @@ class EmbeddedStore:
 
             conn = chdb.connect(self._dsn)
         try:
-            with conn.send_insert(f"INSERT INTO {table}", fmt) as inserter:  # cancelled on error
-                for block in blocks:
-                    inserter.append(block)
-                result = inserter.finish()
-        except Exception as exc:
-            raise _translate(exc) from None
+            return _Session(conn).insert_blocks(table, fmt, blocks)
         finally:
             self._insert_conns.put(conn)
-        return {"written_rows": result.rows_written, "written_bytes": result.bytes_written}
 
     def query(self, sql: str, fmt: str = "JSONEachRow", params: dict | None = None) -> bytes:
         return self.query_with_summary(sql, fmt, params)[0]
@@ -135,21 +130,46 @@ class EmbeddedStore:
         """``query`` plus ClickHouse's counters for it (the SQL endpoint's X-ClickHouse-Summary)."""
         with self._lock:
             try:
-                result = self._conn.query(sql, fmt, params=params or None)
+                result = self._conn.query(sql, fmt, params=_escaped(params))
             except Exception as exc:
                 raise _translate(exc) from None
-        if result is None:
-            return b"", {}
-        summary = {  # chDB's rows_read counts result rows; what was read from tables is storage_*
-            "read_rows": result.storage_rows_read(),
-            "read_bytes": result.storage_bytes_read(),
-            "written_rows": result.rows_written(),
-            "written_bytes": result.bytes_written(),
-            "result_rows": result.rows_read(),
-            "result_bytes": result.bytes_read(),
-            "elapsed_ns": int(result.elapsed() * 1e9),
-        }
-        return result.bytes(), summary
+        return _output_and_summary(result)
+
+    @contextmanager
+    def session(self, settings: dict[str, str], readonly: bool = True):
+        """A connection of its own for one client statement (the SQL port, ``/v1/sql``).
+
+        ``settings`` apply first; with ``readonly`` the connection is then locked by ClickHouse
+        (``readonly = 1``: no writes, no DDL, no setting changes). Closed afterwards, so nothing a
+        statement leaves behind (partial output, temporary tables, settings) reaches another.
+        """
+        import chdb
+
+        try:
+            conn = chdb.connect(self._dsn)
+        except Exception as exc:
+            raise _translate(exc) from None
+        try:
+            session = _Session(conn)
+            if settings:
+                session.query("SET " + ", ".join(f"{k} = {_quote(v)}" for k, v in settings.items()))
+            if readonly:
+                session.query("SET readonly = 1")
+            yield session
+        finally:
+            conn.close()
+
+    def ping(self, timeout_s: float) -> None:
+        """``SELECT 1`` on a connection of its own (``/healthz``): never behind the store lock."""
+        with self.session({"max_execution_time": str(timeout_s)}, readonly=True) as session:
+            session.query("SELECT 1")
+
+    def cancel(self, tag: str) -> None:
+        """Stop the session statement whose ``log_comment`` is ``tag`` (its client went away)."""
+        with self.session({}, readonly=False) as session:
+            session.query(
+                "KILL QUERY WHERE Settings['log_comment'] = {tag:String} ASYNC", "TSV", {"tag": tag}
+            )
 
     def command(self, sql: str) -> None:
         self.query(sql, "TSV")
@@ -159,6 +179,64 @@ class EmbeddedStore:
             while not self._insert_conns.empty():
                 self._insert_conns.get_nowait().close()
             self._conn.close()
+
+
+class _Session:
+    def __init__(self, conn) -> None:
+        self._conn = conn
+
+    def query(self, sql: str, fmt: str = "TSV", params: dict | None = None):
+        """(output, ClickHouse's counters) of one statement."""
+        try:
+            return _output_and_summary(self._conn.query(sql, fmt, params=_escaped(params)))
+        except Exception as exc:
+            raise _translate(exc) from None
+
+    def insert_blocks(self, table: str, fmt: str, blocks: list[bytes]) -> dict[str, int]:
+        try:
+            with self._conn.send_insert(
+                f"INSERT INTO {table}", fmt
+            ) as inserter:  # cancelled on error
+                for block in blocks:
+                    inserter.append(block)
+                result = inserter.finish()
+        except Exception as exc:
+            raise _translate(exc) from None
+        return {"written_rows": result.rows_written, "written_bytes": result.bytes_written}
+
+
+def _output_and_summary(result) -> tuple[bytes, dict[str, int]]:
+    if result is None:
+        return b"", {}
+    summary = {  # chDB's rows_read counts result rows; what was read from tables is storage_*
+        "read_rows": result.storage_rows_read(),
+        "read_bytes": result.storage_bytes_read(),
+        "written_rows": result.rows_written(),
+        "written_bytes": result.bytes_written(),
+        "result_rows": result.rows_read(),
+        "result_bytes": result.bytes_read(),
+        "elapsed_ns": int(result.elapsed() * 1e9),
+    }
+    return result.bytes(), summary
+
+
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _escaped(params: dict | None) -> dict | None:
+    """Query parameters as ClickHouse reads them: each value is parsed like a TSV field, so a
+    backslash, tab or newline in it must be escaped (clickhouse-connect does the same for a
+    server). Callers pass plain values on both stores."""
+    if not params:
+        return None
+    return {
+        name: value.translate(_ESCAPES) if isinstance(value, str) else value
+        for name, value in params.items()
+    }
+
+
+def _quote(value: str) -> str:
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _connection_params(settings: dict[str, str]) -> str:

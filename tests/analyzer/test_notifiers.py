@@ -87,3 +87,22 @@ def test_webhook_signature_is_hmac_sha256_of_the_body():
     request = hook.request(Page("trigger", INCIDENT))
     assert request.headers[SIGNATURE_HEADER] == sign("s", request.body)
     assert sign("s", b"{}") == "sha256=" + __import__("hmac").new(b"s", b"{}", "sha256").hexdigest()
+
+
+def test_webhook_carries_one_idempotency_key_per_page_and_vendors_their_dedup_keys():
+    """A page re-sent after a crash (same outbox entry) carries the same key; a receiver drops it."""
+    from analyzer.notifiers.webhook import IDEMPOTENCY_HEADER, Webhook
+
+    hook = Webhook(receiver(name="h", type="webhook", url="http://h", secret="s"))
+    first = hook.request(Page("trigger", INCIDENT, key="ntf-1"))
+    again = hook.request(Page("trigger", INCIDENT, key="ntf-1"))
+    other = hook.request(Page("resolve", INCIDENT, key="ntf-2"))
+    assert first.headers[IDEMPOTENCY_HEADER] == again.headers[IDEMPOTENCY_HEADER] == "ntf-1"
+    assert orjson.loads(first.body)["idempotency_key"] == "ntf-1"
+    assert other.headers[IDEMPOTENCY_HEADER] == "ntf-2"
+    # the vendors deduplicate by their own key: the incident's fingerprint
+    pd = pagerduty.PagerDuty(receiver(name="p", type="pagerduty", routing_key="r" * 32))
+    og = opsgenie.Opsgenie(receiver(name="o", type="opsgenie", api_key="k"))
+    am = alertmanager.Alertmanager(receiver(name="a", type="alertmanager", url="http://am"))
+    assert body(pd)["dedup_key"] == body(og)["alias"] == INCIDENT["fingerprint"]
+    assert body(am)[0]["labels"]["fingerprint"] == INCIDENT["fingerprint"]

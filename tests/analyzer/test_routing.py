@@ -81,3 +81,35 @@ def test_a_silence_mutes_only_while_active_and_only_what_matches_all_matchers():
     assert silenced_by([silence], labels, 200) is None  # expired
     assert silenced_by([silence], labels, 99) is None
     assert silenced_by([silence], {**labels, "severity": "SEV1"}, 150) is None
+
+
+# --- regexes: RE2, linear in the label's length (issue 11, hole 7) --------------------------------
+
+
+def test_a_catastrophic_pattern_runs_on_re2_and_still_matches_as_alertmanager_does():
+    """``(a+)+b`` against 27 a's held Python's re for 7.8 s; RE2 has no backtracking to do."""
+    silence = Silence("s", (parse_matcher("agent=~(a+)+b"),), 0, 10)
+    [matcher] = silence.matchers
+    assert type(matcher.regex).__module__ == "re2"  # not Python's backtracking re
+    assert silenced_by([silence], {"agent": "a" * 27}, 5) is None
+    assert silenced_by([silence], {"agent": "aaab"}, 5) is silence
+    assert silenced_by([silence], {"agent": "xaaab"}, 5) is None  # anchored at both ends
+    listed = tree(receiver="slack", routes=[{"match": {"agent": ["a.b", "(x)"]}, "receiver": "og"}])
+    assert names(listed, agent="a.b") == names(listed, agent="(x)") == ["og"]  # literals
+    assert names(listed, agent="axb") == ["default"]
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        (r"agent=~(a)\1", "backreferences or lookaround"),
+        ("agent=~(?=a)a", "backreferences or lookaround"),
+        ("agent!~(?<!x)y", "backreferences or lookaround"),
+        ("agent=~" + "a" * 1001, "longer than 1000 characters"),
+    ],
+)
+def test_a_pattern_re2_cannot_run_in_linear_time_is_refused_naming_it(text, why):
+    with pytest.raises(ValueError) as refused:
+        parse_matcher(text)
+    assert why in str(refused.value)
+    assert str(refused.value).startswith(repr(text)[:60])  # names the matcher as given
