@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -106,3 +107,25 @@ def collector_factory(tmp_path: Path):
             yield running
 
     return make
+
+
+@pytest.fixture
+def listener():
+    """A loopback HTTP server that records every request: the attacks on the SQL port must
+    never make the collector call it (SSRF)."""
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"1\n")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    server.shutdown()

@@ -9,7 +9,6 @@ up on running to the end, an open /v1/sql next to a configured sql_token.
 from __future__ import annotations
 
 import gzip
-import http.server
 import threading
 import time
 
@@ -28,27 +27,6 @@ def secret_file(tmp_path):
     return path
 
 
-@pytest.fixture
-def listener():
-    """A loopback HTTP server that records every request (SSRF shows up here)."""
-    hits: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            hits.append(self.path)
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"1\n")
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", hits
-    server.shutdown()
-
-
 def quoted(text: str) -> str:
     return text.replace("'", "''")
 
@@ -63,7 +41,7 @@ def test_settings_and_formats_reach_no_file_and_no_url(collector, secret_file, l
         {"query": "SELECT 1 AS x", "additional_result_filter": calls_url},
         {"query": "SELECT 1", "default_format": "Template", "format_template_resultset": path},
         {"query": "SELECT 1", "default_format": "Protobuf", "output_format_schema": path},
-        {"query": "SELECT 1 AS x SETTINGS additional_result_filter = '%s'" % quoted(calls_url)},
+        {"query": f"SELECT 1 AS x SETTINGS additional_result_filter = '{quoted(calls_url)}'"},
     ]
     for params in attacks:
         response = requests.get(collector.sql_url, params=params)
@@ -72,7 +50,7 @@ def test_settings_and_formats_reach_no_file_and_no_url(collector, secret_file, l
         assert response.headers["X-ClickHouse-Exception-Code"] == "164"  # READONLY
     api = requests.post(
         f"{collector.api_url}/v1/sql",
-        json={"query": "SELECT 1 AS x SETTINGS additional_result_filter = '%s'" % quoted(reads_file)},
+        json={"query": f"SELECT 1 AS x SETTINGS additional_result_filter = '{quoted(reads_file)}'"},
     )
     assert api.status_code == 403 and SECRET not in api.text
     assert hits == []
@@ -154,7 +132,10 @@ def test_sql_token_guards_v1_sql_and_the_admin_token_opens_the_sql_port(collecto
         assert incidents.status_code == 401
         assert requests.post(running.sql_url, data="SELECT 7", auth=("a", "admin")).text == "7\n"
     with collector_factory(sql_token="reader") as running:  # no api_token: /v1/sql still guarded
-        assert requests.post(f"{running.api_url}/v1/sql", json={"query": "SELECT 1"}).status_code == 401
+        assert (
+            requests.post(f"{running.api_url}/v1/sql", json={"query": "SELECT 1"}).status_code
+            == 401
+        )
 
 
 def test_listening_beyond_loopback_without_a_token_stops_start_up():

@@ -7,9 +7,6 @@ the "network" a loopback HTTP server that must never be called.
 
 from __future__ import annotations
 
-import http.server
-import threading
-
 import orjson
 import pytest
 
@@ -34,27 +31,6 @@ def secret_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("host") / "secret"
     path.write_text(SECRET + "\n")
     return path
-
-
-@pytest.fixture(scope="module")
-def listener():
-    """A loopback HTTP server that counts the requests it gets (SSRF would show here)."""
-    hits = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            hits.append(self.path)
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"1\n")
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", hits
-    server.shutdown()
 
 
 def attempt(store, query, fmt="TabSeparated", settings=None, limits=None) -> str:

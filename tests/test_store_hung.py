@@ -34,7 +34,9 @@ from tests.test_receivers import EXPORT
 EXPORTER_DEADLINE_S = 4.0  # per attempt (the Collector's exporters: 5 s; the SDKs: 10 s)
 STOPPED_FOR_S = 8.0  # longer than the deadline: every request in flight then times out
 CLIENTS, REQUESTS_PER_CLIENT, SPANS_PER_REQUEST = 8, 6, 25
-HEALTH_BOUND_S = 5.0  # the check answers in 2 s; slack for a loaded 2-core machine, far below the 8 s stop
+HEALTH_BOUND_S = (
+    5.0  # the check answers in 2 s; slack for a loaded 2-core machine, far below the 8 s stop
+)
 
 
 @pytest.fixture
