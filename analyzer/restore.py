@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 
+from analyzer.engine import DetectionUnavailable
 from analyzer.step import STEP_COLUMNS
 from collector.store import Store, query_rows
 
@@ -60,7 +61,10 @@ async def restore(
         chunk = [values[:-1] for values in steps[start : start + _REPLAY_BATCH]]
         columns = dict(zip(STEP_COLUMNS, (list(c) for c in zip(*chunk, strict=True)), strict=True))
         # findings dropped: they were reported before the restart
-        await analyzer.detection.observe_columns(columns, now, replay=True)
+        try:
+            await analyzer.detection.observe_columns(columns, now, replay=True)
+        except DetectionUnavailable as exc:  # those steps are not remembered; start-up goes on
+            log.error("restore: detection skipped %d replayed steps: %s", len(chunk), exc)
     if rows or steps:
         log.info("restored %d open incidents and %d recent steps", len(rows), len(steps))
     return len(rows), len(steps)

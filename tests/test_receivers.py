@@ -422,6 +422,8 @@ def test_a_token_count_the_column_cannot_hold_is_a_warning_not_a_failure(shared,
     http = http_export(shared, body.replace(tag.encode(), tag.upper().encode()))
     assert http.status_code == 200
     assert ExportTraceServiceResponse.FromString(http.content).partial_success.rejected_spans == 0
+    metrics = requests.get(shared.api_url + "/metrics", timeout=10).text
+    assert 'agentwatch_otlp_requests_total{outcome="warning",protocol="grpc"}' in metrics
 
 
 @pytest.mark.parametrize("start", [0, 2**63, 2**64 - 1])

@@ -122,3 +122,26 @@ async def test_in_the_collectors_process_a_failing_batch_is_skipped_alike():
     with pytest.raises(DetectionUnavailable, match="RuntimeError"):
         await detection.observe_columns(columns("s-bad", 1), T0)
     assert sessions(await detection.observe_columns(columns("s-next", 4), T0)) == {"s-next"}
+
+
+async def test_a_replayed_batch_detection_fails_on_does_not_stop_start_up():
+    """analyzer/restore.py replays recent steps at start-up: a batch answered with an error (as
+    the child now answers) is logged and skipped, not raised into the collector's start."""
+    from types import SimpleNamespace
+
+    from analyzer.engine import Detection
+    from analyzer.restore import restore
+    from analyzer.session import SessionTable
+
+    class Failing(Detection):
+        async def observe_columns(self, columns, now, replay=False):
+            raise DetectionUnavailable("detection failed on it: KeyError")
+
+    cols = columns("s-replayed", 4)
+    steps = [[*row, "2025-11-13 00:00:00.000"] for row in zip(*cols.values(), strict=True)]
+
+    async def run_store(fn, store, sql, *args):
+        return steps if "agent_spans" in sql else []
+
+    analyzer = SimpleNamespace(detection=Failing([], SessionTable()), incidents=None)
+    assert await restore(analyzer, None, run_store) == (0, 4)
