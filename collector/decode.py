@@ -81,21 +81,12 @@ def _submessages(raw: bytes) -> dict[int, list[bytes]]:
     pos, end = 0, len(raw)
     while pos < end:
         tag, pos = _varint(raw, pos, 5)
-        number, wire = tag >> 3, tag & 7
-        if number == 0:
+        if tag >> 3 == 0:
             raise DecodeError("field number 0")
-        if wire == 0:
-            _, pos = _varint(raw, pos, 10)
-        elif wire == 1 or wire == 5:
-            pos += 8 if wire == 1 else 4
-        elif wire == 2:
-            length, pos = _varint(raw, pos, 5)
-            fields.setdefault(number, []).append(raw[pos : pos + length])
-            pos += length
-        elif wire == 3:
-            pos = _skip_group(raw, pos, number)
-        else:
-            raise DecodeError(f"wire type {wire}")
+        start = pos
+        pos = _skip_value(raw, pos, tag)
+        if tag & 7 == 2:
+            fields.setdefault(tag >> 3, []).append(raw[_varint(raw, start, 5)[1] : pos])
         if pos > end:
             raise DecodeError("truncated")
     return fields
@@ -114,26 +105,30 @@ def _varint(raw: bytes, pos: int, max_bytes: int) -> tuple[int, int]:
     raise DecodeError("varint too long")
 
 
+def _skip_value(raw: bytes, pos: int, tag: int) -> int:
+    """The position after the value of the field ``tag`` that starts at ``pos``."""
+    wire = tag & 7
+    if wire == 0:
+        return _varint(raw, pos, 10)[1]
+    if wire == 1 or wire == 5:
+        return pos + (8 if wire == 1 else 4)
+    if wire == 2:
+        length, pos = _varint(raw, pos, 5)
+        return pos + length
+    if wire == 3:
+        return _skip_group(raw, pos, tag >> 3)
+    raise DecodeError(f"wire type {wire}")
+
+
 def _skip_group(raw: bytes, pos: int, number: int) -> int:
     """The position after the end-group tag of the group ``number`` that starts at ``pos``."""
     while True:
         tag, pos = _varint(raw, pos, 5)
-        wire = tag & 7
-        if wire == 4:
+        if tag & 7 == 4:
             if tag >> 3 != number:
                 raise DecodeError("mismatched end of group")
             return pos
-        if wire == 0:
-            _, pos = _varint(raw, pos, 10)
-        elif wire == 1 or wire == 5:
-            pos += 8 if wire == 1 else 4
-        elif wire == 2:
-            length, pos = _varint(raw, pos, 5)
-            pos += length
-        elif wire == 3:
-            pos = _skip_group(raw, pos, tag >> 3)
-        else:
-            raise DecodeError(f"wire type {wire}")
+        pos = _skip_value(raw, pos, tag)
         if pos > len(raw):
             raise DecodeError("truncated group")
 
