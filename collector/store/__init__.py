@@ -54,14 +54,15 @@ def insert_target(table: str, settings: dict[str, str | int]) -> str:
     statement apply on every path (chDB, a server, another collector's SQL endpoint), where
     settings sent beside it (URL parameters) may be dropped."""
     values = ", ".join(
-        f"{name} = {value}" if isinstance(value, int) else f"{name} = '{_quote(value)}'"
+        f"{name} = {value}" if isinstance(value, int) else f"{name} = {quote_string(value)}"
         for name, value in settings.items()
     )
     return f"{table} SETTINGS {values}" if values else table
 
 
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
+def quote_string(value: str) -> str:
+    """``value`` as a ClickHouse string literal."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def insert_rows(store: Store, table: str, rows: list[dict]) -> None:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlencode
 
-from collector.store import StoreError, StoreUnavailable
+from collector.store import StoreError, StoreUnavailable, quote_string
 
 _CODE = re.compile(r"Code: (\d+)\.")
 log = logging.getLogger("agentwatch.store")
@@ -152,7 +152,9 @@ class EmbeddedStore:
         try:
             session = _Session(conn)
             if settings:
-                session.query("SET " + ", ".join(f"{k} = {_quote(v)}" for k, v in settings.items()))
+                session.query(
+                    "SET " + ", ".join(f"{k} = {quote_string(v)}" for k, v in settings.items())
+                )
             if readonly:
                 session.query("SET readonly = 1")
             yield session
@@ -233,10 +235,6 @@ def _escaped(params: dict | None) -> dict | None:
         name: value.translate(_ESCAPES) if isinstance(value, str) else value
         for name, value in params.items()
     }
-
-
-def _quote(value: str) -> str:
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _connection_params(settings: dict[str, str]) -> str:
