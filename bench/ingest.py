@@ -290,11 +290,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_PORT_NAMES = ("otlp_grpc", "otlp_http", "sql", "api")
+
+
 class CollectorProcess:
     """``agentwatch serve`` in a subprocess, with helpers to query and measure it."""
 
-    def __init__(self, data_dir: Path, log_path: Path, config: str | None = None) -> None:
-        self.ports = {name: free_port() for name in ("otlp_grpc", "otlp_http", "sql", "api")}
+    def __init__(
+        self,
+        data_dir: Path,
+        log_path: Path,
+        config: str | None = None,
+        ports: dict[str, int] | None = None,
+    ) -> None:
+        # ``ports``: a restart on the ports of a collector that was stopped (or killed)
+        self.ports = dict(ports) if ports else {name: free_port() for name in _PORT_NAMES}
         while len(set(self.ports.values())) < 4:
             self.ports = {name: free_port() for name in self.ports}
         self.api_url = f"http://127.0.0.1:{self.ports['api']}"

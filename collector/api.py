@@ -8,19 +8,19 @@ and beyond loopback one must be (``Config._token_beyond_loopback``).
 from __future__ import annotations
 
 import asyncio
-import hmac
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from collector.auth import ADMIN, INGEST, READER, SQL, Tokens, bearer
 from collector.control_api import add_control_routes
 from collector.health import check as health_check
 from collector.incidents_api import add_incident_routes
 from collector.paging_api import add_paging_routes
 from collector.sql_gate import ReadOnlyViolation, new_tag, run_read_only
 from collector.store import StoreError, StoreUnavailable
-from collector.web import COLLECTOR
+from collector.web import COLLECTOR, PRINCIPAL
 from collector.web import error as _error
 
 READONLY = 164  # ClickHouse's error code for what readonly mode refuses
@@ -35,7 +35,7 @@ SQL_FORMATS = {
 
 
 def build_api_app(collector) -> web.Application:
-    app = web.Application(middlewares=[_token_middleware(collector.config)])
+    app = web.Application(middlewares=[_token_middleware(collector.tokens)])
     app[COLLECTOR] = collector
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
@@ -46,30 +46,43 @@ def build_api_app(collector) -> web.Application:
     return app
 
 
-def _token_middleware(config):
-    """``/v1/*`` and ``/ofrep/*`` need a token once one is configured: the admin ``api_token``
-    everywhere; ``sql_token`` also opens ``POST /v1/sql`` (it is the SQL port's password)."""
-    admin = [config.api_token] if config.api_token else []
-    readers = admin + ([config.sql_token] if config.sql_token else [])
+#: Who opens which paths besides the admin token (``collector.auth``), first match wins.
+_PATH_ROLES = (
+    ("POST", "/v1/sql", (SQL, READER)),
+    ("GET", "/v1/incidents", (READER,)),  # the list and one incident: that tenant's only
+    ("*", "/ofrep/", (SQL, READER, INGEST)),  # agents check their flags
+)
+
+
+def _roles_for(method: str, path: str) -> tuple[str, ...]:
+    for want_method, prefix, roles in _PATH_ROLES:
+        if want_method in ("*", method) and path.startswith(prefix):
+            return roles
+    return ()
+
+
+def _token_middleware(tokens: Tokens):
+    """``/v1/*`` and ``/ofrep/*`` need a token that opens them once one is configured; the
+    handler finds who asked in ``request["principal"]`` (its tenant limits what it reads)."""
 
     @web.middleware
     async def check_token(request: web.Request, handler):
         if request.path.startswith(("/v1/", "/ofrep/")):
-            accepted = readers if request.path == "/v1/sql" else admin
-            if accepted and not _bearer_matches(request, accepted):
+            roles = _roles_for(request.method, request.path)
+            # the flag checks stay open until an admin token is set, as before tenants
+            guarded_by = (ADMIN,) if request.path.startswith("/ofrep/") else None
+            given = bearer(request.headers.get("Authorization"))
+            found = tokens.check(given, roles, guarded_by)
+            if isinstance(found, str):
+                status = 403 if given and tokens.find(given) else 401
                 return _error(
-                    401, "missing or wrong API token (send 'Authorization: Bearer <token>')"
+                    status,
+                    f"missing or wrong API token: {found} (send 'Authorization: Bearer <token>')",
                 )
+            request[PRINCIPAL] = found
         return await handler(request)
 
     return check_token
-
-
-def _bearer_matches(request: web.Request, tokens: list[str]) -> bool:
-    given = request.headers.get("Authorization", "").encode()
-    # every token compared, in constant time each, so timing tells nothing about which matched
-    matches = [hmac.compare_digest(given, f"Bearer {token}".encode()) for token in tokens]
-    return any(matches)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -106,7 +119,7 @@ async def sql(request: web.Request) -> web.Response:
     try:
         out, _, _ = await collector.run_sql(
             run_read_only, collector.store, query, SQL_FORMATS[fmt], params, {},
-            collector.config.sql_limits, tag,
+            collector.config.sql_limits, request[PRINCIPAL].tenant, tag,
         )  # fmt: skip
     except asyncio.CancelledError:
         collector.cancel_sql(tag)  # the client went away

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from collector.api import build_api_app
+from collector.auth import Tokens
 from collector.config import Config
 from collector.gc_tuning import tune_gc
 from collector.metrics import Metrics
@@ -36,6 +37,7 @@ class Collector:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics()
+        self.tokens = Tokens(config)  # who a request is, on every port (collector.auth)
         self.store: Store | None = None
         self.ports: dict[str, int] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
@@ -146,11 +148,12 @@ class Collector:
             self.pipeline,
             max_recv_msg_size_mib=config.max_recv_msg_size_mib,
             max_concurrent_requests=config.max_concurrent_requests,
+            tokens=self.tokens,
         )
         self.ports["otlp_grpc"] = await self._grpc.start(config.listen, config.otlp_grpc_port)
         max_body = config.max_recv_msg_size_mib * 1024 * 1024
         self.ports["otlp_http"] = await self._serve(
-            build_otlp_http_app(self.pipeline, max_body), config.otlp_http_port
+            build_otlp_http_app(self.pipeline, max_body, self.tokens), config.otlp_http_port
         )
         from collector.sql_endpoint import build_sql_app
 

@@ -32,6 +32,8 @@ from collector.pricing import Price
 
 log = logging.getLogger("agentwatch.config")
 
+_TENANT_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
 #: Secrets that may come from the environment instead of the file or a flag.
 ENV_SETTINGS = {
     "clickhouse_password": "AGENTWATCH_CLICKHOUSE_PASSWORD",
@@ -46,6 +48,19 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TenantConfig(_Section):
+    """A tenant's tokens: the token decides the tenant (``collector.auth``)."""
+
+    ingest_token: str | None = Field(
+        default=None,
+        description="OTLP exporters send it (Authorization: Bearer); spans are"
+        " stored as this tenant whatever tenant.id they carry",
+    )
+    read_token: str | None = Field(
+        default=None, description="reads this tenant's rows only: incidents, /v1/sql, SQL port"
+    )
 
 
 class PriceConfig(_Section):
@@ -302,6 +317,10 @@ class Config(_Section):
         default=None,
         description="the admin token: every API path, and the SQL port as its password too",
     )
+    tenants: dict[str, TenantConfig] = Field(
+        default_factory=dict,
+        description="tenant name -> its ingest and read tokens; needs api_token (the admin)",
+    )
     allow_unauthenticated: bool = Field(
         default=False,
         description="listen beyond loopback without api_token (anyone who reaches the ports"
@@ -356,6 +375,33 @@ class Config(_Section):
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError("expected http(s)://[user:password@]host[:port][/database]")
         return value
+
+    @model_validator(mode="after")
+    def _tenant_tokens(self) -> Config:
+        if not self.tenants:
+            return self
+        if not self.api_token:
+            raise ValueError(
+                "tenants: need api_token as well (the admin token reads every tenant and changes"
+                " containment and paging, which tenant tokens cannot)"
+            )
+        seen: dict[str, str] = {}
+        named = [("api_token", self.api_token), ("sql_token", self.sql_token)]
+        for name, tenant in self.tenants.items():
+            if not _TENANT_NAME.fullmatch(name):
+                raise ValueError(f"tenants: {name!r}: a tenant name is 1-64 of A-Z a-z 0-9 _ . : -")
+            if not tenant.ingest_token and not tenant.read_token:
+                raise ValueError(f"tenants.{name}: give an ingest_token, a read_token or both")
+            named += [
+                (f"tenants.{name}.ingest_token", tenant.ingest_token),
+                (f"tenants.{name}.read_token", tenant.read_token),
+            ]
+        for key, token in named:
+            if token and token in seen:
+                raise ValueError(f"{key} is the same token as {seen[token]}; each must differ")
+            if token:
+                seen[token] = key
+        return self
 
     @model_validator(mode="after")
     def _token_beyond_loopback(self) -> Config:

@@ -32,6 +32,7 @@ from aiohttp import web
 
 from analyzer.incidents import utc_text
 from collector.store import StoreError, StoreUnavailable, insert_rows, query_rows
+from collector.web import PRINCIPAL
 from collector.web import collector_of as _collector
 from collector.web import dumps as _dumps
 from collector.web import error as _error
@@ -115,6 +116,10 @@ async def list_incidents(request: web.Request) -> web.Response:
         if q.get(name):
             where.append(f"`{name}` = {text_param(name)}")
             params[name] = text_value(q[name])
+    tenant = request[PRINCIPAL].tenant if PRINCIPAL in request else None
+    if tenant is not None:  # a tenant's read token: its incidents only, whatever it filters on
+        where.append("tenant = {reader_tenant:String}")
+        params["reader_tenant"] = tenant
     try:
         limit = int(q.get("limit", "50"))
     except ValueError:
@@ -160,7 +165,8 @@ async def show_incident(request: web.Request) -> web.Response:
         incident = await _load(_collector(request), incident_id)
     except _Failed as failed:
         return failed.response
-    if incident is None:
+    tenant = request[PRINCIPAL].tenant if PRINCIPAL in request else None
+    if incident is None or tenant not in (None, incident.get("tenant")):
         return _error(404, f"no incident {incident_id!r}")
     return web.json_response(incident, dumps=_dumps)
 

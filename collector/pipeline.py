@@ -44,9 +44,17 @@ class Pipeline:
         self.forwarder = forwarder
 
     async def export(
-        self, body: bytes, encoding: Literal["protobuf", "json"], protocol: str
+        self,
+        body: bytes,
+        encoding: Literal["protobuf", "json"],
+        protocol: str,
+        tenant: str | None = None,
     ) -> Rejections:
+        """``tenant``: the one the exporter's token names (``collector.auth``); it replaces
+        whatever ``tenant.id`` the spans carry."""
         batch, rejections = self._read(body, encoding, protocol)
+        if tenant is not None and len(batch):
+            batch.columns["Tenant"] = [tenant] * len(batch)
         # From here the writer counts these spans against queue_max_spans: it takes the batch
         # (or refuses it) before its first await, so no other request is decoded in between.
         n_spans = len(batch)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hmac
 import logging
 import re
 import uuid
@@ -31,6 +30,7 @@ import uuid
 import orjson
 from aiohttp import web
 
+from collector.auth import READER, SQL, Principal
 from collector.sql_gate import (
     READING_KEYWORDS,
     ReadOnlyViolation,
@@ -138,7 +138,7 @@ class _SqlEndpoint:
         try:
             if request.method != "POST" and "query" not in params:
                 return web.Response(text="Ok.\n")  # ClickHouse's answer to a bare GET /
-            self._authenticate(request, params)  # before reading any body
+            principal = self._authenticate(request, params)  # before reading any body
             store_database = getattr(self.collector.store, "database", "default")
             database = params.get("database") or request.headers.get("X-ClickHouse-Database")
             if database and database != store_database:
@@ -159,7 +159,9 @@ class _SqlEndpoint:
                 ) from None
             timezone, setting_names = await self._server_info()
             headers["X-ClickHouse-Timezone"] = params.get("session_timezone") or timezone
-            output, summary, fmt = await self._execute(request, params, sql, setting_names)
+            output, summary, fmt = await self._execute(
+                request, params, sql, setting_names, principal
+            )
         except ClickHouseError as exc:
             return _error(exc, headers)
         except ReadOnlyViolation as exc:
@@ -181,13 +183,10 @@ class _SqlEndpoint:
             response.enable_compression()  # gzip or deflate, whichever Accept-Encoding names
         return response
 
-    def _authenticate(self, request: web.Request, params: dict[str, str]) -> None:
-        """With ``sql_token`` or ``api_token`` set either is the password: Basic auth,
-        X-ClickHouse-Key, a Bearer token or ?password=."""
-        config = self.collector.config
-        tokens = [t.encode() for t in (config.sql_token, config.api_token) if t]
-        if not tokens:
-            return
+    def _authenticate(self, request: web.Request, params: dict[str, str]) -> Principal:
+        """Who asks (``collector.auth``): a token that opens the SQL port (api_token, sql_token
+        or a tenant's read_token) as the password: Basic auth, X-ClickHouse-Key, a Bearer token
+        or ?password=. Open while none of them is configured."""
         user = request.headers.get("X-ClickHouse-User") or params.get("user") or "default"
         # Any one may carry it: clickhouse-connect sends "Basic default:" next to X-ClickHouse-Key.
         passwords = [request.headers.get("X-ClickHouse-Key"), params.get("password")]
@@ -200,16 +199,19 @@ class _SqlEndpoint:
                 pass
         elif scheme.lower() == "bearer":  # clickhouse-connect's access_token
             passwords.append(credentials)
-        passwords = [p for p in passwords if p]
-        # every pair compared in constant time, so timing tells nothing about a near match
-        if any([hmac.compare_digest(p.encode(), t) for p in passwords for t in tokens]):
-            return
-        problem = "password is incorrect" if passwords else "no password given"
+        passwords = [p for p in passwords if p] or [None]
+        tokens = self.collector.tokens
+        found = [tokens.check(p, (SQL, READER)) for p in passwords]  # each, in constant time
+        for principal in found:
+            if isinstance(principal, Principal):
+                return principal
+        given = passwords != [None]
         raise ClickHouseError(
             AUTHENTICATION_FAILED,
-            f"{user}: Authentication failed: {problem}; send the collector's sql_token as the "
-            "password (HTTP basic auth with any user, the X-ClickHouse-Key header or ?password=)",
-            403 if passwords else 401,  # 403 as ClickHouse for a wrong one; 401 asks for one
+            f"{user}: Authentication failed: {found[0]}; send the collector's sql_token (or a"
+            " tenant's read_token) as the password (HTTP basic auth with any user, the"
+            " X-ClickHouse-Key header or ?password=)",
+            403 if given else 401,  # 403 as ClickHouse for a wrong one; 401 asks for one
         )
 
     async def _server_info(self) -> tuple[str, frozenset[str]]:
@@ -217,13 +219,15 @@ class _SqlEndpoint:
             self._server = await self.collector.run_store(_load_server_info, self.collector.store)
         return self._server
 
-    async def _execute(self, request, params, sql: bytes, setting_names) -> tuple:
+    async def _execute(self, request, params, sql: bytes, setting_names, principal) -> tuple:
         """(output, summary counters, output format or None for a statement without a result)."""
         config, store = self.collector.config, self.collector.store
         if not sql.strip():
             raise ClickHouseError(SYNTAX_ERROR, "Empty query")
         refusal = None  # why this request may not write even when the collector may (as ClickHouse)
-        if request.method != "POST":
+        if principal.tenant is not None:
+            refusal = f"a tenant's read_token ({principal.tenant}) reads only"
+        elif request.method != "POST":
             refusal = "method GET implies readonly; use POST to write"
         elif params.get("readonly", "0") not in ("0", ""):
             refusal = f"the request set readonly={params['readonly']}"
@@ -264,6 +268,7 @@ class _SqlEndpoint:
                 query_params,
                 settings,
                 config.sql_limits,
+                principal.tenant,
             )
         if refusal:
             raise ReadOnlyViolation(refusal)

@@ -30,6 +30,8 @@ import re
 import uuid
 from dataclasses import dataclass
 
+import orjson
+
 #: Table functions that only compute or read this store's own tables.
 SAFE_TABLE_FUNCTIONS = frozenset(
     {
@@ -181,7 +183,8 @@ _FORMAT_CLAUSE = re.compile(r"\sFORMAT\s+(\w+)$", re.I)
 
 
 def check_statement(session, query: str, params: dict | None) -> tuple[str, str | None]:
-    """(the statement to run, its FORMAT clause or None); raises ``ReadOnlyViolation``.
+    """(the statement to run, the format its FORMAT clause names, or None); raises
+    ``ReadOnlyViolation``.
 
     ``session`` is a read session (``Store.session``): ClickHouse's parser runs there.
     """
@@ -204,7 +207,12 @@ def check_statement(session, query: str, params: dict | None) -> tuple[str, str 
         )
     if " INTO OUTFILE " in f" {statement.upper()} ":
         raise ReadOnlyViolation("the SQL endpoint is read-only: INTO OUTFILE is refused")
-    ast, _ = session.query(f"EXPLAIN AST {statement}", "TSVRaw", params)
+    # EXPLAIN's own output would take the statement's FORMAT clause (Native: nothing to read)
+    match = _FORMAT_CLAUSE.search(statement)
+    if match:
+        check_format(match.group(1))
+    body = statement[: match.start()] if match else statement
+    ast, _ = session.query(f"EXPLAIN AST {body}", "TSVRaw", params)
     ast = ast.decode()
     if _SETTINGS_IN_AST.search(ast):
         raise ReadOnlyViolation(
@@ -225,9 +233,6 @@ def check_statement(session, query: str, params: dict | None) -> tuple[str, str 
                 "the SQL endpoint is read-only and reads only this store's tables: "
                 f"{', '.join(outside)}() is refused"
             )
-    match = _FORMAT_CLAUSE.search(statement)
-    if match:
-        check_format(match.group(1))
     return statement, match.group(1) if match else None
 
 
@@ -248,15 +253,125 @@ def run_read_only(
     params: dict | None = None,
     settings: dict[str, str] | None = None,
     limits: SqlLimits | None = None,
+    tenant: str | None = None,
     tag: str | None = None,
 ) -> tuple[bytes, dict, str]:
-    """(output, ClickHouse's counters, the format used) of one reading statement.
+    """(output, ClickHouse's counters, the format used) of one reading statement; with
+    ``tenant``, of that tenant's rows only (``tenant_scope``).
 
     Blocking: run it on a thread of the SQL pool (``collector.run_sql``), never the store thread.
     """
     check_format(fmt)
     applied = session_settings(settings or {}, limits or SqlLimits(), tag or new_tag())
+    scope = None
+    if tenant is not None:
+        scope = tenant_scope(store)
+        applied["additional_table_filters"] = scope.filters(tenant)
     with store.session(applied, readonly=True) as session:
         statement, clause_format = check_statement(session, query, params)
+        if scope is not None:
+            scope.check(session, statement, clause_format, params)
         output, summary = session.query(statement, fmt, params)
     return output, summary, clause_format or fmt
+
+
+# --- tenants -------------------------------------------------------------------------------------
+
+#: Table functions a tenant's statement may call: they compute, and read no table.
+TENANT_TABLE_FUNCTIONS = frozenset(
+    {"numbers", "numbers_mt", "zeros", "zeros_mt", "generateSeries", "generate_series", "values",
+     "null", "generateRandom"}
+)  # fmt: skip
+#: System tables a tenant may read: they describe the server, not anyone's data (clients such as
+#: clickhouse-connect read some when they connect).
+TENANT_SYSTEM_TABLES = frozenset(
+    f"system.{name}"
+    for name in ("one", "numbers", "numbers_mt", "zeros", "zeros_mt", "settings", "functions",
+                 "table_functions", "formats", "data_type_families", "time_zones", "build_options")
+)  # fmt: skip
+_TABLE_IN_TREE = re.compile(r"^\s*TABLE id: \d+.*?, table_name: ([^\s,]+)", re.MULTILINE)
+_TABLE_FUNCTION_IN_TREE = re.compile(
+    r"^\s*TABLE_FUNCTION id: \d+.*?, table_function_name: (\w+)", re.MULTILINE
+)
+
+
+@dataclass(frozen=True)
+class TenantScope:
+    """What a tenant's statement may read, and the filters that keep it to the tenant's rows.
+
+    ClickHouse applies ``additional_table_filters`` to every read of a filtered table, through
+    views, CTEs and subqueries, and a readonly session cannot change it. What it does not cover is
+    refused here, from ClickHouse's own resolution of the statement (``EXPLAIN QUERY TREE``):
+    any table that is not filtered or a view over filtered tables (system tables, the outbox,
+    materialized views, which read their target unfiltered), and table functions that read
+    tables (``merge``, ``loop``, ``view``…).
+    """
+
+    filtered: dict[str, str]  # "db.table" -> its tenant column
+    readable: frozenset[str]  # filtered tables and the views over them only
+
+    def filters(self, tenant: str) -> str:
+        from collector.store import quote_string
+
+        condition = {
+            name: f"{column} = {quote_string(tenant)}" for name, column in self.filtered.items()
+        }
+        return (
+            "{"
+            + ", ".join(f"{quote_string(n)}: {quote_string(c)}" for n, c in condition.items())
+            + "}"
+        )
+
+    def check(self, session, statement: str, clause_format: str | None, params) -> None:
+        keyword = statement.split(None, 1)[0].upper()
+        if keyword not in ("SELECT", "WITH"):
+            raise ReadOnlyViolation(f"a tenant's read_token runs SELECT only, not {keyword}")
+        if clause_format:  # EXPLAIN's own output would take it
+            statement = _FORMAT_CLAUSE.sub("", statement)
+        tree, _ = session.query(f"EXPLAIN QUERY TREE {statement}", "TSVRaw", params)
+        tree = tree.decode()
+        outside = sorted(set(_TABLE_IN_TREE.findall(tree)) - self.readable)
+        functions = sorted(set(_TABLE_FUNCTION_IN_TREE.findall(tree)) - TENANT_TABLE_FUNCTIONS)
+        if outside or functions:
+            names = outside + [f"{name}()" for name in functions]
+            raise ReadOnlyViolation(
+                "a tenant's read_token reads only its tenant's tables"
+                f" ({', '.join(sorted(n for n in self.readable if not n.startswith('system.')))}):"
+                f" {', '.join(names)} refused"
+            )
+
+
+_scopes: dict[int, TenantScope] = {}
+
+
+def tenant_scope(store) -> TenantScope:
+    """The store's tables with a tenant column, read once (the schema is migrated at start-up)."""
+    key = id(store)
+    if key not in _scopes:
+        with store.session({}, readonly=True) as session:
+            rows, _ = session.query(
+                "SELECT t.database || '.' || t.name, t.engine, t.as_select,"
+                " anyIf(c.name, lower(c.name) = 'tenant')"
+                " FROM system.tables AS t LEFT JOIN system.columns AS c"
+                " ON c.database = t.database AND c.table = t.name"
+                " WHERE t.database = currentDatabase() GROUP BY ALL",
+                "JSONCompactEachRow",
+            )
+            tables = [orjson.loads(line) for line in rows.splitlines()]
+            filtered = {
+                name: column
+                for name, engine, _, column in tables
+                if column and engine.endswith("MergeTree")
+            }
+            reads = {}  # view -> the tables and views it reads
+            for name, engine, as_select, column in tables:
+                if engine == "View" and column and as_select:
+                    tree, _ = session.query(f"EXPLAIN QUERY TREE {as_select}", "TSVRaw")
+                    reads[name] = set(_TABLE_IN_TREE.findall(tree.decode()))
+            readable = set(filtered) | TENANT_SYSTEM_TABLES
+            while grown := {
+                v for v, read in reads.items() if v not in readable and read <= readable
+            }:
+                readable |= grown  # views over views: until nothing more is readable
+        _scopes[key] = TenantScope(filtered, frozenset(readable))
+    return _scopes[key]

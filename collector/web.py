@@ -9,6 +9,8 @@ import orjson
 from aiohttp import web
 
 COLLECTOR = web.AppKey("collector", object)
+#: who sent the request (``collector.auth.Principal``), set by the API's token check
+PRINCIPAL = web.RequestKey("principal", object)
 
 
 def collector_of(request: web.Request):

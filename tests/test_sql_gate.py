@@ -57,6 +57,9 @@ def file_attacks(path: str, url: str) -> list[tuple[str, str, dict]]:
         ("SELECT 1 AS x FORMAT Template SETTINGS format_template_resultset = '" + path + "'", "TabSeparated", {}),
         ("SELECT 1 AS x FORMAT Template", "TabSeparated", {}),
         (f"SELECT file('{path}')", "TabSeparated", {}),
+        # EXPLAIN took the FORMAT clause too (Native: no text for the checks to read)
+        (f"SELECT file('{path}') FORMAT Native", "TabSeparated", {}),
+        (f"SELECT * FROM (SELECT 1 AS x SETTINGS additional_result_filter = 'x = {subquery}') FORMAT RowBinary", "TabSeparated", {}),
         (f"SELECT * FROM file('{path}', 'LineAsString')", "TabSeparated", {}),
         (f"SELECT * FROM url('{url}/t', 'LineAsString')", "TabSeparated", {}),
         (f"SELECT 1 WHERE 1 IN (SELECT * FROM url('{url}/w', CSV))", "TabSeparated", {}),

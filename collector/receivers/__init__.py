@@ -1,9 +1,10 @@
-"""OTLP receivers (gRPC and HTTP) and what they share: the success response."""
+"""OTLP receivers (gRPC and HTTP) and what they share: the success response, and who may send."""
 
 from __future__ import annotations
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
+from collector.auth import ADMIN, INGEST, Tokens, bearer
 from collector.metrics import Metrics
 from collector.normalize import Rejections
 
@@ -25,3 +26,21 @@ def export_response(
     else:
         metrics.requests.labels(protocol, "ok").inc()
     return response
+
+
+class Unauthenticated(Exception):
+    """The request carries no ingest token, or a wrong one, while the collector has some."""
+
+
+def sender_tenant(tokens: Tokens | None, authorization: str | None) -> str | None:
+    """The tenant a request's spans are stored as: its ingest token's, or None (the spans' own
+    ``tenant.id``) for the admin token or while no ingest token is configured."""
+    if tokens is None:
+        return None
+    found = tokens.check(bearer(authorization), (INGEST,), guarded_by=(INGEST,))
+    if isinstance(found, str):
+        raise Unauthenticated(
+            f"{found}: send a tenant's ingest_token as 'Authorization: Bearer <token>'"
+            " (OTEL_EXPORTER_OTLP_HEADERS=authorization=Bearer%20<token>)"
+        )
+    return None if found.role == ADMIN else found.tenant

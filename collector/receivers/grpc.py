@@ -16,16 +16,22 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from collector.consumer import PermanentError, RetryableError
 from collector.decode import PayloadError
 from collector.pipeline import Pipeline
-from collector.receivers import export_response
+from collector.receivers import Unauthenticated, export_response, sender_tenant
 
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 
 
 class GrpcReceiver:
     def __init__(
-        self, pipeline: Pipeline, *, max_recv_msg_size_mib: int, max_concurrent_requests: int
+        self,
+        pipeline: Pipeline,
+        *,
+        max_recv_msg_size_mib: int,
+        max_concurrent_requests: int,
+        tokens=None,
     ) -> None:
         self._pipeline = pipeline
+        self._tokens = tokens
         size = max_recv_msg_size_mib * 1024 * 1024
         self._server = grpc.aio.server(
             options=[
@@ -58,7 +64,13 @@ class GrpcReceiver:
     async def _export(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
         metrics = self._pipeline.metrics
         try:
-            rejections = await self._pipeline.export(body, "protobuf", "grpc")
+            metadata = dict(context.invocation_metadata() or ())
+            tenant = sender_tenant(self._tokens, metadata.get("authorization"))
+        except Unauthenticated as exc:
+            metrics.requests.labels("grpc", "unauthenticated").inc()
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        try:
+            rejections = await self._pipeline.export(body, "protobuf", "grpc", tenant)
         except (PayloadError, PermanentError) as exc:
             metrics.requests.labels("grpc", "invalid").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

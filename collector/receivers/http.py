@@ -16,22 +16,23 @@ from google.rpc import status_pb2
 from collector.consumer import PermanentError, RetryableError
 from collector.decode import PayloadError
 from collector.pipeline import Pipeline
-from collector.receivers import export_response
+from collector.receivers import Unauthenticated, export_response, sender_tenant
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 
 
-def build_otlp_http_app(pipeline: Pipeline, max_body_bytes: int) -> web.Application:
+def build_otlp_http_app(pipeline: Pipeline, max_body_bytes: int, tokens=None) -> web.Application:
     app = web.Application(client_max_size=max_body_bytes)
-    receiver = _Receiver(pipeline)
+    receiver = _Receiver(pipeline, tokens)
     app.router.add_post("/v1/traces", receiver.traces)
     return app
 
 
 class _Receiver:
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, tokens=None) -> None:
         self._pipeline = pipeline
+        self._tokens = tokens
 
     async def traces(self, request: web.Request) -> web.Response:
         metrics = self._pipeline.metrics
@@ -41,6 +42,11 @@ class _Receiver:
             return _status(
                 415, JSON, f"unsupported Content-Type {content_type!r}; send {PROTOBUF} or {JSON}"
             )
+        try:  # before reading a body
+            tenant = sender_tenant(self._tokens, request.headers.get("Authorization"))
+        except Unauthenticated as exc:
+            metrics.requests.labels("http", "unauthenticated").inc()
+            return _status(401, content_type, str(exc))
         try:
             body = await request.read()  # decompressed (gzip, deflate) and limited after that
         except web.HTTPRequestEntityTooLarge as exc:
@@ -53,7 +59,7 @@ class _Receiver:
             )
         encoding = "protobuf" if content_type == PROTOBUF else "json"
         try:
-            rejections = await self._pipeline.export(body, encoding, "http")
+            rejections = await self._pipeline.export(body, encoding, "http", tenant)
         except (PayloadError, PermanentError) as exc:
             metrics.requests.labels("http", "invalid").inc()
             return _status(400, content_type, str(exc))
@@ -67,7 +73,7 @@ class _Receiver:
 
 
 def _status(http_status: int, content_type: str, message: str) -> web.Response:
-    code = {400: 3, 413: 8, 415: 3, 503: 14}.get(http_status, 2)  # google.rpc.Code values
+    code = {400: 3, 401: 16, 413: 8, 415: 3, 503: 14}.get(http_status, 2)  # google.rpc.Code values
     return _encode(http_status, content_type, status_pb2.Status(code=code, message=message))
 
 
