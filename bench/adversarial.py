@@ -1,6 +1,6 @@
 """Adversarial runs against a real ``agentwatch serve``: the long part of issue 11's suite.
 
-    python -m bench.adversarial                          # every scenario, ~5 min on 2 cores
+    python -m bench.adversarial                          # every scenario, ~3 min on 2 cores
     python -m bench.adversarial --scenarios kill9 --kill-rounds 5
     python -m bench.adversarial --scenarios huge --rss-ceiling-mb 1000
 
@@ -125,7 +125,7 @@ class Run:
         collector = CollectorProcess(self.tmp / name, log, str(config), ports=ports)
         try:
             collector.wait_healthy(self.startup_timeout)
-        except Exception:
+        except BaseException:  # SIGTERM and Ctrl-C too: never leave a collector behind
             collector.stop()
             raise
         return collector
@@ -551,7 +551,7 @@ def garbage_requests(count: int, seed: int) -> list[tuple[str, str, dict, bytes]
     """``count`` malformed OTLP/HTTP requests: (kind, content type, extra headers, body)."""
     rnd = random.Random(seed)
     valid = make_request(64, seed=seed).SerializeToString()
-    protobuf, json_type = "application/x-protobuf", "application/json"
+    json_type = "application/json"
 
     def truncated_gzip() -> bytes:
         gzipped = zlib.compressobj(6, zlib.DEFLATED, 31)
@@ -565,22 +565,22 @@ def garbage_requests(count: int, seed: int) -> list[tuple[str, str, dict, bytes]
         return bytes(body)
 
     makers = [
-        ("random bytes", protobuf, {}, lambda: rnd.randbytes(rnd.randint(1, 4096))),
-        ("truncated protobuf", protobuf, {}, lambda: valid[: rnd.randrange(1, len(valid))]),
-        ("flipped bytes", protobuf, {}, flipped),
-        ("varint overflow", protobuf, {}, lambda: b"\x0a" + b"\xff" * rnd.randint(10, 64)),
-        ("length past end", protobuf, {}, lambda: b"\x0a\xff\xff\xff\x7f" + b"x" * 10),
+        ("random bytes", PROTOBUF, {}, lambda: rnd.randbytes(rnd.randint(1, 4096))),
+        ("truncated protobuf", PROTOBUF, {}, lambda: valid[: rnd.randrange(1, len(valid))]),
+        ("flipped bytes", PROTOBUF, {}, flipped),
+        ("varint overflow", PROTOBUF, {}, lambda: b"\x0a" + b"\xff" * rnd.randint(10, 64)),
+        ("length past end", PROTOBUF, {}, lambda: b"\x0a\xff\xff\xff\x7f" + b"x" * 10),
         ("random JSON bytes", json_type, {}, lambda: rnd.randbytes(rnd.randint(1, 4096))),
         ("not JSON", json_type, {}, lambda: b'{"resourceSpans": [ {,,, ]'),
         ("wrong JSON shape", json_type, {}, lambda: b'{"resourceSpans": ["x", 1, null]}'),
         ("deep JSON", json_type, {}, lambda: b"[" * 100_000 + b"]" * 100_000),
         ("lone surrogate", json_type, {}, lambda: b'{"resourceSpans": [{"x": "\\ud800"}]}'),
         ("huge JSON number", json_type, {}, lambda: b'{"resourceSpans": 1' + b"0" * 100_000 + b"}"),
-        ("not gzip", protobuf, {"Content-Encoding": "gzip"}, lambda: rnd.randbytes(512)),
-        ("truncated gzip", protobuf, {"Content-Encoding": "gzip"}, truncated_gzip),
-        ("unknown encoding", protobuf, {"Content-Encoding": "br-x"}, lambda: valid),
+        ("not gzip", PROTOBUF, {"Content-Encoding": "gzip"}, lambda: rnd.randbytes(512)),
+        ("truncated gzip", PROTOBUF, {"Content-Encoding": "gzip"}, truncated_gzip),
+        ("unknown encoding", PROTOBUF, {"Content-Encoding": "br-x"}, lambda: valid),
         ("wrong content type", "text/plain", {}, lambda: valid),
-        ("empty body", protobuf, {}, lambda: b""),
+        ("empty body", PROTOBUF, {}, lambda: b""),
     ]
     out = []
     for n in range(count):
@@ -701,7 +701,7 @@ def scenario_bomb(args: argparse.Namespace, run: Run) -> Result:
     figures = [
         f"{args.bomb_count} bombs ({len(gzip) // 1024} KiB expanding to {args.bomb_mib} MiB; gzip"
         f" and deflate, protobuf and JSON), {args.bomb_concurrency} at once: answers"
-        f" {dict(bomb_answers)}; collector RSS growth {growth:.0f} MB (bar {bar_mb} MB);"
+        f" {dict(bomb_answers)}; RSS growth {growth:.0f} MB (bar {bar_mb} MB);"
         f" a valid export meanwhile waited up to {worst_latency:.1f} s",
         f"{args.garbage_count} malformed OTLP/HTTP requests, answers by kind: {by_kind}",
         f"5xx or no answer: {bad or 'none'}; 20 random gRPC Export bodies: answers other than"
@@ -913,31 +913,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=",".join(SCENARIOS),
         help=f"comma-separated, of {', '.join(SCENARIOS)}",
     )
-    add("--seed", type=int, default=11)
+    add("--seed", type=int, default=11, help="kill times, garbage bytes")
     add("--kill-rounds", type=int, default=3, help="kill9: SIGKILLs (each followed by a restart)")
     add("--kill-after-s", type=float, default=8.0, help="kill9: load before each kill (up to)")
     add("--kill-concurrency", type=int, default=32, help="kill9: requests in flight")
     add("--kill-distinct-requests", type=int, default=64, help="kill9: 512-span requests, in turn")
     add("--kill-timeout", type=float, default=10.0, help="kill9: deadline of one Export (SDK: 10)")
     add("--kill-drain-s", type=float, default=60.0, help="kill9: retries after the load stops")
-    add("--huge-clients", type=int, default=12)
+    add("--huge-clients", type=int, default=12, help="huge: exporters, one connection each")
     add("--huge-spans", type=int, default=200_000, help="huge: spans per request (~55 B each)")
-    add("--huge-duration-s", type=float, default=20.0)
+    add("--huge-duration-s", type=float, default=20.0, help="huge: seconds of sending")
     add("--huge-timeout", type=float, default=120.0, help="huge: deadline of one Export")
     add("--rss-ceiling-mb", type=int, default=1500, help="huge: collector + detection process")
     add("--bomb-mib", type=int, default=256, help="bomb: MiB each compressed body expands to")
-    add("--bomb-count", type=int, default=12)
-    add("--bomb-concurrency", type=int, default=4)
+    add("--bomb-count", type=int, default=12, help="bomb: compressed bodies sent")
+    add("--bomb-concurrency", type=int, default=4, help="bomb: bodies in flight at once")
     add("--garbage-count", type=int, default=320, help="bomb: malformed OTLP/HTTP requests")
-    add("--pager-incidents", type=int, default=3)
-    add("--pager-outage-s", type=float, default=30.0)
+    add("--pager-incidents", type=int, default=3, help="pager: loop incidents opened")
+    add("--pager-outage-s", type=float, default=30.0, help="pager: seconds the webhook is down")
     add(
         "--pager-retry-max-s",
         type=float,
         default=4.0,
-        help="pager: paging.retry_max_s (300 by default)",
+        help="pager: paging.retry_max_s of the run (the collector default is 300)",
     )
-    add("--startup-timeout", type=float, default=120.0)
+    add("--startup-timeout", type=float, default=120.0, help="seconds to wait for /healthz")
     add("--results-dir", default="bench/results/adversarial", help="collector logs")
     add("--keep-data", action="store_true", help="keep the collectors' data directories")
     args = parser.parse_args(argv)

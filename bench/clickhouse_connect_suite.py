@@ -32,7 +32,9 @@ like ClickHouse's HTTP interface. This script:
    test would error at setup. Nothing else of the suite is changed.
 4. prints passed / failed / errors / skipped per mode and the failures grouped by reason (the
    ClickHouse exception line of the error, or its first line, with numbers and names that vary
-   per run blanked), as Markdown for the README.
+   per run blanked), as Markdown for the README; then the same failures counted by cause
+   (``CAUSES``: what reading the failing tests and the endpoint found), "unclassified" for any
+   that matches none.
 
 Test dependencies beyond the project's ``test`` extra (small, from PyPI; tests that need a
 missing one fail at collection and are reported as such)::
@@ -185,7 +187,11 @@ def tests_from_source(source: Path, version: str, work: Path) -> str:
         source = source / ".git"
         if git("rev-parse", "--git-dir").returncode != 0:
             raise SystemExit(f"{source.parent}: neither tests/integration_tests nor a git dir")
-    ref = f"v{version}" if git("rev-parse", "--verify", "-q", f"v{version}").returncode == 0 else "HEAD"
+    ref = (
+        f"v{version}"
+        if git("rev-parse", "--verify", "-q", f"v{version}").returncode == 0
+        else "HEAD"
+    )
     archive = git("archive", "--format=tar", ref, "tests", binary=True)
     if archive.returncode != 0:
         raise SystemExit(f"git archive {ref} tests failed: {archive.stderr.decode()[-500:]}")
@@ -196,7 +202,9 @@ def tests_from_source(source: Path, version: str, work: Path) -> str:
 
 
 def missing_dependencies() -> list[str]:
-    return [pip for module, pip in TEST_DEPENDENCIES.items() if not importlib.util.find_spec(module)]
+    return [
+        pip for module, pip in TEST_DEPENDENCIES.items() if not importlib.util.find_spec(module)
+    ]
 
 
 # --- one mode -----------------------------------------------------------------------------------
@@ -216,7 +224,7 @@ class Outcome:
 _VARYING = [
     (re.compile(r"https?://127\.0\.0\.1:\d+"), "http://127.0.0.1:PORT"),
     (re.compile(r"agentwatch-sql:[0-9a-f-]{36}"), "agentwatch-sql:TAG"),
-    (re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"), "UUID"),
+    (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), "UUID"),
     (re.compile(r"0x[0-9a-f]{6,}"), "0x…"),
     (re.compile(r"\(version [^)]*\)"), ""),
     (re.compile(r" \(for url [^)]*\)"), ""),
@@ -233,38 +241,39 @@ def failure_reason(message: str) -> str:
     line = re.sub(r"\. Stack trace:.*", "", line)
     for pattern, replacement in _VARYING:
         line = pattern.sub(replacement, line)
-    line = line.strip()
+    line = line.strip().rstrip('"').rstrip()  # an error at setup quotes the exception
     return line[:237] + "…" if len(line) > 240 else line
 
 
 def parse_junit(path: Path, outcome: Outcome) -> None:
-    counts = dict.fromkeys(("passed", "failed", "errors", "skipped"), 0)
+    """Counts and failures from pytest's junit file. A test that failed and then errored in
+    teardown has two ``testcase`` elements there; it counts once, as failed."""
+    results: dict[str, tuple[str, dict | None]] = {}
+    rank = {"passed": 0, "skipped": 1, "errors": 2, "failed": 3}
     for case in ET.parse(path).getroot().iter("testcase"):
         name = f"{case.get('classname', '')}::{case.get('name', '')}".removeprefix(
             "tests.integration_tests."
         )
-        kinds = [child.tag for child in case if child.tag in ("failure", "error", "skipped")]
-        if not kinds:
-            counts["passed"] += 1
-            continue
+        kind, failure = "passed", None
         for child in case:
-            if child.tag not in ("failure", "error", "skipped"):
-                continue
-            kind = {"failure": "failed", "error": "errors", "skipped": "skipped"}[child.tag]
-            counts[kind] += 1
-            if kind == "skipped":
+            if child.tag in ("failure", "error", "skipped"):
+                kind = {"failure": "failed", "error": "errors", "skipped": "skipped"}[child.tag]
+                if kind != "skipped":
+                    message = (child.get("message") or "") + "\n" + (child.text or "")
+                    failure = {
+                        "test": name,
+                        "kind": kind,
+                        "reason": failure_reason(message),
+                        "message": message.strip()[:4000],
+                    }
                 break
-            message = (child.get("message") or "") + "\n" + (child.text or "")
-            outcome.failures.append(
-                {
-                    "test": name,
-                    "kind": kind,
-                    "reason": failure_reason(message),
-                    "message": message.strip()[:4000],
-                }
-            )
-            break  # a test that failed and then errored in teardown counts once, as failed
-    outcome.counts = counts
+        if name not in results or rank[kind] > rank[results[name][0]]:
+            results[name] = (kind, failure)
+    outcome.counts = dict.fromkeys(("passed", "failed", "errors", "skipped"), 0)
+    for kind, failure in results.values():
+        outcome.counts[kind] += 1
+        if failure:
+            outcome.failures.append(failure)
 
 
 def run_mode(mode: str, args: argparse.Namespace, work: Path, results: Path) -> Outcome:
@@ -277,7 +286,9 @@ def run_mode(mode: str, args: argparse.Namespace, work: Path, results: Path) -> 
     if args.token:
         lines.append(f"sql_token: {json.dumps(args.token)}")
     config_path.write_text("\n".join(lines) + "\n")
-    collector = CollectorProcess(data_dir, results / f"cc-suite-{mode}-collector.log", str(config_path))
+    collector = CollectorProcess(
+        data_dir, results / f"cc-suite-{mode}-collector.log", str(config_path)
+    )
     junit = results / f"cc-suite-{mode}.xml"
     junit.unlink(missing_ok=True)
     log_path = results / f"cc-suite-{mode}-pytest.log"
@@ -295,7 +306,7 @@ def run_mode(mode: str, args: argparse.Namespace, work: Path, results: Path) -> 
             "CLICKHOUSE_CONNECT_TEST_TLS": "False",
             "CLICKHOUSE_CONNECT_TEST_COMPRESS": args.compress,
             "CLICKHOUSE_CONNECT_TEST_FUZZ": str(args.fuzz),
-            "PYTHONPATH": str(work),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(work), os.environ.get("PYTHONPATH")])),
         }
         env.pop("CLICKHOUSE_CONNECT_TEST_PROXY_ADDR", None)
         command = [sys.executable, "-m", "pytest", "tests/integration_tests"]
@@ -347,6 +358,70 @@ def counts_line(outcome: Outcome) -> str:
     return line + (" - stopped by --timeout" if outcome.timed_out else "")
 
 
+#: Known causes of failures, first match wins: (label, pattern on the reason, pattern on the test
+#: name); either pattern may be None. Found by reading the failing tests and the endpoint (see the
+#: README's table); a failure that matches none is printed as "unclassified", so a regression or a
+#: new upstream test stands out.
+CAUSES: list[tuple[str, str | None, str | None]] = [
+    (
+        "read-only: writes, DDL, SET, KILL refused",
+        r"read-only: [A-Z]+ statements are refused",
+        None,
+    ),
+    ("read-only: compound SELECT (EXCEPT) refused", r"read-only: \(SELECT statements", None),
+    ("read-only: table function format() refused", r"format\(\) is refused", None),
+    ("read-only: result over sql_max_result_mib", r"Limit for result exceeded", None),
+    ("sessions: SET, temporary tables, session lock", r"SET is not supported", None),
+    (
+        "sessions: SET, temporary tables, session lock",
+        r"Table default\.temp_test\w* does not",
+        None,
+    ),
+    ("sessions: SET, temporary tables, session lock", r"detect concurrent session usage", None),
+    ("external data (multipart files) not supported", r"external data \(files\)", None),
+    (
+        "streaming: results buffered, errors not in-band",
+        None,
+        r"mid_stream_exception|test_stream_failure_|test_stream_error_show_clickhouse_errors",
+    ),
+    (
+        "client_protocol_version ignored",
+        None,
+        r"::test_protocol_version\[|::test_local_timezones\[",
+    ),
+    ("NULL query parameter read as 'N'", None, r"::test_params\[|test_form_encode_nullable_params"),
+    ("non-UTF-8 bytes in the query refused", r"the query is not valid UTF-8", None),
+    (
+        "read-only: system.settings says every setting is readonly",
+        None,
+        r"::test_(column|row)_block_stream\[|::test_(numpy|pandas)_streams|test_connection_settings"
+        r"|test_statement_settings_|test_initial_settings_override|test_client_init_unaffected"
+        r"|::test_dsn_config$",
+    ),
+    ("chDB: no users, roles or row policies", r"ACCESS_DENIED", None),
+    ("chDB: no SHOW CREATE for system tables", r"There is no metadata of table", None),
+    ("chDB: no system.query_log", r"system\.query_log", None),
+    ("chDB 26.9: analyzer cannot be disabled", r"'enable_analyzer' cannot be disabled", None),
+    (
+        "not the server: test/client versions, pandas 3, native port",
+        None,
+        r"test_alembic_autogenerate_(positional|dictionary)|test_alembic_dictionary_downgrade"
+        r"|test_dynamic_shared_variant_unsupported|test_decoy_placeholder_with_dollar"
+        r"|test_async_non_remote_close_connection_errors_are_not_retried|::test_pandas_datetime64\["
+        r"|test_wrong_port_error_message",
+    ),
+]
+
+
+def cause_of(failure: dict) -> str:
+    for label, reason, test in CAUSES:
+        if (reason is None or re.search(reason, failure["reason"])) and (
+            test is None or re.search(test, failure["test"])
+        ):
+            return label
+    return "unclassified"
+
+
 def grouped(outcome: Outcome) -> list[tuple[str, list[dict]]]:
     groups: dict[str, list[dict]] = defaultdict(list)
     for failure in outcome.failures:
@@ -379,7 +454,25 @@ def print_report(outcomes: list[Outcome], header: str, examples: int) -> None:
             names = sorted({f["test"].rsplit("::", 1)[-1] for f in failures})
             shown = ", ".join(f"`{n}`" for n in names[:examples])
             more = f" +{len(names) - examples}" if len(names) > examples else ""
-            print(f"| {len(failures)} | {_cell(reason)} | {_cell(shown + more)} |")
+            errors = sum(f["kind"] == "errors" for f in failures)
+            count = f"{len(failures)}" + (f" ({errors} errors)" if errors else "")
+            print(f"| {count} | {_cell(reason)} | {_cell(shown + more)} |")
+    by_cause = {o.mode: defaultdict(int) for o in outcomes}
+    for o in outcomes:
+        for failure in o.failures:
+            by_cause[o.mode][cause_of(failure)] += 1
+    labels = sorted(
+        {label for counts in by_cause.values() for label in counts},
+        key=lambda label: -sum(counts[label] for counts in by_cause.values()),
+    )
+    if labels:
+        print("\n#### by cause (failed + errors)\n")
+        print("| cause | " + " | ".join(o.mode for o in outcomes) + " |")
+        print("|---|" + "---:|" * len(outcomes))
+        for label in labels:
+            print(
+                f"| {label} | " + " | ".join(str(by_cause[o.mode][label]) for o in outcomes) + " |"
+            )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -143,6 +143,8 @@ class Collector:
             self.metrics,
             self.forwarder,
             after_commit=[self.analyzer] if self.analyzer is not None else [],
+            max_held_spans=config.queue_max_spans,
+            retry_after_s=config.retry_after_s,
         )
         self._grpc = GrpcReceiver(
             self.pipeline,
@@ -153,7 +155,10 @@ class Collector:
         self.ports["otlp_grpc"] = await self._grpc.start(config.listen, config.otlp_grpc_port)
         max_body = config.max_recv_msg_size_mib * 1024 * 1024
         self.ports["otlp_http"] = await self._serve(
-            build_otlp_http_app(self.pipeline, max_body, self.tokens), config.otlp_http_port
+            build_otlp_http_app(
+                self.pipeline, max_body, self.tokens, config.max_concurrent_requests
+            ),
+            config.otlp_http_port,
         )
         from collector.sql_endpoint import build_sql_app
 
@@ -298,8 +303,15 @@ class Collector:
             await self.analyzer.tick()
 
     async def _serve(self, app: web.Application, port: int, cancel: bool = False) -> int:
+        # lingering_time=0: after an early answer (a 413 past the body limit, a 401) the rest of
+        # the body is not read, and so not decompressed on the loop (a compression bomb was, for
+        # up to 10 s: bench/adversarial.py --scenarios bomb)
         runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, handler_cancellation=cancel
+            app,
+            access_log=None,
+            handle_signals=False,
+            handler_cancellation=cancel,
+            lingering_time=0,
         )
         await runner.setup()
         site = web.TCPSite(runner, self.config.listen, port, reuse_address=True)

@@ -367,8 +367,10 @@ _TSV_CHARS = {
 }
 
 
-def _unescape(value: str) -> str:
-    """A query parameter's value as ClickHouse reads it (an escaped TSV field)."""
+def _unescape(value: str) -> str | None:
+    """A query parameter's value as ClickHouse reads it (an escaped TSV field; ``\\N`` is NULL)."""
+    if value == "\\N":
+        return None
     return _TSV_ESCAPE.sub(lambda m: _TSV_CHARS.get(m.group(1), m.group(1)), value)
 
 

@@ -179,6 +179,14 @@ def check_format(name: str) -> str:
     return name
 
 
+_KEYWORD = re.compile(r"[\s(]*(\w*)")
+
+
+def _keyword(statement: str) -> str:
+    """A formatted statement's kind; ``(SELECT …) EXCEPT …`` is a SELECT."""
+    return _KEYWORD.match(statement).group(1).upper()
+
+
 _FORMAT_CLAUSE = re.compile(r"\sFORMAT\s+(\w+)$", re.I)
 
 
@@ -199,7 +207,7 @@ def check_statement(session, query: str, params: dict | None) -> tuple[str, str 
             ) from None
         raise
     statement = out.decode().strip()
-    keyword = statement.split(None, 1)[0].upper() if statement else ""
+    keyword = _keyword(statement)
     if keyword not in READING_KEYWORDS:
         raise ReadOnlyViolation(
             f"the SQL endpoint is read-only: {keyword or 'this'} statements are refused "
@@ -323,7 +331,7 @@ class TenantScope:
         )
 
     def check(self, session, statement: str, clause_format: str | None, params) -> None:
-        keyword = statement.split(None, 1)[0].upper()
+        keyword = _keyword(statement)
         if keyword not in ("SELECT", "WITH"):
             raise ReadOnlyViolation(f"a tenant's read_token runs SELECT only, not {keyword}")
         if clause_format:  # EXPLAIN's own output would take it

@@ -453,3 +453,5 @@ def test_parameters_with_tabs_and_backslashes_through_clickhouse_connect(collect
     client = client_for(collector)
     for value in ("a\\b", "tab\there", "two\nlines", "ends with \\"):
         assert client.query("SELECT {v:String}", parameters={"v": value}).result_rows == [(value,)]
+    null = client.query("SELECT {v:Nullable(String)} IS NULL", parameters={"v": None})
+    assert null.result_rows == [(1,)]

@@ -104,6 +104,7 @@ def test_no_setting_format_or_function_reaches_a_file_or_the_network(store, secr
         "-- a comment first\nSELECT 'file(' AS text",
         "SELECT 'SETTINGS readonly = 0' AS text",
         "EXPLAIN SELECT count() FROM t",
+        "SELECT 1 EXCEPT SELECT 2",  # formatted as (SELECT 1) EXCEPT …
         "SELECT count() FROM t WHERE x IN (SELECT x FROM t WHERE x < 10)",
     ],
 )
@@ -160,3 +161,8 @@ def test_parameter_values_arrive_as_sent(store):
     for value in ("a\\b", "tab\there", "two\nlines", "quote ' and \\N", "ünïcode"):
         output, _, _ = run_read_only(store, "SELECT {v:String}", "JSONEachRow", {"v": value})
         assert list(orjson.loads(output).values()) == [value]
+
+
+def test_a_null_parameter_is_null(store):
+    output, _, _ = run_read_only(store, "SELECT {v:Nullable(String)} IS NULL", "TSV", {"v": None})
+    assert output == b"1\n"

@@ -19,20 +19,26 @@ from collector.pipeline import Pipeline
 from collector.receivers import Unauthenticated, export_response, sender_tenant
 
 PROTOBUF = "application/x-protobuf"
+_CONTENT_ENCODINGS = ("", "identity", "gzip", "deflate")  # what aiohttp undoes on every install
 JSON = "application/json"
 
 
-def build_otlp_http_app(pipeline: Pipeline, max_body_bytes: int, tokens=None) -> web.Application:
+def build_otlp_http_app(
+    pipeline: Pipeline, max_body_bytes: int, tokens=None, max_concurrent_requests: int = 64
+) -> web.Application:
     app = web.Application(client_max_size=max_body_bytes)
-    receiver = _Receiver(pipeline, tokens)
+    receiver = _Receiver(pipeline, tokens, max_concurrent_requests)
     app.router.add_post("/v1/traces", receiver.traces)
     return app
 
 
 class _Receiver:
-    def __init__(self, pipeline: Pipeline, tokens=None) -> None:
+    def __init__(self, pipeline: Pipeline, tokens=None, max_concurrent_requests: int = 64) -> None:
         self._pipeline = pipeline
         self._tokens = tokens
+        # as gRPC's maximum_concurrent_rpcs: bodies being read and decoded at once
+        self._max_in_flight = max_concurrent_requests
+        self._in_flight = 0
 
     async def traces(self, request: web.Request) -> web.Response:
         metrics = self._pipeline.metrics
@@ -47,6 +53,27 @@ class _Receiver:
         except Unauthenticated as exc:
             metrics.requests.labels("http", "unauthenticated").inc()
             return _status(401, content_type, str(exc))
+        encoding_header = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding_header not in _CONTENT_ENCODINGS:
+            metrics.requests.labels("http", "invalid").inc()
+            return _status(
+                415, content_type, f"unsupported Content-Encoding {encoding_header!r}; send gzip"
+            )
+        if self._in_flight >= self._max_in_flight:
+            metrics.requests.labels("http", "retryable").inc()
+            response = _status(
+                503, content_type, "too many requests at once (max_concurrent_requests)"
+            )
+            response.headers["Retry-After"] = "1"
+            return response
+        self._in_flight += 1
+        try:
+            return await self._read_and_export(request, content_type, tenant)
+        finally:
+            self._in_flight -= 1
+
+    async def _read_and_export(self, request, content_type: str, tenant) -> web.Response:
+        metrics = self._pipeline.metrics
         try:
             body = await request.read()  # decompressed (gzip, deflate) and limited after that
         except web.HTTPRequestEntityTooLarge as exc:

@@ -225,6 +225,9 @@ def _output_and_summary(result) -> tuple[bytes, dict[str, int]]:
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
+_NULL = "\\N"  # a parameter's NULL, as ClickHouse reads it
+
+
 def _escaped(params: dict | None) -> dict | None:
     """Query parameters as ClickHouse reads them: each value is parsed like a TSV field, so a
     backslash, tab or newline in it must be escaped (clickhouse-connect does the same for a
@@ -232,7 +235,11 @@ def _escaped(params: dict | None) -> dict | None:
     if not params:
         return None
     return {
-        name: value.translate(_ESCAPES) if isinstance(value, str) else value
+        name: value.translate(_ESCAPES)
+        if isinstance(value, str)
+        else _NULL
+        if value is None
+        else value
         for name, value in params.items()
     }
 
