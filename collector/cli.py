@@ -81,6 +81,13 @@ def main() -> None:
     help="Let the SQL endpoint run writes (default: read-only).",
 )
 @click.option(
+    "--allow-unauthenticated",
+    is_flag=True,
+    default=None,
+    help="Listen beyond loopback without api_token (anyone who reaches the ports reads and"
+    " changes everything; start-up refuses it otherwise).",
+)
+@click.option(
     "--log-level",
     default="info",
     type=click.Choice(["debug", "info", "warning", "error"]),
@@ -91,8 +98,10 @@ def serve(
 ) -> None:
     """Run the collector (embedded ClickHouse store unless --clickhouse-url is given).
 
-    Secrets from the environment: AGENTWATCH_CLICKHOUSE_PASSWORD, AGENTWATCH_API_TOKEN and
-    AGENTWATCH_SQL_TOKEN. Precedence: flag > environment > config file > default.
+    Beyond loopback (--listen 0.0.0.0) it needs an api_token. Tenants and their tokens are set in
+    the config file (tenants:). Secrets from the environment: AGENTWATCH_CLICKHOUSE_PASSWORD,
+    AGENTWATCH_API_TOKEN and AGENTWATCH_SQL_TOKEN. Precedence: flag > environment > config file >
+    default.
     """
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -410,7 +410,8 @@ class Config(_Section):
                 f"listen: {self.listen} reaches beyond this machine, and without api_token anyone"
                 " who reaches the ports can read every span and incident, acknowledge and resolve"
                 " incidents, silence pages and send test pages; set api_token (or"
-                " AGENTWATCH_API_TOKEN), or allow_unauthenticated: true to run open anyway"
+                " AGENTWATCH_API_TOKEN), or allow_unauthenticated: true (--allow-unauthenticated) to"
+                " run open anyway"
             )
         return self
 

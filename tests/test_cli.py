@@ -87,3 +87,10 @@ def test_metrics_count_what_happened(collector):
     assert 'agentwatch_spans_rejected_total{protocol="grpc"} 1.0' in metrics
     assert "agentwatch_spans_stored_total 1.0" in metrics
     assert 'agentwatch_otlp_requests_total{outcome="partial",protocol="grpc"} 1.0' in metrics
+
+
+def test_serve_refuses_to_listen_beyond_loopback_without_a_token(tmp_path):
+    refused = agentwatch("serve", "--listen", "0.0.0.0", "--data-dir", str(tmp_path))
+    assert refused.returncode != 0
+    assert "api_token" in refused.stderr and "--allow-unauthenticated" in refused.stderr
+    assert not any(tmp_path.iterdir())  # stopped before opening the store
