@@ -155,6 +155,10 @@ def test_a_read_token_sees_its_tenant_only_in_sql(running):
         "SELECT count() FROM otel_traces_ingest_mv",  # a materialized view reads unfiltered
         "SELECT query FROM system.processes",
         "SELECT * FROM page_outbox",
+        "SELECT (SELECT count() FROM system.processes)",
+        "SELECT Tenant FROM otel_traces UNION ALL SELECT name FROM system.tables",
+        "SELECT count() FROM incidents JOIN page_outbox ON 1",
+        "SELECT DISTINCT Tenant FROM merge('otel_traces') FORMAT Native",  # EXPLAIN must not take it
         "SHOW TABLES",
         "SELECT DISTINCT Tenant FROM otel_traces SETTINGS additional_table_filters = {'otel_traces': '1'}",
     ):
