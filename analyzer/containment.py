@@ -39,6 +39,7 @@ ACTIONS = {
     "kill_agent": ("killed", ("service", "agent")),
 }
 _ROW_FIELD = {
+    "tenant": "tenant",
     "service": "service",
     "agent": "agent",
     "session": "session_id",
@@ -50,6 +51,14 @@ _CIRCUIT_SCOPE = {
     "service": ("service", "tool"),
     "global": ("tool",),
 }
+
+
+def _scope(row: dict, names: tuple[str, ...]) -> Scope:
+    """The scope of an automatic action: always within the incident's tenant (a tenant's
+    incident never stops another tenant's agents, whatever the policy's scope says)."""
+    return Scope(tenant=row.get("tenant", ""), **{n: row[_ROW_FIELD[n]] for n in names})
+
+
 _TRIGGERS = ("opened", "escalated")  # an incident's first finding, or a worse one
 _FINDINGS = ("opened", "updated", "escalated")  # one event per finding
 
@@ -96,7 +105,7 @@ class Containment:
             return _note(
                 row, f"policy action {action} not taken: the incident has no {', '.join(missing)}"
             )
-        scope = Scope(**{n: row[_ROW_FIELD[n]] for n in names})
+        scope = _scope(row, names)
         why = (
             f"policy {policy.rule}: {row['detector']}/{row['severity']} -> {action}"
             f" (incident {row['incident_id']}: {row['title']})"
@@ -110,7 +119,7 @@ class Containment:
         if needed <= 0:
             return None
         names = _CIRCUIT_SCOPE.get(policy.tool_circuit_scope, _CIRCUIT_SCOPE["agent"])
-        scope = Scope(**{n: row[_ROW_FIELD[n]] for n in names})
+        scope = _scope(row, names)
         now = self.board.clock()
         recent = self._tool_findings.setdefault(names + (scope.key,), deque(maxlen=1000))
         recent.append((now, session))

@@ -14,7 +14,7 @@ against a promise of the README's "Reliability and security" section, with the f
   exporter must be stored. Spans stored twice are counted apart: a request whose
   acknowledgement was lost in the kill is sent again, and after a restart the collector cannot
   know that it was committed (the README states this limit).
-- ``huge``: 12 exporters each send ~10 MB requests of 200k small spans at once, again and again.
+- ``huge``: 12 exporters each send requests at the size limit (75k small spans, ~3.9 MiB) at once,
   The collector with its detection process must stay under an RSS ceiling, refuse what it cannot
   take with a retryable status, and store exactly what it acknowledged.
 - ``bomb``: gzip and deflate bodies that expand far past ``max_recv_msg_size_mib`` (413, little
@@ -476,12 +476,15 @@ async def _huge_clients(target, clients, spans, duration_s, timeout, pipe):
 
 
 def scenario_huge(args: argparse.Namespace, run: Run) -> Result:
-    """12 exporters × ~10 MB requests at once: memory must stay bounded by what is accepted."""
+    """12 exporters × requests at the size limit at once: memory must stay bounded by what is accepted."""
     promise = (
         f"collector + detection process RSS <= {args.rss_ceiling_mb} MB under huge concurrent"
         " requests; excess refused with a retryable status; committed == acknowledged"
     )
-    collector = run.start("huge", {"max_recv_msg_size_mib": 16})
+    overrides = {}
+    if args.huge_max_recv_mib is not None:
+        overrides["max_recv_msg_size_mib"] = args.huge_max_recv_mib
+    collector = run.start("huge", overrides)
     ctx = mp.get_context("spawn")
     parent_end, child_end = ctx.Pipe()
     clients = ctx.Process(
@@ -625,7 +628,7 @@ def scenario_bomb(args: argparse.Namespace, run: Run) -> Result:
         "a body expanding past max_recv_msg_size_mib (16) is refused with 413 without the memory;"
         " malformed requests never get a 5xx or no answer; valid ones are still stored"
     )
-    collector = run.start("bomb", {})
+    collector = run.start("bomb", {"max_recv_msg_size_mib": 16})  # above the default 4: harsher
     url = f"http://{LOOPBACK}:{collector.ports['otlp_http']}/v1/traces"
     gzip, deflate = compressed_zeros(args.bomb_mib, 31), compressed_zeros(args.bomb_mib, 15)
     bombs = [
@@ -921,7 +924,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--kill-timeout", type=float, default=10.0, help="kill9: deadline of one Export (SDK: 10)")
     add("--kill-drain-s", type=float, default=60.0, help="kill9: retries after the load stops")
     add("--huge-clients", type=int, default=12, help="huge: exporters, one connection each")
-    add("--huge-spans", type=int, default=200_000, help="huge: spans per request (~55 B each)")
+    add(
+        "--huge-spans",
+        type=int,
+        default=75_000,
+        help="huge: spans per request (~55 B each; 75,000 is just under the default 4 MiB limit)",
+    )
+    add(
+        "--huge-max-recv-mib",
+        type=int,
+        default=None,
+        help="huge: the collector's max_recv_msg_size_mib (default: the collector's own, 4)",
+    )
     add("--huge-duration-s", type=float, default=20.0, help="huge: seconds of sending")
     add("--huge-timeout", type=float, default=120.0, help="huge: deadline of one Export")
     add("--rss-ceiling-mb", type=int, default=1500, help="huge: collector + detection process")

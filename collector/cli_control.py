@@ -12,13 +12,14 @@ import click
 
 from collector.cli_format import echo_rows, format_option, text_table
 
-SCOPE_OPTIONS = ("service", "agent", "session", "user", "tool")
+SCOPE_OPTIONS = ("tenant", "service", "agent", "session", "user", "tool")
 
 EXAMPLES = """
 \b
-Scope: --global, or any of --service, --agent, --session, --user, --tool (combined: all must
-match). With --tool, kill and pause open that tool's circuit (for the agent/service given, or
-everyone). Agents see the change on their next check, within a second.
+Scope: --global, or any of --tenant, --service, --agent, --session, --user, --tool (combined:
+all must match; without --tenant, every tenant). With --tool, kill and pause open that tool's
+circuit (for the agent/service given, or everyone). Agents see the change on their next check,
+within a second.
 \b
 Examples:
   agentwatch pause --agent support --reason "refund loop, INC-42"
@@ -31,8 +32,8 @@ Examples:
 
 def _scope_options(fn):
     for name in reversed(SCOPE_OPTIONS):
-        fn = click.option(f"--{name}", metavar="NAME" if name in ("service", "agent", "tool") else "ID",
-                          help=f"Only this {name}.")(fn)  # fmt: skip
+        metavar = "NAME" if name in ("tenant", "service", "agent", "tool") else "ID"
+        fn = click.option(f"--{name}", metavar=metavar, help=f"Only this {name}.")(fn)
     fn = click.option("--global", "everyone", is_flag=True, help="Everyone (no other scope).")(fn)
     return fn
 
@@ -43,7 +44,7 @@ def _scope(everyone: bool, values: dict) -> dict:
         raise click.UsageError("--global stands alone: drop it, or drop the other scope options")
     if not everyone and not scope:
         raise click.UsageError(
-            "say whom: --global for everyone, or --service/--agent/--session/--user/--tool"
+            "say whom: --global for everyone, or --tenant/--service/--agent/--session/--user/--tool"
         )
     return scope
 

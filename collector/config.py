@@ -278,7 +278,14 @@ class Config(_Section):
         " answer is late is sent again with the same deduplication token)",
     )
 
-    max_recv_msg_size_mib: int = Field(default=16, ge=1, le=1024)
+    max_recv_msg_size_mib: int = Field(
+        default=4,
+        ge=1,
+        le=1024,
+        description="largest OTLP request, once decompressed (the OpenTelemetry Collector's"
+        " default too; an SDK's batch of 512 spans is far below it). Each span of a request"
+        " costs ~2 KB while it is decoded and inserted (bench/adversarial.py --scenarios huge)",
+    )
     max_concurrent_requests: int = Field(default=64, ge=1)
     batch_max_spans: int = Field(
         default=3072,

@@ -1,8 +1,10 @@
 """Containment state: what agents may do now, by scope, served from memory.
 
-A **control** puts one scope in one mode. The scope is any combination of service, agent,
+A **control** puts one scope in one mode. The scope is any combination of tenant, service, agent,
 session, user and tool (none of them: global); it applies to a check whose context has the same
-values in the fields the scope names. Modes, from least to most restrictive:
+values in the fields the scope names. A check made with a tenant's token always carries that
+tenant, so a control naming one tenant never stops another's agents, and a tenant cannot check
+as someone else (policy actions name the incident's tenant). Modes, from least to most restrictive:
 
 - ``budget_frozen``: new runs are refused; work in flight may finish.
 - ``quarantined``: this user or session only: no new consequential actions, no new runs.
@@ -48,6 +50,7 @@ MODES = (*AGENT_MODES, CIRCUIT_OPEN)
 SOURCES = ("person", "policy")
 #: Scope fields in key order, with their column in ``control_state``.
 SCOPE_COLUMNS = {
+    "tenant": "tenant",
     "service": "service",
     "agent": "agent",
     "session": "session_id",
@@ -66,6 +69,7 @@ class ControlError(ValueError):
 class Scope:
     """Whom a control stops. Empty fields match anything; no fields at all is global."""
 
+    tenant: str = ""
     service: str = ""
     agent: str = ""
     session: str = ""
@@ -96,8 +100,9 @@ class Scope:
 
 @dataclass(frozen=True, slots=True)
 class Context(Scope):
-    """What a check is about: the agent asking, and the session, user and tool in question (the
-    same five fields as a scope; a control applies when its named fields equal these)."""
+    """What a check is about: the agent asking (its tenant, service and name), and the session,
+    user and tool in question (the fields of a scope; a control applies when its named fields
+    equal these)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +144,7 @@ class Control:
 
     @classmethod
     def from_row(cls, row: dict) -> Control:
-        scope = Scope(**{name: row[column] for name, column in SCOPE_COLUMNS.items()})
+        scope = Scope(**{name: row.get(column, "") for name, column in SCOPE_COLUMNS.items()})
         return cls(
             scope,
             row["mode"],

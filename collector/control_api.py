@@ -9,8 +9,10 @@ For agents, with no agentwatch code on their side:
   ``tool.enabled`` (the context's ``tool``) and ``tool.<name>.enabled``. Context keys: ``service``
   (or ``service.name``), ``agent`` (``gen_ai.agent.name``), ``session`` (``session.id``,
   ``session_id``, ``gen_ai.conversation.id``; the targeting key when none is given), ``user``
-  (``user.id``, ``user_id``) and ``tool``; others are ignored.
-- ``GET /v1/control/check?service=&agent=&session=&user=&tool=``: the same decision as JSON.
+  (``user.id``, ``user_id``), ``tool`` and ``tenant`` (``tenant.id``); others are ignored.
+  With a tenant's token the tenant is the token's, whatever the context says.
+- ``GET /v1/control/check?tenant=&service=&agent=&session=&user=&tool=``: the same decision as
+  JSON.
 
 For people: ``GET /v1/control`` (what is in force), ``POST /v1/control`` with
 ``{"mode": "paused", "scope": {"agent": "support"}, "reason": "...", "actor": "alice"}``
@@ -34,12 +36,13 @@ from collector.control import (
     scope_from,
 )
 from collector.store import StoreError, StoreUnavailable
-from collector.web import collector_of
+from collector.web import PRINCIPAL, collector_of
 from collector.web import dumps as _dumps
 from collector.web import error as _error
 
 # OFREP context keys -> Context fields (the first present wins)
 CONTEXT_KEYS = {
+    "tenant": ("tenant", "tenant.id"),
     "service": ("service", "service.name"),
     "agent": ("agent", "gen_ai.agent.name", "agent.name"),
     "session": ("session", "session.id", "session_id", "gen_ai.conversation.id", "targetingKey"),
@@ -72,15 +75,28 @@ async def check(request: web.Request) -> web.Response:
             400,
             f"unknown parameter(s) {', '.join(sorted(unknown))}; expected {', '.join(SCOPE_COLUMNS)}",
         )
-    context = Context(**{name: request.query.get(name, "") for name in SCOPE_COLUMNS})
+    values = {name: request.query.get(name, "") for name in SCOPE_COLUMNS}
+    context = Context(**_as_token_tenant(request, values))
     return web.json_response(_board(request).decide(context).as_json(), dumps=_dumps)
+
+
+def _as_token_tenant(request: web.Request, values: dict) -> dict:
+    """A tenant's token checks as that tenant: whatever tenant the context names is replaced
+    (a tenant may neither escape its own controls nor read another tenant's). Without a tenant
+    the check is for ``default_tenant``, the one spans without ``tenant.id`` are stored under."""
+    principal = request.get(PRINCIPAL)
+    if principal is not None and principal.tenant is not None:
+        values["tenant"] = principal.tenant
+    elif not values.get("tenant"):
+        values["tenant"] = collector_of(request).config.default_tenant
+    return values
 
 
 class _BadContext(Exception):
     pass
 
 
-def _context(raw: bytes, tool: str = "") -> Context:
+def _context(request: web.Request, raw: bytes, tool: str = "") -> Context:
     try:
         body = orjson.loads(raw) if raw.strip() else {}
     except orjson.JSONDecodeError as exc:
@@ -100,7 +116,7 @@ def _context(raw: bytes, tool: str = "") -> Context:
             break
     if tool:
         values["tool"] = tool
-    return Context(**values)
+    return Context(**_as_token_tenant(request, values))
 
 
 def _flag(key: str, decision: Decision) -> dict | None:
@@ -138,7 +154,7 @@ def _tool_of(key: str) -> str:
 async def ofrep_evaluate(request: web.Request) -> web.Response:
     key = request.match_info["key"]
     try:
-        context = _context(await request.read(), _tool_of(key))
+        context = _context(request, await request.read(), _tool_of(key))
     except _BadContext as exc:
         code, _, details = str(exc).partition(": ")
         return web.json_response(
@@ -160,7 +176,7 @@ async def ofrep_evaluate(request: web.Request) -> web.Response:
 
 async def ofrep_bulk(request: web.Request) -> web.Response:
     try:
-        context = _context(await request.read())
+        context = _context(request, await request.read())
     except _BadContext as exc:
         code, _, details = str(exc).partition(": ")
         return web.json_response({"errorCode": code, "errorDetails": details}, status=400)

@@ -258,15 +258,15 @@ def test_a_loop_incident_pauses_its_session_by_policy(collector_factory, tmp_pat
 
         [audit] = collector.query("SELECT * FROM control_audit")
         assert (audit["key"], audit["mode"], audit["source"], audit["actor"], audit["incident_id"]) == (
-            "session=loop-1", "paused", "policy", "policy", incident["incident_id"],
-        )  # fmt: skip
+            "tenant=default;session=loop-1", "paused", "policy", "policy", incident["incident_id"],
+        )  # fmt: skip  (the incident's tenant: spans without tenant.id are default_tenant's)
         assert "loop/SEV2 -> pause_session" in audit["reason"]
         events = collector.query(
             "SELECT event, actor, detail FROM incident_events WHERE incident_id = {id:String} ORDER BY at",
             {"id": incident["incident_id"]},
         )
         contained = [e for e in events if e["event"] == "contained"]
-        assert len(contained) == 1 and contained[0]["detail"].startswith("paused session=loop-1")
+        assert len(contained) == 1 and contained[0]["detail"].startswith("paused tenant=default;session=loop-1")
 
         # resolving the incident does not lift the pause: only a person does
         requests.post(
@@ -298,7 +298,7 @@ def test_findings_on_one_tool_in_several_sessions_open_its_circuit(collector_fac
         decision = requests.get(check, params=params).json()
         assert decision["tool_enabled"] is False
         assert [c["scope"] for c in decision["controls"] if c["mode"] == "circuit_open"] == [
-            "service=support-svc;agent=support;tool=lookup_order"
+            "tenant=default;service=support-svc;agent=support;tool=lookup_order"
         ]
         # other tools of the agent, and other agents' use of the tool, are untouched
         assert (
@@ -308,3 +308,29 @@ def test_findings_on_one_tool_in_several_sessions_open_its_circuit(collector_fac
             requests.get(check, params={**params, "agent": "billing"}).json()["tool_enabled"]
             is True
         )
+
+
+def test_a_policy_action_stops_only_its_incidents_tenant(collector_factory, tmp_path):
+    """Two tenants run an agent of the same name; the loop in one pauses that tenant's session
+    and leaves the other's same-named session alone."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    tenants = {"acme": {"ingest_token": "acme-in"}, "beta": {"ingest_token": "beta-in"}}
+    with collector_factory(policy_file=policy, api_token="admin", tenants=tenants) as collector:
+        run_agent(collector, "shared-session", "u-1", [42] * 6, token="acme-in")
+        wait_for_incidents(collector, "detector = 'loop'")
+        check = f"{collector.api_url}/v1/control/check"
+        admin = {"Authorization": "Bearer admin"}
+        params = {"session": "shared-session"}
+        deadline = time.monotonic() + 10
+        while (
+            requests.get(check, params={**params, "tenant": "acme"}, headers=admin).json()["state"]
+            == "enabled"
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
+        acme = requests.get(check, params={**params, "tenant": "acme"}, headers=admin).json()
+        assert acme["state"] == "paused"
+        assert [c["scope"] for c in acme["controls"]] == ["tenant=acme;session=shared-session"]
+        beta = requests.get(check, params={**params, "tenant": "beta"}, headers=admin).json()
+        assert beta["state"] == "enabled"

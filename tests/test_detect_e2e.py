@@ -12,11 +12,11 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Status, StatusCode
 
 
-def agent_tracer(collector, service: str = "support-svc"):
+def agent_tracer(collector, service: str = "support-svc", token: str | None = None):
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
-    provider.add_span_processor(
-        BatchSpanProcessor(OTLPSpanExporter(endpoint=collector.grpc_endpoint, insecure=True))
-    )
+    headers = {"authorization": f"Bearer {token}"} if token else None
+    exporter = OTLPSpanExporter(endpoint=collector.grpc_endpoint, insecure=True, headers=headers)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider, provider.get_tracer("agent")
 
 
@@ -29,9 +29,11 @@ def wait_for_incidents(collector, where: str, timeout_s: float = 15.0) -> list[d
         time.sleep(0.1)
 
 
-def run_agent(collector, session: str, user: str, order_ids: list[int], service="support-svc"):
+def run_agent(
+    collector, session: str, user: str, order_ids: list[int], service="support-svc", token=None
+):
     """One agent session calling lookup_order once per item of ``order_ids``; returns span ids."""
-    provider, tracer = agent_tracer(collector, service)
+    provider, tracer = agent_tracer(collector, service, token)
     span_ids = []
     attrs = {
         "gen_ai.operation.name": "invoke_agent",

@@ -176,3 +176,53 @@ def test_a_read_token_sees_its_tenant_only_in_sql(running):
         "acme",
         "beta",
     }
+
+
+def test_containment_is_per_tenant(running):
+    """A control naming a tenant stops that tenant's agents only, and a tenant's token checks as
+    its own tenant whatever its context claims (it can neither escape nor probe another's)."""
+    api = running.api_url
+    paused = requests.post(
+        f"{api}/v1/control",
+        json={"mode": "paused", "scope": {"tenant": "acme", "agent": "support"}, "reason": "t"},
+        headers=bearer("admin"),
+    )
+    assert paused.status_code == 201, paused.text
+    assert paused.json()["scope"] == "tenant=acme;agent=support"
+
+    def enabled(token: str, context: dict) -> bool:
+        answer = requests.post(
+            f"{api}/ofrep/v1/evaluate/flags/agent.enabled",
+            json={"context": context},
+            headers=bearer(token),
+        )
+        assert answer.status_code == 200, answer.text
+        return answer.json()["value"]
+
+    try:
+        assert enabled("acme-in", {"agent": "support"}) is False
+        assert enabled("acme-in", {"agent": "support", "tenant.id": "beta"}) is False  # no escape
+        assert enabled("beta-in", {"agent": "support"}) is True
+        assert enabled("beta-in", {"agent": "support", "tenant": "acme"}) is True  # no probing
+        assert enabled("admin", {"agent": "support", "tenant": "acme"}) is False
+        assert enabled("admin", {"agent": "support"}) is True  # the default tenant
+        check = requests.get(
+            f"{api}/v1/control/check", params={"agent": "support", "tenant": "acme"},
+            headers=bearer("admin"),
+        )  # fmt: skip
+        assert check.json()["state"] == "paused"
+        # a control without a tenant is everyone's
+        requests.post(
+            f"{api}/v1/control",
+            json={"mode": "killed", "scope": {"agent": "billing"}, "reason": "t"},
+            headers=bearer("admin"),
+        ).raise_for_status()
+        assert enabled("beta-in", {"agent": "billing"}) is False
+        assert enabled("acme-in", {"agent": "billing"}) is False
+    finally:
+        for scope in ({"tenant": "acme", "agent": "support"}, {"agent": "billing"}):
+            requests.post(
+                f"{api}/v1/control/resume",
+                json={"scope": scope, "reason": "test over"},
+                headers=bearer("admin"),
+            )
