@@ -21,8 +21,8 @@ from pathlib import Path
 
 import requests
 
+from analyzer.containment.control import Context, Control, ControlTable, Scope
 from bench.ingest import CollectorProcess, percentile
-from collector.control import Context, Control, ControlTable, Scope
 
 
 def table_with(n: int) -> ControlTable:

@@ -311,7 +311,7 @@ class CollectorProcess:
         self.grpc_target = f"127.0.0.1:{self.ports['otlp_grpc']}"
         # the console script next to this interpreter is what `pip install` gives a user
         exe = Path(sys.executable).parent / "agentwatch"
-        command = [str(exe)] if exe.exists() else [sys.executable, "-m", "collector.cli"]
+        command = [str(exe)] if exe.exists() else [sys.executable, "-m", "agentwatch.cli.main"]
         command += ["serve", "--data-dir", str(data_dir)]
         if config:
             command += ["--config", config]

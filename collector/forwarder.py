@@ -24,15 +24,56 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlparse, urlsplit
 
 import aiohttp
 import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from collector.config import ForwardConfig
 from collector.metrics import Metrics
+
+
+class ForwardConfig(BaseModel):
+    """Processor mode: every received request is also sent, unchanged, to a downstream OTLP endpoint
+    (the ``forward:`` section of the config; the component owns its typed config)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # protocol comes before endpoint so that the endpoint check can see it
+    protocol: Literal["grpc", "http/protobuf"] = "http/protobuf"
+    endpoint: str = Field(description="e.g. http://collector:4318 (HTTP) or collector:4317 (gRPC)")
+    headers: dict[str, str] = Field(default_factory=dict)
+    compression: Literal["gzip", "none"] = "gzip"
+    queue_max_requests: int = Field(default=1000, ge=1)
+    queue_max_mib: int = Field(default=64, ge=1, description="memory bound of the forwarding queue")
+    senders: int = Field(default=4, ge=1, le=64, description="requests in flight at once")
+    timeout_s: float = Field(default=10.0, gt=0)
+    max_retry_time_s: float = Field(default=60.0, ge=0)
+    insecure: bool = Field(default=True, description="gRPC endpoint without a scheme: no TLS")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str, info: ValidationInfo) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be empty")
+        protocol = info.data.get("protocol")  # absent when the protocol itself was invalid
+        if protocol == "http/protobuf":
+            parsed = urlparse(value)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise ValueError("expected http(s)://host[:port][/path] for protocol http/protobuf")
+        elif protocol == "grpc":
+            parsed = urlsplit(value if "://" in value else "//" + value)
+            try:
+                port = parsed.port
+            except ValueError:
+                port = None
+            if parsed.scheme not in ("", "http", "https") or not parsed.hostname or not port:
+                raise ValueError("expected host:port or http(s)://host:port for protocol grpc")
+        return value
+
 
 log = logging.getLogger("agentwatch.forward")
 

@@ -1,6 +1,6 @@
 -- Containment: what agents may do, by scope. One row per version of a control (ReplacingMergeTree
 -- keeps the newest per key); `mode = 'enabled'` is a lifted control. The collector serves these
--- from memory (collector/control.py) and re-reads them every second, so a row written by another
+-- from memory (analyzer/containment/control.py) and re-reads them every second, so a row written by another
 -- collector on the same ClickHouse server is in force everywhere within a second.
 --
 -- A control's scope is the set of non-empty fields among service, agent, session_id, user_id and

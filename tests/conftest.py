@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.app import Collector
-from collector.config import load_config
+from agentwatch.app import Collector
+from agentwatch.config import load_config
 
 
 class RunningCollector:

@@ -15,7 +15,7 @@ import time
 import pytest
 import requests
 
-from collector.config import ConfigError, load_config
+from agentwatch.config import ConfigError, load_config
 
 SECRET = "s3cret-line-of-the-host"
 

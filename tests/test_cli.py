@@ -15,7 +15,7 @@ from tests.test_receivers import grpc_export
 def agentwatch(
     *args: str, api_url: str | None = None, token: str | None = None
 ) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "collector.cli", *args]
+    cmd = [sys.executable, "-m", "agentwatch.cli.main", *args]
     if api_url:
         cmd += ["--api-url", api_url]
     if token:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.config import ConfigError, load_config
+from agentwatch.config import ConfigError, load_config
 
 CONFIGS = Path(__file__).parent / "testdata" / "config"
 
@@ -64,7 +64,7 @@ def test_serve_refuses_to_start_on_a_bad_config(tmp_path):
         [
             sys.executable,
             "-m",
-            "collector.cli",
+            "agentwatch.cli.main",
             "serve",
             "--config",
             str(CONFIGS / "bad_port.yaml"),
@@ -161,7 +161,7 @@ def test_serve_warns_that_a_password_flag_shows_in_ps(tmp_path):
     def serve(*args: str, **env: str) -> str:
         """stderr of ``serve``; a bad port stops start-up right after the warning."""
         done = subprocess.run(
-            [sys.executable, "-m", "collector.cli", "serve", "--otlp-grpc-port", "99999",
+            [sys.executable, "-m", "agentwatch.cli.main", "serve", "--otlp-grpc-port", "99999",
              "--data-dir", str(tmp_path), *args],
             capture_output=True, text=True, timeout=60, env={**os.environ, **env},
         )  # fmt: skip

@@ -33,7 +33,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
-from collector.config import ConfigError, load_config
+from agentwatch.config import ConfigError, load_config
 
 PROTOCOLS = ["grpc", "http/protobuf"]
 FAST_COMMITS = {"batch_flush_interval_s": 0.01}
@@ -292,7 +292,7 @@ def downstream_collector(tmp_path):
     Not ``collector_factory``: chDB runs one embedded server per process, on one data directory,
     so two collectors with stores of their own need two processes (as they would in production).
     """
-    command = [sys.executable, "-c", "from collector.cli import main; main()", "serve"]
+    command = [sys.executable, "-c", "from agentwatch.cli.main import main; main()", "serve"]
     command += ["--data-dir", str(tmp_path / "downstream"), "--log-level", "warning"]
     for port in ("--otlp-grpc-port", "--otlp-http-port", "--sql-port", "--api-port"):
         command += [port, "0"]

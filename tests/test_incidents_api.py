@@ -43,7 +43,7 @@ def current(collector, incident_id: str) -> dict:
 
 
 def agentwatch(*args: str, api_url: str, token: str | None = None):
-    cmd = [sys.executable, "-m", "collector.cli", *args, "--api-url", api_url]
+    cmd = [sys.executable, "-m", "agentwatch.cli.main", *args, "--api-url", api_url]
     if token:
         cmd += ["--token", token]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)

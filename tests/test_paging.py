@@ -18,8 +18,8 @@ import requests
 from aiohttp import web
 from click.testing import CliRunner
 
-from collector.cli import main as cli
-from collector.config import ConfigError, load_config
+from agentwatch.cli.main import main as cli
+from agentwatch.config import ConfigError, load_config
 from tests.conftest import run_collector
 from tests.fake_pagers import FakeOpsgenie, FakePagerDuty, FakeReceiver, FakeSlack
 from tests.test_detect_e2e import run_agent, wait_for_incidents
@@ -469,7 +469,7 @@ def test_the_documented_paging_example_is_valid():
     loads, and routes as the README says."""
     import yaml
 
-    from analyzer.routing import build_route, match_routes
+    from analyzer.paging.routing import build_route, match_routes
 
     text = (Path(__file__).parents[1] / "deploy" / "agentwatch.example.yaml").read_text()
     block = text[text.index("# paging:") :].splitlines()

@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
+from agentwatch.config import Config, ConfigError, load_config
 from analyzer.detectors.loop import LoopDetector
 from analyzer.policy import (
     ACTIONS,
@@ -25,7 +26,6 @@ from analyzer.policy import (
     policy_json_schema,
 )
 from analyzer.session import SessionTable
-from collector.config import Config, ConfigError, load_config
 from tests.analyzer.timeline import run, tool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ BAD = {
 
 def agentwatch(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "collector.cli", *args],
+        [sys.executable, "-m", "agentwatch.cli.main", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -345,7 +345,7 @@ def _write(path: Path, repeats: int) -> None:
 
 
 def test_reload_swaps_the_policy_and_keeps_session_state(tmp_path: Path, caplog):
-    from collector.app import Collector
+    from agentwatch.app import Collector
 
     policy_file = tmp_path / "policy.yaml"
     _write(policy_file, 3)
@@ -385,7 +385,7 @@ def test_reload_swaps_the_policy_and_keeps_session_state(tmp_path: Path, caplog)
 
 
 def test_reload_without_a_policy_file_is_an_error(tmp_path: Path):
-    from collector.app import Collector
+    from agentwatch.app import Collector
 
     collector = Collector(Config(data_dir=tmp_path / "data", detect_process=False))
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from collector.sql_gate import ReadOnlyViolation, SqlLimits, run_read_only
+from agentwatch.sql.gate import ReadOnlyViolation, SqlLimits, run_read_only
 from collector.store import StoreError
 from collector.store.embedded import EmbeddedStore
 

@@ -10,8 +10,6 @@ from typing import Protocol
 
 import orjson
 
-from collector.config import Config
-
 
 class StoreError(Exception):
     """ClickHouse refused a statement (bad SQL, unknown table …): the caller's fault, not retryable."""
@@ -79,22 +77,3 @@ def query_rows(
     blocking, like ``insert_rows`` (``await collector.run_store(query_rows, store, sql)``)."""
     out = store.query(sql, fmt, params)
     return [orjson.loads(line) for line in out.splitlines() if line.strip()]
-
-
-def open_store(config: Config) -> Store:
-    if config.clickhouse_url:
-        from collector.store.clickhouse import ClickHouseStore
-
-        return ClickHouseStore(
-            config.clickhouse_url,
-            user=config.clickhouse_user,
-            password=config.clickhouse_password,
-            database=config.clickhouse_database,
-            connect_timeout_s=config.clickhouse_connect_timeout_s,
-            query_timeout_s=config.clickhouse_query_timeout_s,
-        )
-    from collector.store.embedded import EmbeddedStore
-
-    return EmbeddedStore(
-        config.data_dir, config.embedded_server_settings, config.embedded_malloc_conf
-    )

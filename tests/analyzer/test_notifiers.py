@@ -6,9 +6,9 @@ import logging
 
 import orjson
 
-from analyzer.notifiers import Page, alertmanager, opsgenie, pagerduty, slack
-from analyzer.notifiers.webhook import SIGNATURE_HEADER, sign
-from collector.config import ReceiverConfig
+from agentwatch.config import ReceiverConfig
+from analyzer.paging.notifiers import Page, alertmanager, opsgenie, pagerduty, slack
+from analyzer.paging.notifiers.webhook import SIGNATURE_HEADER, sign
 
 INCIDENT = {
     "incident_id": "inc-1", "fingerprint": "fp1", "version": 1, "detector": "loop",
@@ -81,7 +81,7 @@ def test_alertmanager_has_no_acknowledge_and_ends_on_resolve():
 
 
 def test_webhook_signature_is_hmac_sha256_of_the_body():
-    from analyzer.notifiers.webhook import Webhook
+    from analyzer.paging.notifiers.webhook import Webhook
 
     hook = Webhook(receiver(name="h", type="webhook", url="http://h", secret="s"))
     request = hook.request(Page("trigger", INCIDENT))
@@ -91,7 +91,7 @@ def test_webhook_signature_is_hmac_sha256_of_the_body():
 
 def test_webhook_carries_one_idempotency_key_per_page_and_vendors_their_dedup_keys():
     """A page re-sent after a crash (same outbox entry) carries the same key; a receiver drops it."""
-    from analyzer.notifiers.webhook import IDEMPOTENCY_HEADER, Webhook
+    from analyzer.paging.notifiers.webhook import IDEMPOTENCY_HEADER, Webhook
 
     hook = Webhook(receiver(name="h", type="webhook", url="http://h", secret="s"))
     first = hook.request(Page("trigger", INCIDENT, key="ntf-1"))

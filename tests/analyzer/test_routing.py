@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from analyzer.routing import Silence, build_route, match_routes, parse_matcher, silenced_by
-from collector.config import RouteConfig
+from agentwatch.config import RouteConfig
+from analyzer.paging.routing import Silence, build_route, match_routes, parse_matcher, silenced_by
 
 
 def tree(**root) -> object:

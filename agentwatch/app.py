@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from collector.api import build_api_app
+from agentwatch.api.server import build_api_app
+from agentwatch.config import Config
 from collector.auth import Tokens
-from collector.config import Config
 from collector.gc_tuning import tune_gc
 from collector.metrics import Metrics
 from collector.normalize import READER, Normalizer
@@ -24,7 +24,7 @@ from collector.pipeline import Pipeline
 from collector.pricing import PriceTable
 from collector.receivers.grpc import GrpcReceiver
 from collector.receivers.http import build_otlp_http_app
-from collector.store import Store, StoreUnavailable, open_store
+from collector.store import Store, StoreUnavailable
 from collector.store.migrations import migrate
 from collector.writer import GroupCommitWriter
 
@@ -56,8 +56,8 @@ class Collector:
         self.pipeline: Pipeline | None = None
         self.analyzer = None
         self.policy = None  # analyzer.policy.Policy from config.policy_file; see reload_policy
-        self.control = None  # collector.control.ControlBoard: what agents may do now
-        self.pager = None  # collector.pager.Pager when config.paging is set
+        self.control = None  # analyzer.containment.control.ControlBoard: what agents may do now
+        self.pager = None  # analyzer.paging.pager.Pager when config.paging is set
         self._tasks: list[asyncio.Task] = []
         # Async callables given every batch of incident rows once stored (paging, containment).
         self.incident_listeners: list = []
@@ -101,7 +101,7 @@ class Collector:
             log.info("applied migrations: %s", ", ".join(applied))
         await self._start_control()
         if config.paging is not None:
-            from collector.pager import Pager
+            from analyzer.paging.pager import Pager
 
             self.pager = Pager(self, config.paging)
             await self.pager.start()  # resumes the outbox before any incident arrives
@@ -160,7 +160,7 @@ class Collector:
             ),
             config.otlp_http_port,
         )
-        from collector.sql_endpoint import build_sql_app
+        from agentwatch.sql.port import build_sql_app
 
         # a client that goes away cancels its handler, and so its query
         self.ports["sql"] = await self._serve(build_sql_app(self), config.sql_port, cancel=True)
@@ -188,7 +188,7 @@ class Collector:
     async def _start_control(self) -> None:
         """Containment state from the store, refreshed every second; with detection on, policy
         actions and tool circuit breakers listen to incidents."""
-        from collector.control import ControlBoard
+        from analyzer.containment.control import ControlBoard
 
         self.control = ControlBoard(self.store, self.run_store, metrics=self.metrics)
         in_force = await self.control.load()
@@ -197,7 +197,7 @@ class Collector:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self.control.refresh_forever()))
         if self.config.detect:
-            from analyzer.containment import Containment, store_events
+            from analyzer.containment.actions import Containment, store_events
 
             self.incident_listeners.append(
                 Containment(
@@ -360,3 +360,24 @@ async def serve(config: Config, ready=None) -> None:
         await stop.wait()
     finally:
         await collector.stop()
+
+
+def open_store(config: Config) -> Store:
+    """The store the config names. Imported here, not at the top: loading chDB costs ~1 s and
+    hundreds of MB, which a collector on a ClickHouse server never needs."""
+    if config.clickhouse_url:
+        from collector.store.clickhouse import ClickHouseStore
+
+        return ClickHouseStore(
+            config.clickhouse_url,
+            user=config.clickhouse_user,
+            password=config.clickhouse_password,
+            database=config.clickhouse_database,
+            connect_timeout_s=config.clickhouse_connect_timeout_s,
+            query_timeout_s=config.clickhouse_query_timeout_s,
+        )
+    from collector.store.embedded import EmbeddedStore
+
+    return EmbeddedStore(
+        config.data_dir, config.embedded_server_settings, config.embedded_malloc_conf
+    )

@@ -1,6 +1,6 @@
 """Paging: incident rows -> routes -> a durable outbox -> notifiers, with retries that survive restarts.
 
-Stages, as in Alertmanager's pipeline: **route** (``analyzer.routing``), **silence**, **group**
+Stages, as in Alertmanager's pipeline: **route** (``analyzer.paging.routing``), **silence**, **group**
 (an incident already is the group: findings with one fingerprint update one incident, so a route
 sends one page per incident, never one per span), **dedup/repeat**, then **send** with retries.
 
@@ -43,8 +43,8 @@ import aiohttp
 import orjson
 
 from analyzer.incidents import utc_text
-from analyzer.notifiers import Page, build_notifier, deliver
-from analyzer.routing import (
+from analyzer.paging.notifiers import Page, build_notifier, deliver
+from analyzer.paging.routing import (
     Route,
     Silence,
     build_route,

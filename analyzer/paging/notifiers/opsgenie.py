@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from analyzer.notifiers import Page, Request, blast_radius, clip, json_request
+from analyzer.paging.notifiers import Page, Request, blast_radius, clip, json_request
 
 API_URL = "https://api.opsgenie.com"  # EU accounts: https://api.eu.opsgenie.com
 # https://docs.opsgenie.com/docs/alert-api#create-alert (field limits below)

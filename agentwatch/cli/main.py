@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 import click
 import requests
 
-from collector.cli_format import echo_rows, format_option, text_table
-from collector.config import ConfigError, load_config
+from agentwatch.cli.format import echo_rows, format_option, text_table
+from agentwatch.config import ConfigError, load_config
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
 
@@ -123,7 +123,7 @@ def serve(
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 
-    from collector.app import serve as run
+    from agentwatch.app import serve as run
     from collector.store import StoreUnavailable
 
     def ready(collector) -> None:
@@ -507,10 +507,10 @@ def _format_agent_policy(resolved) -> str:
 
 
 def _register_more_commands() -> None:
-    from collector.cli_control import register as register_control
+    from agentwatch.cli.control import register as register_control
 
     register_control(main, _client_options, api_call)  # kill, pause, …, resume, control
-    from collector.cli_paging import register as register_paging
+    from agentwatch.cli.paging import register as register_paging
 
     register_paging(main, _client_options, api_call)  # alerts outbox|test, silence add|list|expire
 

@@ -1,7 +1,7 @@
 """``agentwatch kill | pause | quarantine | freeze | resume`` and ``agentwatch control list|check``.
 
-Registered on the main group by ``collector.cli`` (``register``), which passes its own client
-options and API call so that ``python -m collector.cli`` and the console script behave the same.
+Registered on the main group by ``agentwatch.cli.main`` (``register``), which passes its own client
+options and API call so that ``python -m agentwatch.cli.main`` and the console script behave the same.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 
 import click
 
-from collector.cli_format import echo_rows, format_option, text_table
+from agentwatch.cli.format import echo_rows, format_option, text_table
 
 SCOPE_OPTIONS = ("tenant", "service", "agent", "session", "user", "tool")
 

@@ -13,15 +13,15 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from agentwatch.api.control import add_control_routes
+from agentwatch.api.health import check as health_check
+from agentwatch.api.incidents import add_incident_routes
+from agentwatch.api.paging import add_paging_routes
+from agentwatch.api.web import COLLECTOR, PRINCIPAL
+from agentwatch.api.web import error as _error
+from agentwatch.sql.gate import ReadOnlyViolation, new_tag, run_read_only
 from collector.auth import ADMIN, INGEST, READER, SQL, Tokens, bearer
-from collector.control_api import add_control_routes
-from collector.health import check as health_check
-from collector.incidents_api import add_incident_routes
-from collector.paging_api import add_paging_routes
-from collector.sql_gate import ReadOnlyViolation, new_tag, run_read_only
 from collector.store import StoreError, StoreUnavailable
-from collector.web import COLLECTOR, PRINCIPAL
-from collector.web import error as _error
 
 READONLY = 164  # ClickHouse's error code for what readonly mode refuses
 
@@ -86,7 +86,7 @@ def _token_middleware(tokens: Tokens):
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Within 2 s whatever the store does, never behind ingest or SQL (``collector.health``)."""
+    """Within 2 s whatever the store does, never behind ingest or SQL (``agentwatch.api.health``)."""
     return await health_check(request.app[COLLECTOR])
 
 

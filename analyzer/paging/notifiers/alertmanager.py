@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from analyzer.notifiers import Page, Request, blast_radius, json_request
+from analyzer.paging.notifiers import Page, Request, blast_radius, json_request
 
 
 def labels(incident: dict) -> dict[str, str]:
@@ -51,6 +51,6 @@ class Alertmanager:
 
 
 def _rfc3339(text) -> str:
-    from analyzer.notifiers import iso_time
+    from analyzer.paging.notifiers import iso_time
 
     return iso_time(text or "")

@@ -7,7 +7,7 @@ names the incident. Slack answers 200 ``ok`` when it took the message; anything 
 
 from __future__ import annotations
 
-from analyzer.notifiers import Page, Request, blast_radius, clip, json_request
+from analyzer.paging.notifiers import Page, Request, blast_radius, clip, json_request
 
 # https://api.slack.com/methods/chat.postMessage#truncating ("text" over 40,000 chars is cut)
 TEXT_MAX = 40_000

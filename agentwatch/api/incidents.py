@@ -30,12 +30,12 @@ import time
 import orjson
 from aiohttp import web
 
+from agentwatch.api.web import PRINCIPAL
+from agentwatch.api.web import collector_of as _collector
+from agentwatch.api.web import dumps as _dumps
+from agentwatch.api.web import error as _error
 from analyzer.incidents import utc_text
 from collector.store import StoreError, StoreUnavailable, insert_rows, query_rows
-from collector.web import PRINCIPAL
-from collector.web import collector_of as _collector
-from collector.web import dumps as _dumps
-from collector.web import error as _error
 
 STATUSES = ("open", "acknowledged", "resolved")
 STATUS_FILTERS = {

@@ -1,6 +1,6 @@
 """Which receivers page for an incident: Alertmanager's route tree and silences, over incident labels.
 
-Pure decisions, no I/O (the outbox in ``collector/pager.py`` acts on them). An incident is a label
+Pure decisions, no I/O (the outbox in ``analyzer/paging/pager.py`` acts on them). An incident is a label
 set (``labels_of``); a route matches when all its matchers do; the tree is walked as Alertmanager
 walks it: the root always matches, the first matching child wins unless it says ``continue``, and
 a route with no matching child is the one used. A silence mutes an incident whose labels match all
@@ -90,7 +90,7 @@ class Route:
 
 
 def build_route(config, parent: Route | None = None, root: bool = True) -> Route:
-    """A ``collector.config.RouteConfig`` -> ``Route``; unset settings come from the parent."""
+    """A ``agentwatch.config.RouteConfig`` -> ``Route``; unset settings come from the parent."""
     receiver = config.receiver or (parent.receiver if parent else "")
     matchers = [Matcher(k, "=", v) for k, v in config.match.items() if isinstance(v, str)]
     # a list of values means "any of": one anchored regex

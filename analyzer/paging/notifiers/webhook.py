@@ -17,7 +17,7 @@ import time
 
 import orjson
 
-from analyzer.notifiers import Page, Request, blast_radius
+from analyzer.paging.notifiers import Page, Request, blast_radius
 
 SIGNATURE_HEADER = "X-Agentwatch-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"

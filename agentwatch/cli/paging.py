@@ -1,6 +1,6 @@
 """``agentwatch alerts outbox|test`` and ``agentwatch silence add|list|expire``.
 
-Registered on the main group by ``collector.cli`` (``register``), which passes its own client
+Registered on the main group by ``agentwatch.cli.main`` (``register``), which passes its own client
 options and API call.
 """
 
@@ -10,7 +10,7 @@ import re
 
 import click
 
-from collector.cli_format import echo_rows, format_option, text_table
+from agentwatch.cli.format import echo_rows, format_option, text_table
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -111,7 +111,7 @@ def register(main: click.Group, client_options, api_call) -> None:
     @client_options
     def silence_add(matchers, duration, comment, created_by, api_url, token) -> None:
         """Silence incidents matching every MATCHER."""
-        from analyzer.routing import parse_matcher
+        from analyzer.paging.routing import parse_matcher
 
         for text in matchers:  # the collector checks them too; this says so before any call
             try:

@@ -1,7 +1,7 @@
 """Pagers: one module per vendor, each turning an incident action into one HTTP request.
 
 A notifier builds the request and judges the response; it keeps no state, never sleeps and never
-retries: the outbox (``collector/pager.py``) decides when to send and when to try again. Like
+retries: the outbox (``analyzer/paging/pager.py``) decides when to send and when to try again. Like
 Alertmanager's notifiers, every delivery says whether a retry can help (``Delivery.retry``):
 network errors, 408, 429 and 5xx can; any other 4xx means the request itself is wrong.
 
@@ -121,8 +121,8 @@ async def deliver(
 
 
 def build_notifier(receiver):
-    """A ``collector.config.ReceiverConfig`` -> its notifier."""
-    from analyzer.notifiers import alertmanager, opsgenie, pagerduty, slack, webhook
+    """A ``agentwatch.config.ReceiverConfig`` -> its notifier."""
+    from analyzer.paging.notifiers import alertmanager, opsgenie, pagerduty, slack, webhook
 
     kinds = {
         "pagerduty": pagerduty.PagerDuty,

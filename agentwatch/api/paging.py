@@ -22,12 +22,12 @@ import uuid
 import orjson
 from aiohttp import web
 
+from agentwatch.api.web import collector_of as _collector
+from agentwatch.api.web import error as _error
+from agentwatch.api.web import json_response as _json
 from analyzer.incidents import utc_text
-from analyzer.routing import SILENCE_LABELS, parse_matcher
+from analyzer.paging.routing import SILENCE_LABELS, parse_matcher
 from collector.store import StoreError, StoreUnavailable, insert_rows, query_rows
-from collector.web import collector_of as _collector
-from collector.web import error as _error
-from collector.web import json_response as _json
 
 _JSON_OUT = " SETTINGS output_format_json_quote_64bit_integers = 0, date_time_output_format = 'iso'"
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")

@@ -23,9 +23,9 @@ from collections import deque
 from collections.abc import Callable
 from time import time_ns
 
+from analyzer.containment.control import CIRCUIT_OPEN, ControlBoard, ControlError, Scope
 from analyzer.incidents import IncidentRows, utc_text
 from analyzer.policy import AgentPolicy
-from collector.control import CIRCUIT_OPEN, ControlBoard, ControlError, Scope
 from collector.store import insert_rows
 
 log = logging.getLogger("agentwatch.containment")

@@ -26,7 +26,10 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from collector.control import (
+from agentwatch.api.web import PRINCIPAL, collector_of
+from agentwatch.api.web import dumps as _dumps
+from agentwatch.api.web import error as _error
+from analyzer.containment.control import (
     CIRCUIT_OPEN,
     MODES,
     SCOPE_COLUMNS,
@@ -36,9 +39,6 @@ from collector.control import (
     scope_from,
 )
 from collector.store import StoreError, StoreUnavailable
-from collector.web import PRINCIPAL, collector_of
-from collector.web import dumps as _dumps
-from collector.web import error as _error
 
 # OFREP context keys -> Context fields (the first present wins)
 CONTEXT_KEYS = {

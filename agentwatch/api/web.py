@@ -14,7 +14,7 @@ PRINCIPAL = web.RequestKey("principal", object)
 
 
 def collector_of(request: web.Request):
-    """The ``collector.app.Collector`` behind this request's app."""
+    """The ``agentwatch.app.Collector`` behind this request's app."""
     return request.app[COLLECTOR]
 
 

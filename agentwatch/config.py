@@ -23,11 +23,11 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from collector.forwarder import ForwardConfig
 from collector.pricing import Price
 
 log = logging.getLogger("agentwatch.config")
@@ -76,43 +76,6 @@ class PriceConfig(_Section):
             self.cache_read_per_mtok,
             self.cache_write_per_mtok,
         )
-
-
-class ForwardConfig(_Section):
-    """Processor mode: every received request is also sent, unchanged, to a downstream OTLP endpoint."""
-
-    # protocol comes before endpoint so that the endpoint check can see it
-    protocol: Literal["grpc", "http/protobuf"] = "http/protobuf"
-    endpoint: str = Field(description="e.g. http://collector:4318 (HTTP) or collector:4317 (gRPC)")
-    headers: dict[str, str] = Field(default_factory=dict)
-    compression: Literal["gzip", "none"] = "gzip"
-    queue_max_requests: int = Field(default=1000, ge=1)
-    queue_max_mib: int = Field(default=64, ge=1, description="memory bound of the forwarding queue")
-    senders: int = Field(default=4, ge=1, le=64, description="requests in flight at once")
-    timeout_s: float = Field(default=10.0, gt=0)
-    max_retry_time_s: float = Field(default=60.0, ge=0)
-    insecure: bool = Field(default=True, description="gRPC endpoint without a scheme: no TLS")
-
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint(cls, value: str, info: ValidationInfo) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("must not be empty")
-        protocol = info.data.get("protocol")  # absent when the protocol itself was invalid
-        if protocol == "http/protobuf":
-            parsed = urlparse(value)
-            if parsed.scheme not in ("http", "https") or not parsed.hostname:
-                raise ValueError("expected http(s)://host[:port][/path] for protocol http/protobuf")
-        elif protocol == "grpc":
-            parsed = urlsplit(value if "://" in value else "//" + value)
-            try:
-                port = parsed.port
-            except ValueError:
-                port = None
-            if parsed.scheme not in ("", "http", "https") or not parsed.hostname or not port:
-                raise ValueError("expected host:port or http(s)://host:port for protocol grpc")
-        return value
 
 
 RECEIVER_TYPES = ("pagerduty", "opsgenie", "slack", "alertmanager", "webhook")
@@ -441,7 +404,7 @@ class Config(_Section):
 
     @property
     def sql_limits(self):
-        from collector.sql_gate import SqlLimits
+        from agentwatch.sql.gate import SqlLimits
 
         return SqlLimits(
             max_execution_time_s=self.sql_max_execution_time_s,

@@ -30,13 +30,13 @@ import uuid
 import orjson
 from aiohttp import web
 
-from collector.auth import READER, SQL, Principal
-from collector.sql_gate import (
+from agentwatch.sql.gate import (
     READING_KEYWORDS,
     ReadOnlyViolation,
     new_tag,
     run_read_only,
 )
+from collector.auth import READER, SQL, Principal
 from collector.store import StoreError, StoreUnavailable
 
 log = logging.getLogger("agentwatch.sql")

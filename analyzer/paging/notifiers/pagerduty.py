@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import orjson
 
-from analyzer.notifiers import Page, Request, blast_radius, clip, iso_time, json_request, log
+from analyzer.paging.notifiers import Page, Request, blast_radius, clip, iso_time, json_request, log
 
 EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 # https://developer.pagerduty.com/docs/events-api-v2/trigger-events/ ("summary": max 1024 chars)
