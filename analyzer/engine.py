@@ -18,7 +18,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 
-from analyzer.detectors import Detector
+from analyzer.detectors import REGISTRY, Detector
 from analyzer.finding import Finding
 from analyzer.incidents import IncidentManager, IncidentRows
 from analyzer.policy import DEFAULT_POLICY, AgentPolicy
@@ -216,22 +216,8 @@ class DetectionUnavailable(Exception):
 
 
 def default_detectors() -> list[Detector]:
-    """Every detector with its default thresholds (policy overrides them per agent)."""
-    from analyzer.detectors.context_growth import ContextGrowthDetector
-    from analyzer.detectors.cost_runaway import CostRunawayDetector
-    from analyzer.detectors.infrastructure import InfrastructureDetector
-    from analyzer.detectors.loop import LoopDetector
-    from analyzer.detectors.out_of_scope_tool import OutOfScopeToolDetector
-    from analyzer.detectors.token_ratio import TokenRatioDetector
-
-    return [
-        LoopDetector(),
-        ContextGrowthDetector(),
-        TokenRatioDetector(),
-        OutOfScopeToolDetector(),
-        CostRunawayDetector(),
-        InfrastructureDetector(),
-    ]
+    """Every registered detector with its default thresholds (policy overrides them per agent)."""
+    return [detector() for detector in REGISTRY.values()]
 
 
 _HEX = re.compile(r"[0-9a-f]{1,64}")

@@ -36,10 +36,13 @@ from fnmatch import fnmatchcase
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType, UnionType
-from typing import ClassVar, Literal, Union, get_args, get_origin
+from typing import Annotated, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from analyzer.detectors import REGISTRY
+from analyzer.detectors.base import DetectorThresholds
 
 #: Tools that frameworks call on their own (not the agent's choice): never out of scope.
 BUILTIN_TOOLS = ("final_answer", "transfer_to_*", "handoff_to_*", "think")
@@ -124,55 +127,16 @@ def matches_any(patterns: tuple[str, ...], name: str) -> bool:
 DEFAULT_POLICY = AgentPolicy()
 
 
-class ResolvedThresholds:
-    """One detector's thresholds per policy rule, resolved once: rules are few, steps many.
-
-    ``limits = ResolvedThresholds("token_ratio", {"z": 4.0, ...})``, then ``limits(policy)["z"]``
-    per step costs one dict lookup instead of two mapping lookups per threshold.
-    """
-
-    __slots__ = ("detector", "defaults", "_by_policy")
-
-    def __init__(self, detector: str, defaults: dict[str, float]) -> None:
-        self.detector = detector
-        self.defaults = defaults
-        self._by_policy: dict[int, tuple[AgentPolicy, dict[str, float]]] = {}
-
-    def __call__(self, policy: AgentPolicy) -> dict[str, float]:
-        entry = self._by_policy.get(id(policy))
-        if entry is None or entry[0] is not policy:  # the policy kept alive: ids are not reused
-            if len(self._by_policy) >= 1024:  # reloads leave old rules behind
-                self._by_policy.clear()
-            values = {k: policy.threshold(self.detector, k, d) for k, d in self.defaults.items()}
-            entry = self._by_policy[id(policy)] = (policy, values)
-        return entry[1]
-
-
 # --- the policy file ----------------------------------------------------------------------------
 #
 # The pydantic models below are the single source of truth for the file's shape: ``load_policy``
 # validates with them, and ``schemas/policy.schema.json`` is generated from them
 # (``agentwatch policy schema > schemas/policy.schema.json``; a test checks the two agree). The
 # models are strict (no "3" for 3, no true for 1), so that what the schema accepts and what the
-# loader accepts are the same.
+# loader accepts are the same. The sections keyed by detector (``thresholds``, ``severity``,
+# ``actions``) are generated from the detector registry (``analyzer.detectors.REGISTRY``): a
+# detector's thresholds model gives its ``thresholds.<name>`` keys, defaults and bounds.
 
-DETECTORS = (
-    "loop",
-    "context_growth",
-    "token_ratio",
-    "out_of_scope_tool",
-    "cost_runaway",
-    "infrastructure",
-)
-SEVERITIES = ("SEV1", "SEV2", "SEV3")
-ACTIONS = (
-    "pause_session",
-    "freeze_session",
-    "quarantine_user",
-    "open_tool_circuit",
-    "kill_agent",
-    "none",
-)
 #: Cached (service, agent) resolutions per Policy; beyond it the least recently used is dropped.
 RESOLVE_CACHE_SIZE = 4096
 
@@ -180,6 +144,9 @@ Severity = Literal["SEV1", "SEV2", "SEV3"]
 Action = Literal[
     "pause_session", "freeze_session", "quarantine_user", "open_tool_circuit", "kill_agent", "none"
 ]
+DETECTORS: tuple[str, ...] = tuple(REGISTRY)
+SEVERITIES: tuple[str, ...] = get_args(Severity)
+ACTIONS: tuple[str, ...] = get_args(Action)
 
 
 class PolicyError(ValueError):
@@ -196,90 +163,56 @@ class _Thresholds(_Model):
     what: ClassVar[str] = "threshold"
 
 
+class _ByDetector(_Model):
+    what: ClassVar[str] = "detector name"
+
+
+class _BySeverityOrDetector(_Model):
+    what: ClassVar[str] = "severity (SEV1..SEV3) or detector name"
+
+
 def _num(description: str, **bounds):
     return Field(default=None, description=description, **bounds)
 
 
-class LoopThresholds(_Thresholds):
-    repeats: int | None = _num("identical calls beyond the first that make a loop (3)", ge=1)
-    window: int | None = _num("recent tool calls looked at (12)", ge=2)
-    cycles: int | None = _num("repetitions of an A→B(→C) sequence that make a cycle (3)", ge=2)
-    failures: int | None = _num("consecutive rejected calls of one tool (3)", ge=1)
-
-
-class ContextGrowthThresholds(_Thresholds):
-    growth_factor: float | None = _num("input growth per LLM step that counts (2.0)", gt=1)
-    steps: int | None = _num("consecutive growing steps that make a spiral (3)", ge=1)
-    min_input_tokens: int | None = _num("input tokens below which nothing is flagged", ge=0)
-    context_window: int | None = _num("the model's context window in tokens (model table)", ge=1)
-    context_share: float | None = _num(
-        "share of the context window that is near the limit", gt=0, le=1
+def _overrides(model: type[DetectorThresholds]) -> type[_Thresholds]:
+    """A detector's thresholds model as a policy file sets it: the same keys, types, bounds and
+    descriptions (with the default), every key optional (unset: the detector's default)."""
+    fields: dict = {}
+    for key, info in model.model_fields.items():
+        annotation = info.annotation | None
+        if info.metadata:  # the bounds (ge, gt, le), as on ``X | None = Field(None, ge=1)``
+            annotation = Annotated[(annotation, *info.metadata)]
+        note = "" if info.default is None else f" (default {info.default!r})"
+        fields[key] = (annotation, Field(None, description=f"{info.description or key}{note}"))
+    return create_model(
+        model.__name__, __base__=_Thresholds, __doc__=model.__doc__, __module__=__name__, **fields
     )
 
 
-class TokenRatioThresholds(_Thresholds):
-    max_ratio: float | None = _num("input/output ratio flagged without a baseline", gt=0)
-    default_ratio: float | None = _num("normal input/output ratio without a baseline", gt=0)
-    min_sessions: int | None = _num("finished sessions before the baseline is used", ge=1)
-    min_llm_steps: int | None = _num("LLM steps before a session is judged", ge=1)
-    min_input_tokens: int | None = _num("input tokens before a session is judged", ge=0)
-    z: float | None = _num("robust deviations from the baseline that are flagged", gt=0)
-    min_factor: float | None = _num("ratio at least this many times the normal one", gt=0)
+Thresholds = create_model(
+    "Thresholds",
+    __base__=_ByDetector,
+    __module__=__name__,
+    **{name: (_overrides(cls.thresholds_model) | None, None) for name, cls in REGISTRY.items()},
+)
 
+SeverityOverrides = create_model(
+    "SeverityOverrides",
+    __base__=_ByDetector,
+    __doc__="Detector name -> the severity its findings get instead of the detector's own.",
+    __module__=__name__,
+    **{name: (Severity | None, None) for name in DETECTORS},
+)
 
-class OutOfScopeToolThresholds(_Thresholds):
-    """No thresholds: scope comes from ``allowed_tools`` and ``tool_constraints``."""
-
-
-class CostRunawayThresholds(_Thresholds):
-    factor: float | None = _num("session cost this many times the agent's median", gt=1)
-    min_sessions: int | None = _num("finished sessions before the baseline is used", ge=1)
-    default_session_cost_usd: float | None = _num("cost guard without a baseline (USD)", ge=0)
-
-
-class InfrastructureThresholds(_Thresholds):
-    min_failures: int | None = _num("failed calls in the window", ge=1)
-    min_rate: float | None = _num("failure rate in the window", ge=0, le=1)
-    min_sessions: int | None = _num("distinct failing sessions", ge=1)
-    spread_sessions: int | None = _num("distinct failing sessions that make it SEV1", ge=1)
-    session_failures: int | None = _num("consecutive failures in one session (SEV3)", ge=1)
-
-
-class Thresholds(_Model):
-    what: ClassVar[str] = "detector name"
-    loop: LoopThresholds | None = None
-    context_growth: ContextGrowthThresholds | None = None
-    token_ratio: TokenRatioThresholds | None = None
-    out_of_scope_tool: OutOfScopeToolThresholds | None = None
-    cost_runaway: CostRunawayThresholds | None = None
-    infrastructure: InfrastructureThresholds | None = None
-
-
-class SeverityOverrides(_Model):
-    """Detector name -> the severity its findings get instead of the detector's own."""
-
-    what: ClassVar[str] = "detector name"
-    loop: Severity | None = None
-    context_growth: Severity | None = None
-    token_ratio: Severity | None = None
-    out_of_scope_tool: Severity | None = None
-    cost_runaway: Severity | None = None
-    infrastructure: Severity | None = None
-
-
-class Actions(_Model):
-    """Severity or detector name -> containment action (a detector's entry wins over its SEV's)."""
-
-    what: ClassVar[str] = "severity (SEV1..SEV3) or detector name"
-    SEV1: Action | None = None
-    SEV2: Action | None = None
-    SEV3: Action | None = None
-    loop: Action | None = None
-    context_growth: Action | None = None
-    token_ratio: Action | None = None
-    out_of_scope_tool: Action | None = None
-    cost_runaway: Action | None = None
-    infrastructure: Action | None = None
+Actions = create_model(
+    "Actions",
+    __base__=_BySeverityOrDetector,
+    __doc__="Severity or detector name -> containment action"
+    " (a detector's entry wins over its SEV's).",
+    __module__=__name__,
+    **{key: (Action | None, None) for key in SEVERITIES + DETECTORS},
+)
 
 
 class Budgets(_Model):

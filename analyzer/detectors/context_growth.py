@@ -23,8 +23,9 @@ higher severity) and the limit stays armed for the next step. Signature: the mod
 the last few steps' input tokens and span ids (oldest first), then the flagged step.
 
 Thresholds (``growth_factor``, ``steps``, ``min_input_tokens``, ``context_share``,
-``context_window``) come from ``session.policy.threshold("context_growth", key, default)``, the
-defaults from the constructor. The clock is not used: growth is counted in steps, not time.
+``context_window``): ``ContextGrowthThresholds`` (defaults there; the constructor takes them as
+keywords), overridden per agent by policy ``thresholds.context_growth``. The clock is not used:
+growth is counted in steps, not time.
 
 Limitations: one growth chain per session across models and traces, so a session interleaving a
 small router model with a large worker model, or running sub-agents in parallel, resets its chain
@@ -57,11 +58,17 @@ whatever the session's length (``tests/analyzer/test_context_growth.py`` checks 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from pydantic import Field
+
+from analyzer.detectors.base import DetectorThresholds, ResolvedThresholds
 from analyzer.finding import Finding
 from analyzer.models import context_window, model_family
-from analyzer.policy import ResolvedThresholds
-from analyzer.session import SessionState
 from analyzer.step import Step
+
+if TYPE_CHECKING:
+    from analyzer.session import SessionState
 
 _HISTORY = 4  # steps kept per session for evidence; the run length itself is a counter
 
@@ -85,33 +92,38 @@ class _GrowthState:
         self.flagged = 0  # bits: _SPIRAL, _NEAR_LIMIT
 
 
+class ContextGrowthThresholds(DetectorThresholds):
+    """Thresholds of the context growth detector (policy ``thresholds.context_growth``)."""
+
+    growth_factor: float = Field(2.0, gt=1, description="input growth per LLM step that counts")
+    steps: int = Field(3, ge=1, description="consecutive growing steps that make a spiral")
+    min_input_tokens: int = Field(
+        8_000, ge=0, description="input tokens below which nothing is flagged"
+    )
+    context_window: int | None = Field(
+        None,
+        ge=1,
+        description="the model's context window in tokens (unset: the model table's)",
+    )
+    context_share: float = Field(
+        0.8, gt=0, le=1, description="share of the context window that is near the limit"
+    )
+
+
 class ContextGrowthDetector:
     name = "context_growth"
     kinds = frozenset({"llm"})  # the engine asks this detector about LLM steps only
+    thresholds_model = ContextGrowthThresholds
 
-    def __init__(
-        self,
-        growth_factor: float = 2.0,
-        steps: int = 3,
-        min_input_tokens: int = 8_000,
-        context_share: float = 0.8,
-    ) -> None:
-        self._limits = ResolvedThresholds(
-            self.name,
-            {
-                "growth_factor": growth_factor,
-                "steps": steps,
-                "min_input_tokens": min_input_tokens,
-                "context_window": 0,
-                "context_share": context_share,
-            },
-        )
+    def __init__(self, **thresholds: float | None) -> None:
+        self.thresholds = ContextGrowthThresholds(**thresholds)
+        self.limits = ResolvedThresholds(self.name, self.thresholds)
 
     def observe(self, step: Step, session: SessionState, now_ns: int) -> Finding | None:
         if step.kind != "llm" or step.input_tokens <= 0:
             return None
         state: _GrowthState = session.state(self.name, _GrowthState)
-        limits = self._limits(session.policy)
+        limits = self.limits(session.policy)
         tokens = step.input_tokens
         factor = limits["growth_factor"]
         previous = state.recent[-2] if state.recent else 0
@@ -130,7 +142,7 @@ class ContextGrowthDetector:
                 )
                 return self._flag(state, _SPIRAL, "spiral", "SEV2", step, session, title)
         if not state.flagged & _NEAR_LIMIT:
-            window = int(limits["context_window"]) or context_window(step.model)
+            window = int(limits["context_window"] or 0) or context_window(step.model)
             if window and tokens >= limits["context_share"] * window:
                 title = f"input tokens {tokens:,} reached {tokens / window:.0%} of the {window:,}-token context window"
                 return self._flag(

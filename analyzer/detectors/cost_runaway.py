@@ -14,8 +14,9 @@ spans, which would count it twice. Two kinds:
   baseline below ``min_baseline_usd`` is raised to it, so agents that usually cost next to nothing
   are not flagged for a few cents.
 
-``factor``, ``min_sessions`` and ``default_session_cost_usd`` can be overridden per agent through
-policy thresholds (``cost_runaway``); a policy ``severity`` override for ``cost_runaway`` wins.
+``factor``, ``min_sessions`` and ``default_session_cost_usd`` are ``CostRunawayThresholds``
+(defaults there; the constructor takes them as keywords), overridden per agent by policy
+``thresholds.cost_runaway``; a policy ``severity`` override for ``cost_runaway`` wins.
 Signature: ``<agent>:<kind>``; each kind is reported once per session.
 
 A session is finished, and its cost joins its agent's baseline, once no LLM step of it was seen
@@ -49,11 +50,16 @@ from __future__ import annotations
 
 import statistics
 from collections import OrderedDict, deque
+from typing import TYPE_CHECKING
 
+from pydantic import Field
+
+from analyzer.detectors.base import DetectorThresholds, ResolvedThresholds
 from analyzer.finding import Finding
-from analyzer.policy import ResolvedThresholds
-from analyzer.session import SessionState
 from analyzer.step import Step
+
+if TYPE_CHECKING:
+    from analyzer.session import SessionState
 
 _SEVERITIES = ("SEV1", "SEV2", "SEV3")
 
@@ -87,23 +93,33 @@ class _Baseline:
         self.median = statistics.median(self.costs)  # once per finished session, not per step
 
 
+class CostRunawayThresholds(DetectorThresholds):
+    """Thresholds of the cost runaway detector (policy ``thresholds.cost_runaway``)."""
+
+    factor: float = Field(10.0, gt=1, description="session cost this many times the agent's median")
+    min_sessions: int = Field(20, ge=1, description="finished sessions before the baseline is used")
+    default_session_cost_usd: float = Field(5.0, ge=0, description="cost guard without a baseline")
+
+
 class CostRunawayDetector:
     name = "cost_runaway"
     kinds = frozenset({"llm"})  # the engine asks this detector about LLM steps only
+    thresholds_model = CostRunawayThresholds
 
     def __init__(
         self,
-        factor: float = 10.0,
-        min_sessions: int = 20,
-        default_session_cost_usd: float = 5.0,
+        *,
         min_baseline_usd: float = 0.05,
         window: int = 200,
         session_idle_s: float = 1800.0,
         max_open: int = 100_000,
         max_agents: int = 10_000,
+        **thresholds: float,
     ) -> None:
+        self.thresholds = CostRunawayThresholds(**thresholds)
+        self.limits = ResolvedThresholds(self.name, self.thresholds)
         self.min_baseline_usd = min_baseline_usd
-        self.window = max(window, min_sessions)
+        self.window = max(window, self.thresholds.min_sessions)
         self.idle_ns = int(session_idle_s * 1e9)
         self.max_open = max_open
         self.max_agents = max_agents
@@ -111,14 +127,6 @@ class CostRunawayDetector:
         self._agent_keys: dict[AgentKey, AgentKey] = {}
         self._folded_at = -1
         self._baselines: OrderedDict[AgentKey, _Baseline] = OrderedDict()
-        self._limits = ResolvedThresholds(
-            self.name,
-            {
-                "min_sessions": min_sessions,
-                "factor": factor,
-                "default_session_cost_usd": default_session_cost_usd,
-            },
-        )
 
     def observe(self, step: Step, session: SessionState, now_ns: int) -> Finding | None:
         self._fold_idle(now_ns)
@@ -155,7 +163,7 @@ class CostRunawayDetector:
         if "spend_anomaly" in state.flagged:
             return None
         baseline = self._baselines.get(state.agent_key)
-        limits = self._limits(policy)
+        limits = self.limits(policy)
         if baseline is not None and len(baseline.costs) >= min(limits["min_sessions"], self.window):
             self._baselines.move_to_end(state.agent_key)
             factor = limits["factor"]

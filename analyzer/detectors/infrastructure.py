@@ -42,8 +42,9 @@ instead of paging again; only an escalation (SEV3→SEV2→SEV1) is reported wit
 
 Clock: the window advances with ``now_ns``; a step counts in the bucket of its own time clamped to
 the live window (a late span counts in the oldest live bucket, a span from a skewed clock in the
-newest). Thresholds other than ``window_s``/``buckets`` may be overridden per agent by policy
-(``thresholds.infrastructure.<name>``); the window's shape is the detector's.
+newest). The thresholds are ``InfrastructureThresholds`` (defaults there; the constructor takes
+them as keywords), overridden per agent by policy (``thresholds.infrastructure.<name>``); the
+window's shape (``window_s``, ``buckets``) is the detector's.
 
 Memory, bounded (measured with the tests' recursive ``sys.getsizeof``, CPython 3.11, 64-bit,
 key strings, UUID session ids and hex span/trace ids included):
@@ -89,10 +90,16 @@ from __future__ import annotations
 
 from array import array
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
+from pydantic import Field
+
+from analyzer.detectors.base import DetectorThresholds, ResolvedThresholds
 from analyzer.finding import Finding
-from analyzer.session import SessionState
 from analyzer.step import Step
+
+if TYPE_CHECKING:
+    from analyzer.session import SessionState
 
 KEY_BYTES_MAX = 12 * 1024  # documented worst case per window key, checked by the tests
 
@@ -191,30 +198,39 @@ class _Streak:
         self.count = 0
 
 
+class InfrastructureThresholds(DetectorThresholds):
+    """Thresholds of the infrastructure detector (policy ``thresholds.infrastructure``)."""
+
+    min_failures: int = Field(5, ge=1, description="failed calls in the window")
+    min_rate: float = Field(0.2, ge=0, le=1, description="failure rate in the window")
+    min_sessions: int = Field(2, ge=1, description="distinct failing sessions")
+    spread_sessions: int = Field(
+        10, ge=1, description="distinct failing sessions that make it SEV1"
+    )
+    session_failures: int = Field(
+        3, ge=1, description="consecutive failures in one session that make a SEV3"
+    )
+
+
 class InfrastructureDetector:
     name = "infrastructure"
     kinds = frozenset({"llm", "embedding", "tool", "retrieval"})  # calls to other systems
+    thresholds_model = InfrastructureThresholds
 
     def __init__(
         self,
+        *,
         window_s: float = 60.0,
         buckets: int = 12,
-        min_failures: int = 5,
-        min_rate: float = 0.2,
-        min_sessions: int = 2,
-        session_failures: int = 3,
-        spread_sessions: int = 10,
         max_keys: int = 4096,
         session_cap: int = 32,
+        **thresholds: float,
     ) -> None:
+        self.thresholds = InfrastructureThresholds(**thresholds)
+        self.limits = ResolvedThresholds(self.name, self.thresholds)
         self.buckets = max(1, buckets)
         self.bucket_ns = max(1, int(window_s * 1e9) // self.buckets)
         self.window_ns = self.bucket_ns * self.buckets
-        self.min_failures = min_failures
-        self.min_rate = min_rate
-        self.min_sessions = min_sessions
-        self.session_failures = session_failures
-        self.spread_sessions = spread_sessions
         self.max_keys = max_keys
         self.session_cap = max(session_cap, 1)
         self._windows: OrderedDict[tuple, _Window] = OrderedDict()
@@ -277,8 +293,7 @@ class InfrastructureDetector:
         else:
             streak.subject, streak.signature, streak.count = subject, signature, 1
 
-        policy = session.policy
-        limit = lambda name, default: policy.threshold(self.name, name, default)  # noqa: E731
+        limits = self.limits(session.policy)
         failed = sum(failures.counts)
         calls = max(sum(window.calls), failed)
         live = window.epoch - self.buckets
@@ -287,15 +302,13 @@ class InfrastructureDetector:
 
         severity, rule = "", ""
         if (
-            failed >= limit("min_failures", self.min_failures)
-            and rate >= limit("min_rate", self.min_rate)
-            and spread >= limit("min_sessions", self.min_sessions)
+            failed >= limits["min_failures"]
+            and rate >= limits["min_rate"]
+            and spread >= limits["min_sessions"]
         ):
-            severity = (
-                "SEV1" if spread >= limit("spread_sessions", self.spread_sessions) else "SEV2"
-            )
+            severity = "SEV1" if spread >= limits["spread_sessions"] else "SEV2"
             rule = "rate"
-        elif streak.count == int(limit("session_failures", self.session_failures)):
+        elif streak.count == int(limits["session_failures"]):
             severity, rule = "SEV3", "streak"
         if not severity:
             return None

@@ -10,10 +10,10 @@ Three shapes, over a session's recent tool calls:
   infrastructure detector's business when the backend fails (5xx), this one's when the agent keeps
   sending calls the tool rejects.
 
-Each loop is reported once per session (its incident counts what follows). The four numbers come
-from ``session.policy.threshold("loop", key, default)`` (policy ``thresholds.loop``), the
-constructor's values being the defaults; ``window`` is read when the session's loop state is
-created. A policy ``severity`` for ``loop`` replaces SEV2.
+Each loop is reported once per session (its incident counts what follows). The four numbers are
+``LoopThresholds`` (defaults there; the constructor takes them as keywords), overridden per agent
+by policy ``thresholds.loop``; they are read when the session's loop state is created. A policy
+``severity`` for ``loop`` replaces SEV2.
 
 >>> from analyzer.session import SessionTable
 >>> from analyzer.step import Step
@@ -31,9 +31,25 @@ created. A policy ``severity`` for ``loop`` replaces SEV2.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from pydantic import Field
+
+from analyzer.detectors.base import DetectorThresholds, ResolvedThresholds
 from analyzer.finding import Finding
-from analyzer.session import SessionState
 from analyzer.step import Step
+
+if TYPE_CHECKING:
+    from analyzer.session import SessionState
+
+
+class LoopThresholds(DetectorThresholds):
+    """Thresholds of the loop detector (policy ``thresholds.loop``)."""
+
+    repeats: int = Field(3, ge=1, description="identical calls beyond the first that make a loop")
+    window: int = Field(12, ge=2, description="recent tool calls looked at, at least repeats + 1")
+    cycles: int = Field(3, ge=2, description="repetitions of an A→B(→C) sequence that make a cycle")
+    failures: int = Field(3, ge=1, description="consecutive rejected calls of one tool")
 
 
 class _LoopState:
@@ -66,14 +82,11 @@ class _LoopState:
 class LoopDetector:
     name = "loop"
     kinds = frozenset({"tool"})  # the engine asks this detector about tool calls only
+    thresholds_model = LoopThresholds
 
-    def __init__(
-        self, repeats: int = 3, window: int = 12, cycles: int = 3, failures: int = 3
-    ) -> None:
-        self.repeats = repeats
-        self.window = max(window, repeats + 1)
-        self.cycles = cycles
-        self.failures = failures
+    def __init__(self, **thresholds: int) -> None:
+        self.thresholds = LoopThresholds(**thresholds)
+        self.limits = ResolvedThresholds(self.name, self.thresholds)
 
     def observe(self, step: Step, session: SessionState, now_ns: int) -> Finding | None:
         if step.kind != "tool" or not step.tool:
@@ -113,15 +126,14 @@ class LoopDetector:
 
     def _new_state(self, session: SessionState) -> _LoopState:
         """The session's loop state, with its agent's thresholds (read once per session)."""
-        policy = session.policy
-        repeats = int(policy.threshold(self.name, "repeats", self.repeats))
-        window = int(policy.threshold(self.name, "window", self.window))
+        limits = self.limits(session.policy)
+        repeats = int(limits["repeats"])
         return _LoopState(
-            max(window, repeats + 1),
+            max(int(limits["window"]), repeats + 1),
             repeats,
-            int(policy.threshold(self.name, "cycles", self.cycles)),
-            int(policy.threshold(self.name, "failures", self.failures)),
-            policy.severity.get(self.name, "SEV2"),
+            int(limits["cycles"]),
+            int(limits["failures"]),
+            session.policy.severity.get(self.name, "SEV2"),
         )
 
     @staticmethod

@@ -68,12 +68,16 @@ import json
 import posixpath
 import re
 from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from analyzer.detectors.base import DetectorThresholds, ResolvedThresholds
 from analyzer.finding import Finding
-from analyzer.policy import AgentPolicy, ToolConstraint
-from analyzer.session import SessionState
 from analyzer.step import Step
+
+if TYPE_CHECKING:
+    from analyzer.policy import AgentPolicy, ToolConstraint
+    from analyzer.session import SessionState
 
 _SEVERITIES = ("SEV1", "SEV2", "SEV3")
 _MAX_VALUES = 256  # string values read from one call's arguments; the rest are not checked
@@ -103,11 +107,18 @@ class _ScopeState:
         self.flagged: set[str] = set()  # signatures already reported in this session
 
 
+class OutOfScopeToolThresholds(DetectorThresholds):
+    """No thresholds: scope comes from ``allowed_tools`` and ``tool_constraints``."""
+
+
 class OutOfScopeToolDetector:
     name = "out_of_scope_tool"
     kinds = frozenset({"tool"})  # the engine asks this detector about tool calls only
+    thresholds_model = OutOfScopeToolThresholds
 
-    def __init__(self, max_signatures: int = 64) -> None:
+    def __init__(self, *, max_signatures: int = 64, **thresholds: float) -> None:
+        self.thresholds = OutOfScopeToolThresholds(**thresholds)
+        self.limits = ResolvedThresholds(self.name, self.thresholds)  # none to read: uniform
         self.max_signatures = max_signatures
 
     def observe(self, step: Step, session: SessionState, now_ns: int) -> Finding | None:

@@ -72,12 +72,18 @@ import math
 from array import array
 from collections import OrderedDict
 from statistics import median
+from typing import TYPE_CHECKING
 
+from pydantic import Field
+
+from analyzer.detectors.base import DetectorThresholds, ResolvedThresholds
 from analyzer.finding import Finding
 from analyzer.models import model_family
-from analyzer.policy import AgentPolicy, ResolvedThresholds
-from analyzer.session import SessionState
 from analyzer.step import Step
+
+if TYPE_CHECKING:
+    from analyzer.policy import AgentPolicy
+    from analyzer.session import SessionState
 
 _SEED = 20  # sessions whose median/MAD start a key's baseline
 _CLIP = 3.0  # Huber clip of a residual, in scales
@@ -132,43 +138,42 @@ class _RatioState:
         self.fed = False
 
 
+class TokenRatioThresholds(DetectorThresholds):
+    """Thresholds of the token ratio detector (policy ``thresholds.token_ratio``)."""
+
+    max_ratio: float = Field(
+        50.0, gt=0, description="input/output ratio flagged without a baseline"
+    )
+    default_ratio: float = Field(
+        5.0, gt=0, description="normal input/output ratio without a baseline"
+    )
+    min_sessions: int = Field(20, ge=1, description="finished sessions before the baseline is used")
+    min_llm_steps: int = Field(3, ge=1, description="LLM steps before a session is judged")
+    min_input_tokens: int = Field(
+        20_000, ge=0, description="input tokens before a session is judged"
+    )
+    z: float = Field(4.0, gt=0, description="robust deviations from the baseline that are flagged")
+    min_factor: float = Field(
+        2.0, gt=0, description="ratio at least this many times the normal one"
+    )
+
+
 class TokenRatioDetector:
     name = "token_ratio"
     kinds = frozenset({"llm"})  # the engine asks this detector about LLM steps only
+    thresholds_model = TokenRatioThresholds
 
     def __init__(
         self,
-        max_ratio: float = 50.0,
-        default_ratio: float = 5.0,
-        min_sessions: int = 20,
-        min_llm_steps: int = 3,
-        min_input_tokens: int = 20_000,
-        z: float = 4.0,
-        min_factor: float = 2.0,
+        *,
         alpha: float = 0.02,
         idle_s: float = 600.0,
         max_pending: int = 100_000,
         max_keys: int = 1024,
+        **thresholds: float,
     ) -> None:
-        self.max_ratio = max_ratio
-        self.default_ratio = default_ratio
-        self.min_sessions = min_sessions
-        self.min_llm_steps = min_llm_steps
-        self.min_input_tokens = min_input_tokens
-        self.z = z
-        self.min_factor = min_factor
-        self._limits = ResolvedThresholds(
-            self.name,
-            {
-                "max_ratio": max_ratio,
-                "default_ratio": default_ratio,
-                "min_sessions": min_sessions,
-                "min_llm_steps": min_llm_steps,
-                "min_input_tokens": min_input_tokens,
-                "z": z,
-                "min_factor": min_factor,
-            },
-        )
+        self.thresholds = TokenRatioThresholds(**thresholds)
+        self.limits = ResolvedThresholds(self.name, self.thresholds)
         self.alpha = alpha
         self.idle_ns = int(idle_s * 1e9)
         self.max_pending = max_pending
@@ -210,7 +215,7 @@ class TokenRatioDetector:
 
     def _judge(self, state: _RatioState, step: Step, session: SessionState) -> Finding | None:
         policy = state.policy
-        limits = self._limits(policy)
+        limits = self.limits(policy)
         if (
             state.output <= 0
             or state.llm_steps < limits["min_llm_steps"]
@@ -277,7 +282,7 @@ class TokenRatioDetector:
 
     def _feed(self, state: _RatioState) -> None:
         state.fed = True
-        if state.output <= 0 or state.llm_steps < self._limits(state.policy)["min_llm_steps"]:
+        if state.output <= 0 or state.llm_steps < self.limits(state.policy)["min_llm_steps"]:
             return
         baseline = self.baselines.get(state.key)
         if baseline is None:
