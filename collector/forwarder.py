@@ -16,13 +16,10 @@ request. Every submitted request ends up counted exactly once: sent or dropped w
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import gzip
 import logging
-import random
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Literal
 from urllib.parse import urlparse, urlsplit
 
@@ -33,6 +30,13 @@ from google.rpc import error_details_pb2, status_pb2
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from collector.metrics import Metrics
+from collector.retry import (
+    OTLP_RETRYABLE_GRPC_CODES,
+    Backoff,
+    otlp_http_retryable,
+    retry_after_s,
+    sleep_unless,
+)
 
 
 class ForwardConfig(BaseModel):
@@ -79,22 +83,7 @@ log = logging.getLogger("agentwatch.forward")
 
 EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
-# The OTLP specification's retryable answers. RESOURCE_EXHAUSTED is retried only when the server
-# sent RetryInfo: without it the limit may be permanent (e.g. a quota), so retrying cannot help.
-RETRYABLE_HTTP_STATUSES = frozenset({429, 502, 503, 504})
-RETRYABLE_GRPC_CODES = frozenset(
-    {
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.OUT_OF_RANGE,
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DATA_LOSS,
-    }
-)
-
-FIRST_BACKOFF_S = 1.0
-MAX_BACKOFF_S = 30.0
+BACKOFF = Backoff(initial_s=1.0, max_s=30.0)
 WARNING_INTERVAL_S = 10.0  # a dead downstream must not flood the log: one warning per reason
 
 
@@ -182,7 +171,7 @@ class Forwarder:
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self.config.max_retry_time_s
         payload = await self._transport.prepare(request)  # compressed once, not per attempt
-        backoff = FIRST_BACKOFF_S
+        attempts = 0
         while True:
             answer = await self._transport.send(payload)
             if answer.outcome == "sent":
@@ -194,27 +183,15 @@ class Forwarder:
             if self._stopping.is_set():
                 self._drop("shutdown", answer.detail)
                 return
-            # Exponential backoff with +-50% jitter, so that senders do not retry in lockstep; never
-            # sooner than the downstream asked (a "Retry-After: 0" must not turn into a busy loop).
-            delay = backoff * random.uniform(0.5, 1.5)
-            backoff = min(backoff * 2, MAX_BACKOFF_S)
-            if answer.retry_after_s is not None:
-                delay = max(delay, answer.retry_after_s)
+            attempts += 1
+            delay = BACKOFF.delay_s(attempts, answer.retry_after_s)  # never sooner than asked
             if loop.time() + delay > give_up_at:
                 self._drop("retries_exhausted", answer.detail)
                 return
             self.metrics.forward_retries.inc()
-            if await self._stopped_within(delay):
+            if await sleep_unless(self._stopping, delay):
                 self._drop("shutdown", answer.detail)
                 return
-
-    async def _stopped_within(self, delay_s: float) -> bool:
-        """Sleep ``delay_s``; True as soon as ``close`` begins (it must not wait for backoffs)."""
-        try:
-            await asyncio.wait_for(self._stopping.wait(), delay_s)
-        except TimeoutError:
-            return False
-        return True
 
     def _drop(self, reason: str, detail: str) -> None:
         self.metrics.forward_dropped.labels(reason).inc()
@@ -260,7 +237,7 @@ class GrpcTransport:
             code = exc.code()
             detail = f"gRPC {code.name}: {exc.details()}"
             retry_after_s = retry_info_delay(exc.trailing_metadata())
-            if code in RETRYABLE_GRPC_CODES or (
+            if code in OTLP_RETRYABLE_GRPC_CODES or (
                 code == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after_s is not None
             ):
                 return Answer("retry", detail, retry_after_s)
@@ -302,8 +279,8 @@ class HttpTransport:
         if 200 <= response.status < 300:
             return Answer("sent")
         detail = f"HTTP {response.status}: {status_message(body)}".rstrip(": ")
-        if response.status in RETRYABLE_HTTP_STATUSES:
-            return Answer("retry", detail, retry_after_delay(response.headers.get("Retry-After")))
+        if otlp_http_retryable(response.status):
+            return Answer("retry", detail, retry_after_s(response.headers.get("Retry-After")))
         return Answer("rejected", detail)
 
     async def close(self) -> None:
@@ -335,28 +312,6 @@ def grpc_target(endpoint: str, insecure: bool) -> tuple[str, bool]:
         parsed = urlsplit(endpoint)
         return parsed.netloc, parsed.scheme == "https"
     return endpoint, not insecure
-
-
-def retry_after_delay(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header: delta-seconds or an HTTP date; None if absent or bad.
-
-    >>> retry_after_delay("3")
-    3.0
-    >>> retry_after_delay("soon") is None
-    True
-    """
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def retry_info_delay(trailing_metadata) -> float | None:

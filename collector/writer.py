@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from collector.consumer import Overloaded, StoreDown
 from collector.metrics import Metrics
 from collector.normalize import SpanBatch
+from collector.retry import Backoff
 from collector.store import Store, StoreError, StoreUnavailable, insert_target
 
 log = logging.getLogger("agentwatch.writer")
@@ -44,7 +45,7 @@ INGEST_TABLE = "otel_traces_ingest"
 INGEST_FORMAT = "JSONColumns"
 
 # An insert whose outcome is unknown is sent again after 0.5 s, then 1, 2, 4, 5, 5 … s.
-RETRY_INITIAL_S, RETRY_MAX_S = 0.5, 5.0
+BACKOFF = Backoff(initial_s=0.5, max_s=5.0)  # an insert whose outcome is unknown
 # At shutdown, an insert still in doubt gets this long to settle before its requests are failed.
 CLOSE_GRACE_S = 10.0
 # Requests committed late are remembered this long (the OpenTelemetry Collector's exporters retry
@@ -200,7 +201,7 @@ class GroupCommitWriter:
         )
         blocks = [g[0] for g in group]
         started = time.perf_counter()
-        attempts, in_doubt, delay = 0, False, RETRY_INITIAL_S
+        attempts, in_doubt = 0, False
         try:
             while True:
                 attempts += 1
@@ -220,6 +221,7 @@ class GroupCommitWriter:
                     ):
                         self._fail(group, spans, exc, in_doubt)
                         return
+                    delay = BACKOFF.delay_s(attempts)
                     log.warning(
                         "insert of %d spans: outcome unknown (%s); sending the same group"
                         " again in %.1f s",
@@ -228,7 +230,6 @@ class GroupCommitWriter:
                         delay,
                     )
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX_S)
             self._last_failure = None
             self._metrics.spans_stored.inc(spans)
             self._metrics.insert_seconds.observe(time.perf_counter() - started)

@@ -81,7 +81,9 @@ def run(store, scenario, **options):
 
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch):
-    monkeypatch.setattr("collector.writer.RETRY_INITIAL_S", 0.01)
+    from collector.retry import Backoff
+
+    monkeypatch.setattr("collector.writer.BACKOFF", Backoff(initial_s=0.01, max_s=5.0))
 
 
 def test_an_insert_in_doubt_is_sent_again_with_the_same_token_and_answered_once_known():

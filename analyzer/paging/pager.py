@@ -21,9 +21,10 @@ Pending ones are loaded again at start, so nothing waits in memory only. Sends t
 ``incident_events`` (``paged``, ``page_acknowledged``, ``page_resolved``, ``page_failed``,
 ``page_silenced``; actor ``route/receiver``).
 
-Retries: network errors, 408, 429 and 5xx are retried with jittered exponential backoff
-(``retry_initial_s`` doubling up to ``retry_max_s``, each delay drawn from [d/2, d]); a
-``Retry-After`` from the server wins. Other 4xx are permanent (``failed``, visible in
+Retries (``collector.retry``, shared with the writer and the forwarder): network errors, 408, 429
+and 5xx are retried with jittered exponential backoff (``retry_initial_s`` doubling up to
+``retry_max_s``, each delay drawn from [d/2, d]), never sooner than the server's ``Retry-After``.
+Other 4xx are permanent (``failed``, visible in
 ``agentwatch alerts outbox`` and as ``page_failed``); so is a notification still failing after
 ``give_up_after_s``. We compute the delay ourselves instead of using tenacity/backoff: those
 retry inside a coroutine's sleep, which a restart forgets, whereas here the next attempt time
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -53,6 +53,7 @@ from analyzer.paging.routing import (
     parse_matcher,
     silenced_by,
 )
+from collector.retry import Backoff
 from collector.store import insert_rows, query_rows
 
 log = logging.getLogger("agentwatch.paging")
@@ -476,10 +477,8 @@ class Pager:
                     await self._events([self._event(n.incident, event, n, detail)])
 
     def _backoff_s(self, attempts: int, retry_after_s: float | None) -> float:
-        if retry_after_s is not None:
-            return min(retry_after_s, self.config.give_up_after_s)
-        ceiling = min(self.config.retry_max_s, self.config.retry_initial_s * 2 ** (attempts - 1))
-        return random.uniform(ceiling / 2, ceiling)
+        backoff = Backoff(self.config.retry_initial_s, self.config.retry_max_s)
+        return min(backoff.delay_s(attempts, retry_after_s), self.config.give_up_after_s)
 
     # --- store ------------------------------------------------------------------------------------
 

@@ -15,10 +15,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 
 import aiohttp
 import orjson
+
+from collector.retry import http_retryable, retry_after_s
 
 log = logging.getLogger("agentwatch.paging")
 
@@ -82,21 +83,6 @@ def iso_time(text: str) -> str:
     return f"{head}.{(frac + '000')[:3]}Z"
 
 
-def retry_after(headers) -> float | None:
-    """``Retry-After`` in seconds (delay-seconds or an HTTP date), or None."""
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
-    except (TypeError, ValueError):
-        return None
-
-
 def _accepted(status: int, text: str) -> bool:
     return 200 <= status < 300
 
@@ -110,13 +96,13 @@ async def deliver(
     try:
         async with session.post(request.url, data=request.body, headers=request.headers) as resp:
             text = await resp.text(errors="replace")
-            status, after = resp.status, retry_after(resp.headers)
+            status, after = resp.status, retry_after_s(resp.headers.get("Retry-After"))
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         return Delivery(False, retry=True, error=f"{type(exc).__name__}: {exc}"[:500])
     if accepted(status, text):
         return Delivery(True)
     error = f"HTTP {status}: {' '.join(text.split())[:500]}"
-    retryable = status in (408, 429) or status >= 500
+    retryable = http_retryable(status)
     return Delivery(False, retry=retryable, retry_after_s=after if retryable else None, error=error)
 
 
