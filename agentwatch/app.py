@@ -213,7 +213,7 @@ class Collector:
             spread_reader,
             store_writer,
         )
-        from analyzer.incidents import IncidentManager
+        from analyzer.incidents.lifecycle import IncidentManager
         from analyzer.session import SessionTable
 
         if self.config.policy_file is not None and self.policy is None:
@@ -248,7 +248,7 @@ class Collector:
         return self.policy.spec.model_dump(mode="json", exclude_none=True)
 
     async def publish_incident_rows(self, rows) -> None:
-        """Hand stored incident rows (``analyzer.incidents.IncidentRows``) to every listener.
+        """Hand stored incident rows (``analyzer.incidents.model.IncidentRows``) to every listener.
 
         Both writers call this: the analyzer after each flush, and the incidents API when it
         changes an incident the analyzer does not hold. A failing listener is logged, never

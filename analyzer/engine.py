@@ -20,7 +20,8 @@ from collections.abc import Awaitable, Callable
 
 from analyzer.detectors import REGISTRY, Detector
 from analyzer.finding import Finding
-from analyzer.incidents import IncidentManager, IncidentRows
+from analyzer.incidents.lifecycle import IncidentManager
+from analyzer.incidents.model import IncidentRows
 from analyzer.policy import DEFAULT_POLICY, AgentPolicy
 from analyzer.session import SessionTable
 from analyzer.step import STEP_COLUMNS, Step, steps_from_columns
@@ -252,7 +253,7 @@ def store_writer(store, run_store) -> WriteRows:
     """Rows -> ``incidents`` and ``incident_events`` (JSONEachRow) on the store's thread."""
 
     async def write(rows: IncidentRows) -> None:
-        await run_store(insert_rows, store, "incidents", rows.incidents)
-        await run_store(insert_rows, store, "incident_events", rows.events)
+        await run_store(insert_rows, store, "incidents", [r.row() for r in rows.incidents])
+        await run_store(insert_rows, store, "incident_events", [e.row() for e in rows.events])
 
     return write

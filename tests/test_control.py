@@ -257,8 +257,18 @@ def test_a_loop_incident_pauses_its_session_by_policy(collector_factory, tmp_pat
             openfeature.shutdown()
 
         [audit] = collector.query("SELECT * FROM control_audit")
-        assert (audit["key"], audit["mode"], audit["source"], audit["actor"], audit["incident_id"]) == (
-            "tenant=default;session=loop-1", "paused", "policy", "policy", incident["incident_id"],
+        assert (
+            audit["key"],
+            audit["mode"],
+            audit["source"],
+            audit["actor"],
+            audit["incident_id"],
+        ) == (
+            "tenant=default;session=loop-1",
+            "paused",
+            "policy",
+            "policy",
+            incident["incident_id"],
         )  # fmt: skip  (the incident's tenant: spans without tenant.id are default_tenant's)
         assert "loop/SEV2 -> pause_session" in audit["reason"]
         events = collector.query(
@@ -266,7 +276,9 @@ def test_a_loop_incident_pauses_its_session_by_policy(collector_factory, tmp_pat
             {"id": incident["incident_id"]},
         )
         contained = [e for e in events if e["event"] == "contained"]
-        assert len(contained) == 1 and contained[0]["detail"].startswith("paused tenant=default;session=loop-1")
+        assert len(contained) == 1 and contained[0]["detail"].startswith(
+            "paused tenant=default;session=loop-1"
+        )
 
         # resolving the incident does not lift the pause: only a person does
         requests.post(

@@ -388,7 +388,7 @@ def test_a_silence_regex_re2_cannot_run_is_refused_and_one_stored_before_is_skip
     collector_factory,
 ):
     """Hole 7 of issue 11: silence regexes are RE2's, refused when given (API and CLI)."""
-    from analyzer.incidents import utc_text
+    from analyzer.incidents.model import utc_text
     from collector.store import insert_rows
 
     hook = FakeReceiver()
@@ -490,7 +490,7 @@ def test_an_escalation_is_folded_into_a_waiting_trigger_and_re_pages_once_sent(
     collector_factory, pagerduty
 ):
     """The analyzer's rows, handed to the pager as ``Collector.publish_incident_rows`` does."""
-    from analyzer.incidents import IncidentRows
+    from analyzer.incidents.model import IncidentEvent, IncidentRecord, IncidentRows
 
     with collector_factory(**paging(pd_receiver(pagerduty), group_wait_s=5)) as collector:
         incident = a_loop(collector)
@@ -504,7 +504,10 @@ def test_an_escalation_is_folded_into_a_waiting_trigger_and_re_pages_once_sent(
             event = {"incident_id": row["incident_id"], "fingerprint": row["fingerprint"],
                      "at": row["last_seen"], "event": "escalated", "actor": "agentwatch",
                      "detail": "more sessions"}  # fmt: skip
-            rows = IncidentRows([{**row, "severity": "SEV1"}], [event])
+            rows = IncidentRows(
+                [IncidentRecord.from_row({**row, "severity": "SEV1"})],
+                [IncidentEvent.from_row(event)],
+            )
             collector.call(collector.collector.publish_incident_rows(rows))
 
         escalate()  # within group_wait: the one trigger goes out as SEV1

@@ -13,7 +13,7 @@ import pytest
 
 from analyzer.detectors.loop import LoopDetector
 from analyzer.engine import Analyzer, Detection, store_writer
-from analyzer.incidents import IncidentManager
+from analyzer.incidents.lifecycle import IncidentManager
 from analyzer.session import SessionTable
 from collector.consumer import StoreDown
 from collector.metrics import Metrics

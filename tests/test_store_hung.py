@@ -46,7 +46,15 @@ def server(tmp_path: Path):
     config.write_text(f"data_dir: {tmp_path / 'server-data'}\ndetect: false\n")
     ports = ["--otlp-grpc-port", "0", "--otlp-http-port", "0", "--sql-port", "0", "--api-port", "0"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "agentwatch.cli.main", "serve", "--config", str(config), "--sql-writable"]
+        [
+            sys.executable,
+            "-m",
+            "agentwatch.cli.main",
+            "serve",
+            "--config",
+            str(config),
+            "--sql-writable",
+        ]
         + ports,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

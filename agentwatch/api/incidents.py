@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from dataclasses import replace
 
 import orjson
 from aiohttp import web
@@ -34,7 +35,7 @@ from agentwatch.api.web import PRINCIPAL
 from agentwatch.api.web import collector_of as _collector
 from agentwatch.api.web import dumps as _dumps
 from agentwatch.api.web import error as _error
-from analyzer.incidents import utc_text
+from analyzer.incidents.model import IncidentEvent, IncidentRecord, IncidentRows
 from collector.store import StoreError, StoreUnavailable, insert_rows, query_rows
 
 STATUSES = ("open", "acknowledged", "resolved")
@@ -241,22 +242,13 @@ async def _apply(
         return _error(409, f"incident {incident_id} is already resolved")
     if row["status"] == status:
         return _error(409, f"incident {incident_id} is already {status}")
-    row["status"] = status
-    row["version"] = max(int(row["version"]) + 1, now)
-    event = {
-        "incident_id": incident_id,
-        "fingerprint": row["fingerprint"],
-        "at": utc_text(now),
-        "event": status,
-        "actor": actor,
-        "detail": reason,
-    }
+    stored = IncidentRecord.from_row(row)
+    record = replace(stored, status=status, version=max(stored.version + 1, now))
+    event = IncidentEvent(incident_id, record.fingerprint, now, status, actor, reason)
     try:
-        await collector.run_store(insert_rows, collector.store, "incidents", [row])
-        await collector.run_store(insert_rows, collector.store, "incident_events", [event])
+        await collector.run_store(insert_rows, collector.store, "incidents", [record.row()])
+        await collector.run_store(insert_rows, collector.store, "incident_events", [event.row()])
     except (StoreError, StoreUnavailable) as exc:
         return _error(503, f"cannot write the incident's new status: {exc}")
-    from analyzer.incidents import IncidentRows
-
-    await collector.publish_incident_rows(IncidentRows([row], [event]))
+    await collector.publish_incident_rows(IncidentRows([record], [event]))
     return None

@@ -25,7 +25,7 @@ from aiohttp import web
 from agentwatch.api.web import collector_of as _collector
 from agentwatch.api.web import error as _error
 from agentwatch.api.web import json_response as _json
-from analyzer.incidents import utc_text
+from analyzer.incidents.model import utc_text
 from analyzer.paging.routing import SILENCE_LABELS, parse_matcher
 from collector.store import StoreError, StoreUnavailable, insert_rows, query_rows
 

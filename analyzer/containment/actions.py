@@ -24,7 +24,7 @@ from collections.abc import Callable
 from time import time_ns
 
 from analyzer.containment.control import CIRCUIT_OPEN, ControlBoard, ControlError, Scope
-from analyzer.incidents import IncidentRows, utc_text
+from analyzer.incidents.model import IncidentRows, utc_text
 from analyzer.policy import AgentPolicy
 from collector.store import insert_rows
 
@@ -79,9 +79,9 @@ class Containment:
         self._tool_findings: dict[tuple[str, ...], deque[tuple[int, str]]] = {}
 
     async def __call__(self, rows: IncidentRows) -> None:
-        latest = {row["incident_id"]: row for row in rows.incidents}
+        latest = {record.incident_id: record.row() for record in rows.incidents}
         notes = []
-        for event in rows.events:
+        for event in (e.row() for e in rows.events):
             row = latest.get(event["incident_id"])
             if row is None or event["actor"] != "agentwatch":
                 continue  # a person's ack/resolve, or a row we cannot see

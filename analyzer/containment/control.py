@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
-from analyzer.incidents import utc_text
+from analyzer.incidents.model import utc_text
 from collector.store import insert_rows, query_rows
 
 log = logging.getLogger("agentwatch.control")

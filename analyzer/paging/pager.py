@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 
-from analyzer.incidents import utc_text
+from analyzer.incidents.model import utc_text
 from analyzer.paging.notifiers import Page, build_notifier, deliver
 from analyzer.paging.routing import (
     Route,
@@ -212,7 +212,7 @@ class Pager:
             )
             if row["incident_id"] not in paged
         ]
-        await self.on_incident_rows(
+        await self._route(
             _Rows(unseen, [{"event": "opened", **_ids(row)} for row in unseen])
         )
 
@@ -237,6 +237,11 @@ class Pager:
 
     async def on_incident_rows(self, rows) -> None:
         """``Collector.incident_listeners`` entry: route every event of ``rows``."""
+        await self._route(
+            _Rows([r.row() for r in rows.incidents], [e.row() for e in rows.events])
+        )
+
+    async def _route(self, rows: _Rows) -> None:
         pairs = _pairs(rows)
         if not pairs:
             return

@@ -8,7 +8,7 @@ import orjson
 
 from analyzer.detectors.loop import LoopDetector
 from analyzer.engine import Analyzer, Detection, store_writer
-from analyzer.incidents import IncidentManager
+from analyzer.incidents.lifecycle import IncidentManager
 from analyzer.session import SessionTable
 from collector.decode import decode_protobuf
 from collector.normalize import Normalizer, Rejections

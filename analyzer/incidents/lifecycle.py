@@ -14,25 +14,17 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import orjson
 
 from analyzer.finding import Finding
+from analyzer.incidents.model import (
+    SEVERITY_RANK,
+    IncidentEvent,
+    IncidentRecord,
+    IncidentRows,
+)
 from analyzer.step import Step
-
-SEVERITY_RANK = {"SEV3": 3, "SEV2": 2, "SEV1": 1}
-
-
-def utc_text(ns: int) -> str:
-    """Nanoseconds since the epoch as ClickHouse's DateTime64(9, 'UTC') text.
-
-    >>> utc_text(1_763_000_000_123_456_789)
-    '2025-11-13 02:13:20.123456789'
-    """
-    seconds, nanos = divmod(ns, 1_000_000_000)
-    return f"{datetime.fromtimestamp(seconds, UTC):%Y-%m-%d %H:%M:%S}.{nanos:09d}"
-
 
 _MAX_TRACKED = 10_000  # sessions/users remembered per incident for the affected counts
 _MAX_PENDING_ROWS = 10_000  # incident rows kept while the store refuses them
@@ -77,39 +69,38 @@ class Incident:
     spread_sessions: int = 0
     spread_users: int = 0
 
-    def row(self, link_template: str) -> dict:
+    def record(self, link_template: str) -> IncidentRecord:
+        """This version of the incident, as the store and every listener see it."""
         f, s = self.finding, self.finding.step
         sessions = max(self.earlier_sessions + len(self.sessions), self.spread_sessions)
         users = max(self.earlier_users + len(self.users), self.spread_users)
-        return {
-            "incident_id": self.incident_id,
-            "fingerprint": self.fingerprint,
-            "version": self.version,
-            "detector": f.detector,
-            "kind": f.kind,
-            "class": f.incident_class,
-            "severity": self.severity,
-            "status": self.status,
-            "title": f.title,
-            "summary": _summary(self, sessions, users),
-            "tenant": s.tenant,
-            "service": s.service,
-            "agent": s.agent,
-            "session_id": s.session,
-            "user_id": s.user,
-            "trace_id": s.trace_id,
-            "span_id": s.span_id,
-            "tool": s.tool,
-            "evidence": orjson.dumps(list(f.evidence)).decode(),
-            "first_seen": utc_text(self.first_seen_ns),
-            "last_seen": utc_text(self.last_seen_ns),
-            "occurrences": self.occurrences,
-            "sessions_affected": sessions,
-            "users_affected": users,
-            "link": link_template.format(
-                trace_id=s.trace_id, span_id=s.span_id, session_id=s.session
-            ),
-        }
+        return IncidentRecord(
+            incident_id=self.incident_id,
+            fingerprint=self.fingerprint,
+            version=self.version,
+            detector=f.detector,
+            kind=f.kind,
+            incident_class=f.incident_class,
+            severity=self.severity,
+            status=self.status,
+            title=f.title,
+            summary=_summary(self, sessions, users),
+            tenant=s.tenant,
+            service=s.service,
+            agent=s.agent,
+            session_id=s.session,
+            user_id=s.user,
+            trace_id=s.trace_id,
+            span_id=s.span_id,
+            tool=s.tool,
+            evidence=tuple(f.evidence),
+            first_seen_ns=self.first_seen_ns,
+            last_seen_ns=self.last_seen_ns,
+            occurrences=self.occurrences,
+            sessions_affected=sessions,
+            users_affected=users,
+            link=link_template.format(trace_id=s.trace_id, span_id=s.span_id, session_id=s.session),
+        )
 
 
 def _summary(incident: Incident, sessions: int, users: int) -> str:
@@ -118,17 +109,6 @@ def _summary(incident: Incident, sessions: int, users: int) -> str:
         f"{f.incident_class} {incident.severity} {f.detector}/{f.kind} in {f.step.agent or f.step.service}: "
         f"{incident.occurrences} occurrence(s), {sessions} session(s), {users} user(s)"
     )
-
-
-@dataclass
-class IncidentRows:
-    """Rows for the store (JSONEachRow): incident versions and their events."""
-
-    incidents: list[dict] = field(default_factory=list)
-    events: list[dict] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.incidents or self.events)
 
 
 class IncidentManager:
@@ -238,7 +218,7 @@ class IncidentManager:
         """Pending rows: every event, and each incident's newest version only (the table keeps
         the newest anyway; a looping agent can produce hundreds of versions between writes)."""
         rows, self.rows = self.rows, IncidentRows()
-        newest = {row["incident_id"]: row for row in rows.incidents}
+        newest = {record.incident_id: record for record in rows.incidents}
         if len(newest) < len(rows.incidents):
             rows.incidents = list(newest.values())
         return rows
@@ -263,17 +243,17 @@ class IncidentManager:
         session and trace go on the event, so repeats from other sessions are visible)."""
         # Versions grow with the clock, so a restarted collector's updates still win.
         incident.version = max(incident.version + 1, now_ns)
-        self.rows.incidents.append(incident.row(self.link_template))
+        self.rows.incidents.append(incident.record(self.link_template))
         self.rows.events.append(
-            {
-                "incident_id": incident.incident_id,
-                "fingerprint": incident.fingerprint,
-                "at": utc_text(now_ns),
-                "event": event,
-                "actor": actor,
-                "detail": detail,
-                "session_id": step.session if step else "",
-                "user_id": step.user if step else "",
-                "trace_id": step.trace_id if step else "",
-            }
+            IncidentEvent(
+                incident_id=incident.incident_id,
+                fingerprint=incident.fingerprint,
+                at_ns=now_ns,
+                event=event,
+                actor=actor,
+                detail=detail,
+                session_id=step.session if step else "",
+                user_id=step.user if step else "",
+                trace_id=step.trace_id if step else "",
+            )
         )
