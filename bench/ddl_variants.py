@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 
 from bench.workload import make_requests
+from collector.consumer import Rejections
 from collector.decode import decode_protobuf
-from collector.normalize import Normalizer, Rejections
+from collector.normalize import Normalizer
 from collector.store.embedded import EmbeddedStore
 from collector.store.migrations import SCHEMAS_DIR, statements
 

@@ -32,9 +32,10 @@ from analyzer.engine import Detection, default_detectors
 from analyzer.session import SessionTable
 from analyzer.step import STEP_COLUMNS, steps_from_columns
 from bench.ingest import build_workload, with_fresh_trace_ids
+from collector.consumer import Rejections
 from collector.decode import decode_protobuf
 from collector.gc_tuning import tune_gc
-from collector.normalize import Normalizer, Rejections
+from collector.normalize import Normalizer
 
 DETECTORS = [
     LoopDetector,

@@ -42,7 +42,8 @@ stage, data, go = sys.argv[1], sys.argv[2], sys.argv[3] == "run"
 bodies, frames = pickle.load(open(data, "rb"))
 import orjson
 from collector.decode import decode_protobuf
-from collector.normalize import Normalizer, Rejections
+from collector.consumer import Rejections
+from collector.normalize import Normalizer
 from analyzer.engine import Detection, default_detectors
 from analyzer.session import SessionTable
 from analyzer.step import steps_from_columns

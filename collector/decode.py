@@ -20,13 +20,9 @@ from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from collector.normalize import Rejections
+from collector.consumer import PayloadError, Rejections
 
 ExportTraceServiceRequest = trace_service_pb2.ExportTraceServiceRequest
-
-
-class PayloadError(ValueError):
-    """The whole payload is unreadable; the message says why. Never worth retrying."""
 
 
 def decode_protobuf(body: bytes, rejections: Rejections) -> ExportTraceServiceRequest:

@@ -26,10 +26,10 @@ import base64
 import hashlib
 import os
 import re
-from dataclasses import dataclass, field
 
 import orjson
 
+from collector.consumer import Rejections, SpanBatch
 from collector.conventions import (
     FIELD_KEYS,
     FIELD_OF_KEY,
@@ -46,7 +46,6 @@ from collector.pricing import PriceTable
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
 _STATUS_ERROR = 2
-MAX_REJECTION_MESSAGES = 5
 #: The latest time the store holds: ``Timestamp`` is DateTime64(9), nanoseconds in an Int64.
 MAX_TIME_NS = 2**63 - 1
 _MAX_TIME_TEXT = "2262-04-11T23:47:16Z"
@@ -90,62 +89,6 @@ _HTTP_STATUS_IN_TEXT = re.compile(
     r"(?:error code|status code|status|http(?:/[\d.]+)?|code)[\s:=\"']*([1-5]\d\d)\b|^\s*([1-5]\d\d)\b",
     re.IGNORECASE | re.ASCII,
 )
-
-
-@dataclass(slots=True)
-class Rejections:
-    """What the exporter is told besides OK: ``count`` spans rejected, ``kept`` spans stored with
-    an agent column left 0 (a warning), and the first few reasons of either."""
-
-    count: int = 0
-    messages: list[str] = field(default_factory=list)
-    kept: int = 0
-
-    def add(self, message: str, n: int = 1) -> None:
-        self.count += n
-        if len(self.messages) < MAX_REJECTION_MESSAGES:
-            self.messages.append(message)
-
-    def keep(self, message: str) -> None:
-        """A span stored without one of its agent values (``message`` says which and why)."""
-        self.kept += 1
-        self.add(message, 0)
-
-    def merge(self, other: Rejections) -> None:
-        for message in other.messages:
-            self.add(message, 0)
-        self.count += other.count
-        self.kept += other.kept
-
-    def summary(self) -> str:
-        more = self.count + self.kept - len(self.messages)
-        text = "; ".join(self.messages)
-        return f"{text}; and {more} more" if more > 0 and self.messages else text
-
-
-class SpanBatch:
-    """Normalised spans as columns: the unit that flows from receivers to the store and analyzer.
-
-    ``columns`` holds one Python list per column (``COLUMNS``); attribute maps are dicts. The
-    analyzer reads the lists; the store inserts ``to_json()``, a ClickHouse ``JSONColumns`` block
-    that is cheap to build (orjson) and that several batches can share one INSERT with.
-    """
-
-    __slots__ = ("columns", "num_spans")
-
-    def __init__(self, columns: dict[str, list], num_spans: int) -> None:
-        self.columns = columns
-        self.num_spans = num_spans
-
-    def __len__(self) -> int:
-        return self.num_spans
-
-    def rows(self, names: list[str]) -> list[tuple]:
-        """The given columns as row tuples (for consumers that think in spans)."""
-        return list(zip(*(self.columns[n] for n in names), strict=True))
-
-    def to_json(self) -> bytes:
-        return orjson.dumps(self.columns)
 
 
 class Normalizer:

@@ -2,8 +2,9 @@
 optional forwarding.
 
 Receivers call ``export`` once per request and translate its outcome into their protocol's status:
-a returned ``Rejections`` is success (maybe partial), ``PayloadError``/``PermanentError`` is bad
-data, ``RetryableError`` means nothing was kept and the client should retry.
+a returned ``Rejections`` is success (maybe partial), a ``PermanentError`` (``PayloadError``) is bad
+data, a ``RetryableError`` means nothing was kept and the client should retry
+(``collector.consumer``; the statuses are ``collector.receivers.status``'s).
 
 Two rules keep that promise honest:
 - **Only what was committed is analysed.** The analyzer sees a batch after the writer committed
@@ -24,10 +25,10 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-from collector.consumer import Consumer, Overloaded
+from collector.consumer import Consumer, Overloaded, Rejections, SpanBatch
 from collector.decode import decode_json, decode_protobuf
 from collector.metrics import Metrics
-from collector.normalize import Normalizer, Rejections, SpanBatch
+from collector.normalize import Normalizer
 
 log = logging.getLogger("agentwatch.pipeline")
 

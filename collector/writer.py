@@ -33,9 +33,8 @@ import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
-from collector.consumer import Overloaded, StoreDown
+from collector.consumer import Overloaded, SpanBatch, StoreDown
 from collector.metrics import Metrics
-from collector.normalize import SpanBatch
 from collector.retry import Backoff
 from collector.store import Store, StoreError, StoreUnavailable, insert_target
 

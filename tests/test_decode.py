@@ -11,8 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector.decode import PayloadError, decode_json, decode_protobuf
-from collector.normalize import Normalizer, Rejections
+from collector.consumer import PayloadError, Rejections
+from collector.decode import decode_json, decode_protobuf
+from collector.normalize import Normalizer
 from tests.otlp import request, span
 from tests.test_native_reader import SEEDS, ld, mutants
 

@@ -29,9 +29,10 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue, KeyValu
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from collector import normalize
+from collector.consumer import PayloadError, Rejections, SpanBatch
 from collector.conventions import FIELD_OF_KEY, OPENINFERENCE_STEP, OPERATION_STEP, TRACELOOP_STEP
-from collector.decode import PayloadError, decode_protobuf
-from collector.normalize import Normalizer, Rejections, SpanBatch
+from collector.decode import decode_protobuf
+from collector.normalize import Normalizer
 from tests.otlp import attrs, request, span
 
 

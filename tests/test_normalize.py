@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from collector.consumer import Rejections
 from collector.conventions import FIELD_OF_KEY
-from collector.normalize import COLUMNS, Normalizer, Rejections
+from collector.normalize import COLUMNS, Normalizer
 from collector.pricing import Price, PriceTable
 from tests.otlp import attrs, request, span
 

@@ -14,10 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from collector.consumer import StoreDown
+from collector.consumer import Rejections, StoreDown
 from collector.decode import decode_protobuf
 from collector.metrics import Metrics
-from collector.normalize import Normalizer, Rejections
+from collector.normalize import Normalizer
 from collector.store import StoreError, StoreUnavailable
 from collector.writer import GroupCommitWriter
 from tests.otlp import request, span

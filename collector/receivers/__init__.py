@@ -5,8 +5,8 @@ from __future__ import annotations
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from collector.auth import ADMIN, INGEST, Tokens, bearer
+from collector.consumer import Rejections
 from collector.metrics import Metrics
-from collector.normalize import Rejections
 
 
 def export_response(

@@ -1,22 +1,21 @@
 """OTLP/gRPC receiver: ``TraceService/Export`` plus the standard gRPC health service.
 
 Requests are taken as raw bytes (no generated servicer) so that decoding, and the reasons a
-payload is refused, stay ours. Status codes follow the OTLP specification: bad data is
-INVALID_ARGUMENT (never retried); overload or a failing store is UNAVAILABLE with a RetryInfo
-delay; some bad spans is OK with ``partial_success``.
+payload is refused, stay ours. Refusals are answered as ``collector.receivers.status`` says (bad
+data INVALID_ARGUMENT, overload or a failing store UNAVAILABLE with a RetryInfo delay); some bad
+spans is OK with ``partial_success``.
 """
 
 from __future__ import annotations
 
 import grpc
 from google.protobuf import duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from collector.consumer import PermanentError, RetryableError
-from collector.decode import PayloadError
 from collector.pipeline import Pipeline
-from collector.receivers import Unauthenticated, export_response, sender_tenant
+from collector.receivers import export_response, sender_tenant
+from collector.receivers.status import REFUSALS, Refusal, refusal
 
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 
@@ -66,27 +65,21 @@ class GrpcReceiver:
         try:
             metadata = dict(context.invocation_metadata() or ())
             tenant = sender_tenant(self._tokens, metadata.get("authorization"))
-        except Unauthenticated as exc:
-            metrics.requests.labels("grpc", "unauthenticated").inc()
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-        try:
             rejections = await self._pipeline.export(body, "protobuf", "grpc", tenant)
-        except (PayloadError, PermanentError) as exc:
-            metrics.requests.labels("grpc", "invalid").inc()
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except RetryableError as exc:
-            metrics.requests.labels("grpc", "retryable").inc()
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, str(exc), trailing_metadata=_retry_info(exc)
-            )
+        except REFUSALS as exc:
+            answer = refusal(exc)
+            metrics.requests.labels("grpc", answer.outcome).inc()
+            trailers = _retry_info(answer) if answer.retry_after_s is not None else ()
+            await context.abort(answer.grpc_code, answer.message, trailing_metadata=trailers)
         response = export_response(rejections, metrics, "grpc")
         return response.SerializeToString()
 
 
-def _retry_info(exc: RetryableError) -> tuple:
+def _retry_info(answer: Refusal) -> tuple:
     """RetryInfo both as a status detail (gRPC richer errors) and as the bare key some SDKs read."""
-    info = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=exc.retry_after_s))
-    status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=str(exc))
+    delay = duration_pb2.Duration(seconds=answer.retry_after_s)
+    info = error_details_pb2.RetryInfo(retry_delay=delay)
+    status = status_pb2.Status(code=answer.rpc_code, message=answer.message)
     status.details.add().Pack(info)
     return (
         ("grpc-status-details-bin", status.SerializeToString()),

@@ -1,10 +1,10 @@
 """OTLP/HTTP receiver: ``POST /v1/traces`` with protobuf or JSON bodies, gzip accepted.
 
 Responses follow the OTLP/HTTP specification: 200 with ``ExportTraceServiceResponse`` (partial
-success included), 400 with a ``google.rpc.Status`` body for bad data (its compression included),
-413 for a body too large once decompressed, 415 for an unknown content type, 503 with
-``Retry-After`` when the collector cannot take the data now. The response body uses the request's
-encoding.
+success included); a refusal as ``collector.receivers.status`` says (400 bad data, its compression
+included; 401; 413 too large once decompressed; 415 unknown content type or encoding; 503 with
+``Retry-After`` when the collector cannot take the data now), with a ``google.rpc.Status`` body.
+The response body uses the request's encoding.
 """
 
 from __future__ import annotations
@@ -13,10 +13,17 @@ from aiohttp import web
 from google.protobuf import json_format
 from google.rpc import status_pb2
 
-from collector.consumer import PermanentError, RetryableError
-from collector.decode import PayloadError
 from collector.pipeline import Pipeline
 from collector.receivers import Unauthenticated, export_response, sender_tenant
+from collector.receivers.status import (
+    REFUSALS,
+    Refusal,
+    busy,
+    refusal,
+    too_large,
+    unreadable,
+    unsupported,
+)
 
 PROTOBUF = "application/x-protobuf"
 _CONTENT_ENCODINGS = ("", "identity", "gzip", "deflate")  # what aiohttp undoes on every install
@@ -41,31 +48,21 @@ class _Receiver:
         self._in_flight = 0
 
     async def traces(self, request: web.Request) -> web.Response:
-        metrics = self._pipeline.metrics
         content_type = request.content_type
         if content_type not in (PROTOBUF, JSON):
-            metrics.requests.labels("http", "invalid").inc()
-            return _status(
-                415, JSON, f"unsupported Content-Type {content_type!r}; send {PROTOBUF} or {JSON}"
-            )
+            message = f"unsupported Content-Type {content_type!r}; send {PROTOBUF} or {JSON}"
+            return self._refuse(unsupported(message), JSON)
         try:  # before reading a body
             tenant = sender_tenant(self._tokens, request.headers.get("Authorization"))
         except Unauthenticated as exc:
-            metrics.requests.labels("http", "unauthenticated").inc()
-            return _status(401, content_type, str(exc))
+            return self._refuse(refusal(exc), content_type)
         encoding_header = request.headers.get("Content-Encoding", "").strip().lower()
         if encoding_header not in _CONTENT_ENCODINGS:
-            metrics.requests.labels("http", "invalid").inc()
-            return _status(
-                415, content_type, f"unsupported Content-Encoding {encoding_header!r}; send gzip"
-            )
+            message = f"unsupported Content-Encoding {encoding_header!r}; send gzip"
+            return self._refuse(unsupported(message), content_type)
         if self._in_flight >= self._max_in_flight:
-            metrics.requests.labels("http", "retryable").inc()
-            response = _status(
-                503, content_type, "too many requests at once (max_concurrent_requests)"
-            )
-            response.headers["Retry-After"] = "1"
-            return response
+            message = "too many requests at once (max_concurrent_requests)"
+            return self._refuse(busy(message), content_type)
         self._in_flight += 1
         try:
             return await self._read_and_export(request, content_type, tenant)
@@ -73,35 +70,28 @@ class _Receiver:
             self._in_flight -= 1
 
     async def _read_and_export(self, request, content_type: str, tenant) -> web.Response:
-        metrics = self._pipeline.metrics
         try:
             body = await request.read()  # decompressed (gzip, deflate) and limited after that
         except web.HTTPRequestEntityTooLarge as exc:
-            metrics.requests.labels("http", "invalid").inc()
-            return _status(413, content_type, f"request body too large: {exc.text}")
+            return self._refuse(too_large(f"request body too large: {exc.text}"), content_type)
         except web.RequestPayloadError as exc:  # e.g. not gzip although Content-Encoding says so
-            metrics.requests.labels("http", "invalid").inc()
-            return _status(
-                400, content_type, f"request body cannot be read: {exc.__cause__ or exc}"
-            )
+            message = f"request body cannot be read: {exc.__cause__ or exc}"
+            return self._refuse(unreadable(message), content_type)
         encoding = "protobuf" if content_type == PROTOBUF else "json"
         try:
             rejections = await self._pipeline.export(body, encoding, "http", tenant)
-        except (PayloadError, PermanentError) as exc:
-            metrics.requests.labels("http", "invalid").inc()
-            return _status(400, content_type, str(exc))
-        except RetryableError as exc:
-            metrics.requests.labels("http", "retryable").inc()
-            response = _status(503, content_type, str(exc))
-            response.headers["Retry-After"] = str(exc.retry_after_s)
-            return response
-        message = export_response(rejections, metrics, "http")
+        except REFUSALS as exc:
+            return self._refuse(refusal(exc), content_type)
+        message = export_response(rejections, self._pipeline.metrics, "http")
         return _encode(200, content_type, message)
 
-
-def _status(http_status: int, content_type: str, message: str) -> web.Response:
-    code = {400: 3, 401: 16, 413: 8, 415: 3, 503: 14}.get(http_status, 2)  # google.rpc.Code values
-    return _encode(http_status, content_type, status_pb2.Status(code=code, message=message))
+    def _refuse(self, answer: Refusal, content_type: str) -> web.Response:
+        self._pipeline.metrics.requests.labels("http", answer.outcome).inc()
+        status = status_pb2.Status(code=answer.rpc_code, message=answer.message)
+        response = _encode(answer.http_status, content_type, status)
+        if answer.retry_after_s is not None:
+            response.headers["Retry-After"] = str(answer.retry_after_s)
+        return response
 
 
 def _encode(http_status: int, content_type: str, message) -> web.Response:
