@@ -27,6 +27,9 @@ from pydantic import (
     model_validator,
 )
 
+from agentwatch.sql.gate import SqlLimits
+from analyzer.policy import PolicyError, load_policy
+from analyzer.user_regex import RegexError, compile_regex
 from collector.forwarder import ForwardConfig
 from collector.pricing import Price
 
@@ -145,8 +148,6 @@ class RouteConfig(_Section):
     @field_validator("match_re")
     @classmethod
     def _regexes(cls, value: dict[str, str]) -> dict[str, str]:
-        from analyzer.user_regex import RegexError, compile_regex
-
         for key, pattern in value.items():
             try:
                 compile_regex(pattern)
@@ -404,8 +405,6 @@ class Config(_Section):
 
     @property
     def sql_limits(self):
-        from agentwatch.sql.gate import SqlLimits
-
         return SqlLimits(
             max_execution_time_s=self.sql_max_execution_time_s,
             max_memory_usage_mib=self.sql_max_memory_usage_mib,
@@ -465,8 +464,6 @@ def load_config(
 
 def check_policy_file(path: Path):
     """Load the policy file; a bad one stops start-up with its file, key path and expectation."""
-    from analyzer.policy import PolicyError, load_policy
-
     try:
         return load_policy(path)
     except PolicyError as exc:

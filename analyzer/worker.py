@@ -36,6 +36,9 @@ import orjson
 
 from analyzer.engine import Detection, DetectionUnavailable, default_detectors
 from analyzer.finding import Finding
+from analyzer.policy import DEFAULT_POLICY, parse_policy
+from analyzer.session import SessionTable
+from analyzer.step import steps_from_columns
 from collector.gc_tuning import tune_gc
 
 log = logging.getLogger("agentwatch.detection")
@@ -200,10 +203,6 @@ class DetectionProcess:
 
 def main() -> None:
     """The child: frames in on stdin, findings out on stdout, until stdin closes."""
-    from analyzer.policy import DEFAULT_POLICY, parse_policy
-    from analyzer.session import SessionTable
-    from analyzer.step import steps_from_columns
-
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out, inp = sys.stdout.buffer, sys.stdin.buffer
     sys.stdout = sys.stderr  # stdout carries frames only

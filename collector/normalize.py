@@ -643,6 +643,7 @@ def _load_reader():
     if os.environ.get("AGENTWATCH_NATIVE_READER", "1") == "0":
         return None
     try:
+        # lazy: the C reader is optional (built only where a compiler was), and may be turned off
         from collector import _otlp_reader
     except ImportError:
         return None

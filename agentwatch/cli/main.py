@@ -17,8 +17,13 @@ from urllib.parse import urlsplit
 import click
 import requests
 
+from agentwatch.app import serve as run_collector
+from agentwatch.cli.control import register as register_control
 from agentwatch.cli.format import echo_rows, format_option, text_table
+from agentwatch.cli.paging import register as register_paging
 from agentwatch.config import ConfigError, load_config
+from analyzer.policy import PolicyError, load_policy, policy_json_schema
+from collector.store import StoreUnavailable
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
 
@@ -123,9 +128,6 @@ def serve(
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 
-    from agentwatch.app import serve as run
-    from collector.store import StoreUnavailable
-
     def ready(collector) -> None:
         p = collector.ports
         click.echo(f"agentwatch collector running; store: {collector.store.description}")
@@ -136,7 +138,7 @@ def serve(
         sys.stdout.flush()
 
     try:
-        asyncio.run(run(config, ready))
+        asyncio.run(run_collector(config, ready))
     except StoreUnavailable as exc:
         raise click.ClickException(f"store unavailable: {exc}") from None
     except OSError as exc:
@@ -418,7 +420,6 @@ def policy_check(file: Path, agent: str | None) -> None:
       agentwatch policy check deploy/policy.example.yaml
       agentwatch policy check policy.yaml --agent support-eu/triage
     """
-    from analyzer.policy import PolicyError, load_policy
 
     try:
         loaded = load_policy(file)
@@ -446,8 +447,6 @@ def policy_check(file: Path, agent: str | None) -> None:
 def policy_schema() -> None:
     """Print the policy file's JSON Schema (generated; schemas/policy.schema.json is this)."""
     import json
-
-    from analyzer.policy import policy_json_schema
 
     click.echo(json.dumps(policy_json_schema(), indent=2))
 
@@ -506,16 +505,8 @@ def _format_agent_policy(resolved) -> str:
     return json.dumps(plain(fields), indent=2)
 
 
-def _register_more_commands() -> None:
-    from agentwatch.cli.control import register as register_control
-
-    register_control(main, _client_options, api_call)  # kill, pause, …, resume, control
-    from agentwatch.cli.paging import register as register_paging
-
-    register_paging(main, _client_options, api_call)  # alerts outbox|test, silence add|list|expire
-
-
-_register_more_commands()
+register_control(main, _client_options, api_call)  # kill, pause, …, resume, control
+register_paging(main, _client_options, api_call)  # alerts outbox|test, silence add|list|expire
 
 if __name__ == "__main__":
     main()

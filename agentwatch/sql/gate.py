@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from collector.store import StoreError, quote_string
+
 #: Table functions that only compute or read this store's own tables.
 SAFE_TABLE_FUNCTIONS = frozenset(
     {
@@ -196,8 +198,6 @@ def check_statement(session, query: str, params: dict | None) -> tuple[str, str 
 
     ``session`` is a read session (``Store.session``): ClickHouse's parser runs there.
     """
-    from collector.store import StoreError
-
     try:
         out, _ = session.query("SELECT formatQuerySingleLine({q:String})", "TSVRaw", {"q": query})
     except StoreError as exc:
@@ -319,8 +319,6 @@ class TenantScope:
     readable: frozenset[str]  # filtered tables and the views over them only
 
     def filters(self, tenant: str) -> str:
-        from collector.store import quote_string
-
         condition = {
             name: f"{column} = {quote_string(tenant)}" for name, column in self.filtered.items()
         }
