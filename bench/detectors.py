@@ -22,12 +22,7 @@ import time
 
 import orjson
 
-from analyzer.detectors.context_growth import ContextGrowthDetector
-from analyzer.detectors.cost_runaway import CostRunawayDetector
-from analyzer.detectors.infrastructure import InfrastructureDetector
-from analyzer.detectors.loop import LoopDetector
-from analyzer.detectors.out_of_scope_tool import OutOfScopeToolDetector
-from analyzer.detectors.token_ratio import TokenRatioDetector
+from analyzer.detectors import REGISTRY
 from analyzer.engine import Detection, default_detectors
 from analyzer.session import SessionTable
 from analyzer.step import STEP_COLUMNS, steps_from_columns
@@ -37,14 +32,7 @@ from collector.decode import decode_protobuf
 from collector.gc_tuning import tune_gc
 from collector.normalize import Normalizer
 
-DETECTORS = [
-    LoopDetector,
-    ContextGrowthDetector,
-    TokenRatioDetector,
-    OutOfScopeToolDetector,
-    CostRunawayDetector,
-    InfrastructureDetector,
-]
+DETECTORS = list(REGISTRY.values())  # every registered detector, in the order the engine runs them
 
 
 class GcClock:

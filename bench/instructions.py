@@ -42,8 +42,11 @@ stage, data, go = sys.argv[1], sys.argv[2], sys.argv[3] == "run"
 bodies, frames = pickle.load(open(data, "rb"))
 import orjson
 from collector.decode import decode_protobuf
-from collector.consumer import Rejections
 from collector.normalize import Normalizer
+try:
+    from collector.consumer import Rejections
+except ImportError:  # a checkout from before the contract moved to collector.consumer
+    from collector.normalize import Rejections
 from analyzer.engine import Detection, default_detectors
 from analyzer.session import SessionTable
 from analyzer.step import steps_from_columns
