@@ -1,7 +1,10 @@
 """Paging end to end: real OTel spans -> a real collector -> incidents -> outbox -> local pagers.
 
 The pagers are local HTTP receivers that answer as PagerDuty, Opsgenie and Slack document
-(``tests/fake_pagers.py``); the collector is the real one, with its real store.
+(``tests/fake_pagers.py``); the collector is the real one, with its real store. One test or more
+per pager type, the restarts, the HTTP API and the CLI; the pipeline's timing (group wait, folded
+escalations, repeats, silences ending, backoff, give-up, resuming in order) is tested on a fake
+clock in ``tests/analyzer/test_paging_timeline.py``.
 """
 
 from __future__ import annotations
@@ -128,52 +131,6 @@ def test_pagerduty_is_paged_once_per_incident_then_acknowledged_and_resolved(
         assert outbox(collector, "unsettled") == []
 
 
-def test_retries_5xx_and_429_honouring_retry_after(collector_factory, pagerduty):
-    pagerduty.fail_next(
-        (500, {}, "Internal Server Error"),
-        (429, {"Retry-After": "1"}, "Too Many Requests"),
-        (503, {}, "Service Unavailable"),
-    )
-    with collector_factory(**paging(pd_receiver(pagerduty))) as collector:
-        incident = a_loop(collector)
-        eventually(lambda: pagerduty.bodies(), what="the trigger after retries")
-        statuses = [r["status"] for r in pagerduty.requests]
-        assert statuses == [500, 429, 503, 202]
-        after_429 = pagerduty.requests[2]["at"] - pagerduty.requests[1]["at"]
-        assert after_429 >= 0.9  # Retry-After: 1 is honoured (a lower bound, not a timing race)
-        [row] = [r for r in outbox(collector) if r["incident_id"] == incident["incident_id"]]
-        assert (row["status"], row["attempts"], row["action"]) == ("sent", 4, "trigger")
-        metrics = requests.get(f"{collector.api_url}/metrics").text
-        assert (
-            'agentwatch_page_attempts_total{action="trigger",outcome="retry",receiver="pd"} 3.0'
-            in metrics
-        )
-        assert (
-            'agentwatch_page_attempts_total{action="trigger",outcome="sent",receiver="pd"} 1.0'
-            in metrics
-        )
-
-
-def test_a_rejected_page_is_permanent_and_visible(collector_factory, pagerduty):
-    receiver = pd_receiver(pagerduty, routing_key="too-short")  # PagerDuty answers 400
-    with collector_factory(**paging(receiver)) as collector:
-        incident = a_loop(collector)
-        [row] = eventually(lambda: outbox(collector, "failed"), what="a failed notification")
-        assert row["incident_id"] == incident["incident_id"]
-        assert "HTTP 400" in row["last_error"] and "routing_key" in row["last_error"]
-        assert len(pagerduty.requests) == 1  # a 400 is not retried
-        events = eventually(
-            lambda: [e for e in timeline(collector, row["incident_id"]) if e["event"] == "page_failed"],
-            what="the page_failed event",
-        )  # fmt: skip
-        assert events[0]["actor"] == "default/pd"
-
-        shown = CliRunner().invoke(cli, ["alerts", "outbox", "--api-url", collector.api_url])
-        assert shown.exit_code == 0, shown.output
-        assert "failed" in shown.output and incident["incident_id"] in shown.output
-        assert "HTTP 400" in shown.output
-
-
 def test_nothing_is_lost_when_the_pager_is_down_across_a_restart(tmp_path: Path):
     opsgenie = FakeOpsgenie(api_key="og-key")
     opsgenie.stop()  # down: connection refused
@@ -244,23 +201,39 @@ def test_a_page_in_flight_at_a_stop_is_sent_again_with_the_same_idempotency_key(
         hook.close()
 
 
-def test_opsgenie_throttling_is_retried_and_priorities_map(collector_factory):
+def test_throttling_and_5xx_are_retried_honouring_retry_after(collector_factory):
+    """The retry rules over real HTTP (their timing on a fake clock: test_paging_timeline.py)."""
     opsgenie = FakeOpsgenie(api_key="og-key")
-    opsgenie.fail_next((429, {"Retry-After": "1"}, '{"message": "Too many requests"}'))
+    opsgenie.fail_next(
+        (500, {}, "Internal Server Error"),
+        (429, {"Retry-After": "1"}, '{"message": "Too many requests"}'),
+        (503, {}, "Service Unavailable"),
+    )
     receiver = {"name": "og", "type": "opsgenie", "url": opsgenie.url, "api_key": "og-key",
                 "priorities": {"SEV2": "P4"}}  # fmt: skip
     try:
         with collector_factory(**paging(receiver)) as collector:
-            a_loop(collector)
+            incident = a_loop(collector)
             [created] = eventually(lambda: opsgenie.bodies("/v2/alerts"), what="the create")
             assert created["priority"] == "P4"
             assert "Blast radius" in created["description"]
-            assert [r["status"] for r in opsgenie.requests] == [429, 202]
+            assert [r["status"] for r in opsgenie.requests] == [500, 429, 503, 202]
+            after_429 = opsgenie.requests[2]["at"] - opsgenie.requests[1]["at"]
+            assert after_429 >= 0.9  # Retry-After: 1 is honoured (a lower bound, not a race)
+            [row] = [r for r in outbox(collector) if r["incident_id"] == incident["incident_id"]]
+            assert (row["status"], row["attempts"], row["action"]) == ("sent", 4, "trigger")
+            metrics = requests.get(f"{collector.api_url}/metrics").text
+            for outcome, count in (("retry", 3), ("sent", 1)):
+                sample = "agentwatch_page_attempts_total"
+                sample += f'{{action="trigger",outcome="{outcome}",receiver="og"}} {count:.1f}'
+                assert sample in metrics
     finally:
         opsgenie.close()
 
 
-def test_slack_gets_a_readable_message_and_a_bad_payload_is_permanent(collector_factory):
+def test_slack_gets_a_readable_message_and_a_bad_payload_is_permanent_and_visible(
+    collector_factory,
+):
     slack, broken = FakeSlack(), FakeSlack()
     broken.fail_next((400, {}, "invalid_payload"))
     receivers = (
@@ -281,7 +254,20 @@ def test_slack_gets_a_readable_message_and_a_bad_payload_is_permanent(collector_
                 assert expected in text
             [failed] = eventually(lambda: outbox(collector, "failed"), what="the Slack failure")
             assert failed["receiver"] == "slack-broken"
-            assert "invalid_payload" in failed["last_error"]
+            assert failed["incident_id"] == incident["incident_id"]
+            assert "HTTP 400" in failed["last_error"] and "invalid_payload" in failed["last_error"]
+            assert len(broken.requests) == 1  # a 400 is not retried
+            events = eventually(
+                lambda: [e for e in timeline(collector, incident["incident_id"])
+                         if e["event"] == "page_failed"],
+                what="the page_failed event",
+            )  # fmt: skip
+            assert events[0]["actor"] == "slack-broken/slack-broken"
+
+            shown = CliRunner().invoke(cli, ["alerts", "outbox", "--api-url", collector.api_url])
+            assert shown.exit_code == 0, shown.output
+            assert "failed" in shown.output and incident["incident_id"] in shown.output
+            assert "HTTP 400" in shown.output
     finally:
         slack.close()
         broken.close()
@@ -318,28 +304,17 @@ def test_an_auto_resolved_incident_sends_the_resolve(collector_factory):
     try:
         with collector_factory(**paging(receiver), incident_quiet_period_s=0.5) as collector:
             a_loop(collector)
+            eventually(lambda: hook.bodies(), what="the trigger")
+            time.sleep(0.6)  # the quiet period; then the analyzer's tick (every 10 s) comes now
+            collector.call(collector.collector.analyzer.tick())
             done = eventually(
                 lambda: [b for b in hook.bodies() if b["action"] == "resolve"],
-                timeout_s=40,
                 what="the resolve after the quiet period",
             )
             assert done[0]["incident"]["status"] == "resolved"
             assert [b["action"] for b in hook.bodies()] == ["trigger", "resolve"]
     finally:
         hook.close()
-
-
-def test_an_incident_resolved_within_group_wait_is_never_paged(collector_factory, pagerduty):
-    with collector_factory(**paging(pd_receiver(pagerduty), group_wait_s=60)) as collector:
-        incident = a_loop(collector)
-        [waiting] = eventually(lambda: outbox(collector, "pending"), what="the waiting trigger")
-        api(collector, "POST", f"/v1/incidents/{incident['incident_id']}/resolve", json={})
-        [row] = eventually(
-            lambda: [r for r in outbox(collector) if r["status"] == "superseded"],
-            what="the trigger superseded",
-        )
-        assert row["notification_id"] == waiting["notification_id"]
-        assert pagerduty.requests == []
 
 
 def test_a_silence_mutes_pages_until_it_is_expired(collector_factory, pagerduty):
@@ -484,44 +459,3 @@ def test_the_documented_paging_example_is_valid():
     assert [r.name for r in match_routes(root, semantic)] == ["semantic-to-am"]
     rest = {"severity": "SEV3", "class": "infrastructure", "service": "support"}
     assert [(r.name, r.receiver) for r in match_routes(root, rest)] == [("default", "slack-agents")]
-
-
-def test_an_escalation_is_folded_into_a_waiting_trigger_and_re_pages_once_sent(
-    collector_factory, pagerduty
-):
-    """The analyzer's rows, handed to the pager as ``Collector.publish_incident_rows`` does."""
-    from analyzer.incidents.model import IncidentEvent, IncidentRecord, IncidentRows
-
-    with collector_factory(**paging(pd_receiver(pagerduty), group_wait_s=5)) as collector:
-        incident = a_loop(collector)
-        [waiting] = eventually(lambda: outbox(collector, "pending"), what="the waiting trigger")
-        row = collector.query(
-            "SELECT * EXCEPT (updated_at) FROM incidents FINAL WHERE incident_id = {id:String}",
-            {"id": incident["incident_id"]},
-        )[0]
-
-        def escalate():
-            event = {"incident_id": row["incident_id"], "fingerprint": row["fingerprint"],
-                     "at": row["last_seen"], "event": "escalated", "actor": "agentwatch",
-                     "detail": "more sessions"}  # fmt: skip
-            rows = IncidentRows(
-                [IncidentRecord.from_row({**row, "severity": "SEV1"})],
-                [IncidentEvent.from_row(event)],
-            )
-            collector.call(collector.collector.publish_incident_rows(rows))
-
-        escalate()  # within group_wait: the one trigger goes out as SEV1
-        [first] = eventually(lambda: pagerduty.bodies(), what="the trigger")
-        assert first["payload"]["severity"] == "critical"
-        assert [r["notification_id"] for r in outbox(collector)] == [waiting["notification_id"]]
-        escalate()  # after it was sent: PagerDuty is told the new severity (same dedup_key)
-        events = eventually(lambda: len(pagerduty.bodies()) == 2 and pagerduty.bodies())
-        assert [e["dedup_key"] for e in events] == [incident["fingerprint"]] * 2
-
-
-def test_open_incidents_are_paged_when_paging_is_turned_on(tmp_path: Path, pagerduty):
-    with run_collector(tmp_path / "data", incident_link_template=LINK) as collector:
-        incident = a_loop(collector)  # no paging configured: nobody hears of it
-    with run_collector(tmp_path / "data", **paging(pd_receiver(pagerduty))) as collector:
-        [trigger] = eventually(lambda: pagerduty.bodies(), what="the trigger at start")
-        assert trigger["dedup_key"] == incident["fingerprint"]

@@ -27,9 +27,9 @@ from agentwatch.api.web import error as _error
 from agentwatch.api.web import json_response as _json
 from analyzer.incidents.model import utc_text
 from analyzer.paging.routing import SILENCE_LABELS, parse_matcher
-from collector.store import StoreError, StoreUnavailable, insert_rows, query_rows
+from analyzer.paging.store import SILENCE_STATES, PagingSql
+from collector.store import StoreError, StoreUnavailable
 
-_JSON_OUT = " SETTINGS output_format_json_quote_64bit_integers = 0, date_time_output_format = 'iso'"
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 OUTBOX_FILTERS = {
     "unsettled": ("pending", "failed"),
@@ -48,8 +48,9 @@ def add_paging_routes(app: web.Application) -> None:
     app.router.add_delete("/v1/silences/{id}", expire_silence)
 
 
-async def _rows(collector, sql: str, params: dict | None = None) -> list[dict]:
-    return await collector.run_store(query_rows, collector.store, sql + _JSON_OUT, params)
+def _sql(collector) -> PagingSql:
+    """The paging tables of ``collector``'s store (all of paging's SQL is in that class)."""
+    return PagingSql(collector.run_store, collector.store)
 
 
 async def outbox(request: web.Request) -> web.Response:
@@ -62,13 +63,8 @@ async def outbox(request: web.Request) -> web.Response:
         limit = 0
     if not 1 <= limit <= 1000:
         return _error(400, "'limit' must be an integer from 1 to 1000")
-    statuses = ", ".join(f"'{s}'" for s in OUTBOX_FILTERS[status])
     try:
-        rows = await _rows(
-            _collector(request),
-            "SELECT * EXCEPT (incident, updated_at, version) FROM page_outbox FINAL"
-            f" WHERE status IN ({statuses}) ORDER BY created_at DESC LIMIT {limit}",
-        )
+        rows = await _sql(_collector(request)).outbox_rows(OUTBOX_FILTERS[status], limit)
     except (StoreError, StoreUnavailable) as exc:
         return _error(503, f"cannot read the outbox: {exc}")
     return _json(rows)
@@ -92,7 +88,7 @@ async def send_test_page(request: web.Request) -> web.Response:
         {
             "route": body["route"],
             "receiver": sent[0].receiver,
-            "incident_id": sent[0].incident["incident_id"],
+            "incident_id": sent[0].incident.incident_id,
             "notifications": [n.notification_id for n in sent],
         },
         status=202,
@@ -101,16 +97,10 @@ async def send_test_page(request: web.Request) -> web.Response:
 
 async def list_silences(request: web.Request) -> web.Response:
     state = request.query.get("state", "active")
-    where = {"active": "ends_at > now64(9)", "expired": "ends_at <= now64(9)", "all": "1"}
-    if state not in where:
+    if state not in SILENCE_STATES:
         return _error(400, "'state' must be active, expired or all")
     try:
-        rows = await _rows(
-            _collector(request),
-            "SELECT silence_id, matchers, starts_at, ends_at, created_by, comment,"
-            " ends_at > now64(9) AS active"
-            f" FROM silences FINAL WHERE {where[state]} ORDER BY starts_at DESC",
-        )
+        rows = await _sql(_collector(request)).silences(state)
     except (StoreError, StoreUnavailable) as exc:
         return _error(503, f"cannot read silences: {exc}")
     for row in rows:
@@ -149,7 +139,7 @@ async def add_silence(request: web.Request) -> web.Response:
     }
     collector = _collector(request)
     try:
-        await collector.run_store(insert_rows, collector.store, "silences", [row])
+        await _sql(collector).put_silence(row)
     except (StoreError, StoreUnavailable) as exc:
         return _error(503, f"cannot store the silence: {exc}")
     return await _changed(collector, row, 201)
@@ -160,22 +150,17 @@ async def expire_silence(request: web.Request) -> web.Response:
     if not _ID.match(silence_id):  # ours are sil-<hex>: any other text names no silence
         return _error(404, f"no silence {silence_id!r}")
     collector = _collector(request)
+    sql = _sql(collector)
     try:
-        rows = await _rows(
-            collector,
-            "SELECT * EXCEPT (updated_at), ends_at > now64(9) AS active FROM silences FINAL"
-            " WHERE silence_id = {id:String}",
-            {"id": silence_id},
-        )
-        if not rows:
+        row = await sql.silence(silence_id)
+        if row is None:
             return _error(404, f"no silence {silence_id!r}")
-        row = rows[0]
         if not row.pop("active"):
             return _error(409, f"silence {silence_id} has expired already")
         now = time.time_ns()
         row.update(version=max(now, int(row["version"]) + 1), ends_at=utc_text(now))
         row["starts_at"] = row["starts_at"].replace("T", " ").rstrip("Z")
-        await collector.run_store(insert_rows, collector.store, "silences", [row])
+        await sql.put_silence(row)
     except (StoreError, StoreUnavailable) as exc:
         return _error(503, f"cannot expire the silence: {exc}")
     return await _changed(collector, row, 200)

@@ -11,6 +11,7 @@ import re
 import click
 
 from agentwatch.cli.format import echo_rows, format_option, text_table
+from analyzer.paging.routing import parse_matcher
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -111,8 +112,6 @@ def register(main: click.Group, client_options, api_call) -> None:
     @client_options
     def silence_add(matchers, duration, comment, created_by, api_url, token) -> None:
         """Silence incidents matching every MATCHER."""
-        from analyzer.paging.routing import parse_matcher
-
         for text in matchers:  # the collector checks them too; this says so before any call
             try:
                 parse_matcher(text)

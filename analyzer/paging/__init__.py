@@ -1,2 +1,4 @@
-"""Paging: incident rows in, notifications out. ``routing`` (routes, silences, matchers),
-``pager`` (grouping, repeat, the outbox and retries), one file per pager in ``notifiers/``."""
+"""Paging: incidents in, notifications out, as a pipeline of stages (Alertmanager's notify
+pipeline): ``routing`` (routes, silences, matchers), ``silencer``, ``grouping`` (group wait),
+``outbox`` (durable, in order), ``repeat`` (dedup/repeat), ``retry_stage``, ``notifiers/`` (one
+file per pager). ``pager`` wires them; ``store`` holds all of paging's SQL. See ``pager``."""

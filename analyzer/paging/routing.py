@@ -1,6 +1,6 @@
 """Which receivers page for an incident: Alertmanager's route tree and silences, over incident labels.
 
-Pure decisions, no I/O (the outbox in ``analyzer/paging/pager.py`` acts on them). An incident is a label
+Pure decisions, no I/O (the grouping and silence stages act on them). An incident is a label
 set (``labels_of``); a route matches when all its matchers do; the tree is walked as Alertmanager
 walks it: the root always matches, the first matching child wins unless it says ``continue``, and
 a route with no matching child is the one used. A silence mutes an incident whose labels match all
@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from analyzer.incidents.model import IncidentRecord
 from analyzer.user_regex import RegexError, compile_regex, escape
 
 # Labels a route or a silence may match on.
@@ -24,9 +25,19 @@ SILENCE_LABELS = (*LABELS, "fingerprint", "incident_id")
 _MATCHER = re.compile(r"^\s*([a-z_]+)\s*(=~|!~|!=|=)\s*(.*?)\s*$")
 
 
-def labels_of(incident: dict) -> dict[str, str]:
-    """An incident row's labels (what routes and silences match)."""
-    return {name: str(incident.get(name) or "") for name in (*SILENCE_LABELS,)}
+def labels_of(incident: IncidentRecord) -> dict[str, str]:
+    """An incident's labels (what routes and silences match), named as in ``LABELS``."""
+    return {
+        "severity": incident.severity,
+        "class": incident.incident_class,
+        "detector": incident.detector,
+        "kind": incident.kind,
+        "agent": incident.agent,
+        "service": incident.service,
+        "tenant": incident.tenant,
+        "fingerprint": incident.fingerprint,
+        "incident_id": incident.incident_id,
+    }
 
 
 @dataclass(frozen=True)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import orjson
+import pytest
 
 from agentwatch.config import ReceiverConfig
-from analyzer.paging.notifiers import Page, alertmanager, opsgenie, pagerduty, slack
+from analyzer.incidents.model import IncidentRecord
+from analyzer.paging.notifiers import Page, opsgenie, pagerduty, slack
+from analyzer.paging.notifiers.http import HttpNotifiers
 from analyzer.paging.notifiers.webhook import SIGNATURE_HEADER, sign
 
-INCIDENT = {
+ROW = {
     "incident_id": "inc-1", "fingerprint": "fp1", "version": 1, "detector": "loop",
     "kind": "repeated_call", "class": "semantic", "severity": "SEV1", "status": "open",
     "title": "support: lookup_order called 4 times with the same arguments", "summary": "loop",
@@ -19,10 +23,12 @@ INCIDENT = {
     "first_seen": "2026-11-22 06:14:38.696914422", "last_seen": "2026-11-22 06:15:00.000000000",
     "occurrences": 9, "sessions_affected": 3, "users_affected": 2, "link": "https://g/t1",
 }  # fmt: skip
+INCIDENT = IncidentRecord.from_row(ROW)
 
 
-def receiver(**kw) -> ReceiverConfig:
-    return ReceiverConfig.model_validate(kw)
+def receiver(**kw):
+    """The receiver's notifier, as the collector builds it (no request is sent here)."""
+    return HttpNotifiers()(ReceiverConfig.model_validate(kw))
 
 
 def body(notifier, action="trigger", incident=INCIDENT, **page):
@@ -30,8 +36,7 @@ def body(notifier, action="trigger", incident=INCIDENT, **page):
 
 
 def test_pagerduty_maps_severity_and_carries_links_and_blast_radius():
-    pd = pagerduty.PagerDuty(receiver(name="pd", type="pagerduty", routing_key="k" * 32,
-                                      runbook_url="https://rb"))  # fmt: skip
+    pd = receiver(name="pd", type="pagerduty", routing_key="k" * 32, runbook_url="https://rb")
     event = body(pd)
     assert (event["event_action"], event["dedup_key"]) == ("trigger", "fp1")
     assert event["payload"]["severity"] == "critical"
@@ -46,10 +51,10 @@ def test_pagerduty_maps_severity_and_carries_links_and_blast_radius():
 
 
 def test_limits_cut_and_say_so(caplog):
-    long = {**INCIDENT, "title": "x" * 5000, "summary": "y" * 5000}
-    pd = pagerduty.PagerDuty(receiver(name="pd", type="pagerduty", routing_key="k" * 32))
-    og = opsgenie.Opsgenie(receiver(name="og", type="opsgenie", api_key="a"))
-    sl = slack.Slack(receiver(name="sl", type="slack", url="https://hooks.slack.com/x"))
+    long = dataclasses.replace(INCIDENT, title="x" * 5000, summary="y" * 5000)
+    pd = receiver(name="pd", type="pagerduty", routing_key="k" * 32)
+    og = receiver(name="og", type="opsgenie", api_key="a")
+    sl = receiver(name="sl", type="slack", url="https://hooks.slack.com/x")
     with caplog.at_level(logging.WARNING, "agentwatch.paging"):
         assert len(body(pd, incident=long)["payload"]["summary"]) == pagerduty.SUMMARY_MAX
         assert len(body(og, incident=long)["message"]) == opsgenie.MESSAGE_MAX
@@ -62,8 +67,7 @@ def test_limits_cut_and_say_so(caplog):
 
 
 def test_opsgenie_acts_by_alias_with_priorities():
-    og = opsgenie.Opsgenie(receiver(name="og", type="opsgenie", api_key="a",
-                                    priorities={"SEV1": "P2"}))  # fmt: skip
+    og = receiver(name="og", type="opsgenie", api_key="a", priorities={"SEV1": "P2"})
     assert body(og)["priority"] == "P2"
     assert body(og)["alias"] == "fp1"
     request = og.request(Page("acknowledge", INCIDENT, note="ann"))
@@ -72,8 +76,9 @@ def test_opsgenie_acts_by_alias_with_priorities():
 
 
 def test_alertmanager_has_no_acknowledge_and_ends_on_resolve():
-    am = alertmanager.Alertmanager(receiver(name="am", type="alertmanager", url="http://am:9093"))
-    assert am.request(Page("acknowledge", INCIDENT)) is None
+    am = receiver(name="am", type="alertmanager", url="http://am:9093", resend_interval_s=30)
+    assert am.actions == {"trigger", "resolve"}  # the retry stage skips an acknowledge
+    assert am.resend_interval_s == 30
     [firing] = body(am)
     assert "endsAt" not in firing and firing["labels"]["severity"] == "SEV1"
     [resolved] = body(am, "resolve")
@@ -81,9 +86,7 @@ def test_alertmanager_has_no_acknowledge_and_ends_on_resolve():
 
 
 def test_webhook_signature_is_hmac_sha256_of_the_body():
-    from analyzer.paging.notifiers.webhook import Webhook
-
-    hook = Webhook(receiver(name="h", type="webhook", url="http://h", secret="s"))
+    hook = receiver(name="h", type="webhook", url="http://h", secret="s")
     request = hook.request(Page("trigger", INCIDENT))
     assert request.headers[SIGNATURE_HEADER] == sign("s", request.body)
     assert sign("s", b"{}") == "sha256=" + __import__("hmac").new(b"s", b"{}", "sha256").hexdigest()
@@ -91,9 +94,9 @@ def test_webhook_signature_is_hmac_sha256_of_the_body():
 
 def test_webhook_carries_one_idempotency_key_per_page_and_vendors_their_dedup_keys():
     """A page re-sent after a crash (same outbox entry) carries the same key; a receiver drops it."""
-    from analyzer.paging.notifiers.webhook import IDEMPOTENCY_HEADER, Webhook
+    from analyzer.paging.notifiers.webhook import IDEMPOTENCY_HEADER
 
-    hook = Webhook(receiver(name="h", type="webhook", url="http://h", secret="s"))
+    hook = receiver(name="h", type="webhook", url="http://h", secret="s")
     first = hook.request(Page("trigger", INCIDENT, key="ntf-1"))
     again = hook.request(Page("trigger", INCIDENT, key="ntf-1"))
     other = hook.request(Page("resolve", INCIDENT, key="ntf-2"))
@@ -101,8 +104,40 @@ def test_webhook_carries_one_idempotency_key_per_page_and_vendors_their_dedup_ke
     assert orjson.loads(first.body)["idempotency_key"] == "ntf-1"
     assert other.headers[IDEMPOTENCY_HEADER] == "ntf-2"
     # the vendors deduplicate by their own key: the incident's fingerprint
-    pd = pagerduty.PagerDuty(receiver(name="p", type="pagerduty", routing_key="r" * 32))
-    og = opsgenie.Opsgenie(receiver(name="o", type="opsgenie", api_key="k"))
-    am = alertmanager.Alertmanager(receiver(name="a", type="alertmanager", url="http://am"))
-    assert body(pd)["dedup_key"] == body(og)["alias"] == INCIDENT["fingerprint"]
-    assert body(am)[0]["labels"]["fingerprint"] == INCIDENT["fingerprint"]
+    pd = receiver(name="p", type="pagerduty", routing_key="r" * 32)
+    og = receiver(name="o", type="opsgenie", api_key="k")
+    am = receiver(name="a", type="alertmanager", url="http://am")
+    assert body(pd)["dedup_key"] == body(og)["alias"] == INCIDENT.fingerprint
+    assert body(am)[0]["labels"]["fingerprint"] == INCIDENT.fingerprint
+
+
+RECEIVERS = [
+    {"name": "pd", "type": "pagerduty", "routing_key": "r" * 32},
+    {"name": "og", "type": "opsgenie", "api_key": "k"},
+    {"name": "sl", "type": "slack", "url": "https://hooks.slack.com/x"},
+    {"name": "am", "type": "alertmanager", "url": "http://am"},
+    {"name": "h", "type": "webhook", "url": "http://h"},
+]
+
+
+@pytest.mark.parametrize("given", RECEIVERS, ids=[r["type"] for r in RECEIVERS])
+def test_every_notifier_has_a_typed_config_and_declares_what_it_can_do(given):
+    notifier = receiver(**given)
+    assert dataclasses.is_dataclass(notifier.config) and notifier.config.name == given["name"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        notifier.config.name = "other"  # type: ignore[misc]
+    assert (
+        notifier.actions <= {"trigger", "acknowledge", "resolve"} and "trigger" in notifier.actions
+    )
+    for action in sorted(notifier.actions):  # every declared action builds a request
+        request = notifier.request(Page(action, INCIDENT, key="ntf-1"))
+        assert request.url.startswith("http") and orjson.loads(request.body)
+    resends = notifier.resend_interval_s
+    assert (resends is not None) == (given["type"] == "alertmanager")
+
+
+def test_the_webhook_sends_the_incident_row_as_stored():
+    hook = receiver(name="h", type="webhook", url="http://h")
+    sent = orjson.loads(hook.request(Page("trigger", INCIDENT)).body)["incident"]
+    assert sent == INCIDENT.row() and sent["class"] == "semantic"
+    assert IncidentRecord.from_row(sent) == INCIDENT

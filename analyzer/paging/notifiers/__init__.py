@@ -1,37 +1,39 @@
-"""Pagers: one module per vendor, each turning an incident action into one HTTP request.
+"""The notify stage: one module per vendor, each turning an action on an incident into one request.
 
-A notifier builds the request and judges the response; it keeps no state, never sleeps and never
-retries: the outbox (``analyzer/paging/pager.py``) decides when to send and when to try again. Like
+A vendor notifier has a typed config (a frozen dataclass built from the receiver's config by
+``config_from``), declares what it can do (``actions``: the actions its API has;
+``resend_interval_s``: re-sent while the incident fires, for APIs that forget alerts nobody
+re-sends) and builds the request from the typed incident (``IncidentRecord``): a renamed field is
+an ``AttributeError`` here, at the line that reads it. It keeps no state, never sleeps and never
+retries: the outbox decides when to send and the retry stage when to try again. Like
 Alertmanager's notifiers, every delivery says whether a retry can help (``Delivery.retry``):
 network errors, 408, 429 and 5xx can; any other 4xx means the request itself is wrong.
 
-Actions: ``trigger`` (opened, escalated, or re-sent while firing), ``acknowledge`` and ``resolve``.
-A notifier returns ``None`` for an action its API does not have (nothing is sent).
+``http.HttpNotifiers`` is the notifier factory the collector uses: each receiver's vendor
+notifier, sending over one HTTP session. The pager needs only ``Notifier`` (tests give it a recording one).
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
-import aiohttp
 import orjson
 
-from collector.retry import http_retryable, retry_after_s
+from analyzer.incidents.model import IncidentRecord
 
-log = logging.getLogger("agentwatch.paging")
+if TYPE_CHECKING:
+    from analyzer.paging.notifiers.http import HttpNotifiers
 
 ACTIONS = ("trigger", "acknowledge", "resolve")
 
 
 @dataclass(frozen=True)
 class Page:
-    """What a notifier is asked to send: an action on an incident row (``analyzer.incidents``)."""
+    """What a notifier is asked to send: an action on an incident (``analyzer.incidents``)."""
 
     action: str
-    incident: dict
+    incident: IncidentRecord
     route: str = ""
     note: str = ""  # who acknowledged/resolved, and why
     test: bool = False
@@ -53,68 +55,70 @@ class Delivery:
     error: str = ""
 
 
+class Notifier(Protocol):
+    """What the pager needs of a pager: its name, its capabilities and one call."""
+
+    name: str
+    actions: frozenset[str]  # the actions its API has; any other is 'skipped', never sent
+    resend_interval_s: float | None  # re-send a firing incident this often (None: never)
+
+    async def notify(self, page: Page) -> Delivery: ...
+
+
+class NotifierFactory(Protocol):
+    """Builds each receiver's notifier; ``close`` releases what they share (connections)."""
+
+    def __call__(self, receiver) -> Notifier: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NotifierConfig:
+    """What every vendor's config has; each adds its own keys (``PagerDutyConfig`` …)."""
+
+    name: str
+    runbook_url: str = ""
+    timeout_s: float = 10.0
+
+
+def config_from(config_type, receiver):
+    """A vendor's typed config from a ``agentwatch.config.ReceiverConfig``: the fields it names;
+    a key the receiver leaves unset (None) takes the vendor's default.
+
+    >>> from agentwatch.config import ReceiverConfig
+    >>> from analyzer.paging.notifiers.opsgenie import OpsgenieConfig
+    >>> config_from(OpsgenieConfig, ReceiverConfig(name="og", type="opsgenie", api_key="k")).url
+    'https://api.opsgenie.com'
+    """
+    given = {f.name: getattr(receiver, f.name) for f in fields(config_type)}
+    return config_type(**{k: v for k, v in given.items() if v is not None})
+
+
+class HttpNotifier:
+    """A vendor notifier: ``request`` (pure: the tests read it without a network) and
+    ``accepted`` (which answers mean "taken") are the vendor's; ``notify`` POSTs over ``http``."""
+
+    config_type: ClassVar[type]  # the vendor's typed config (a frozen dataclass)
+    actions: ClassVar[frozenset[str]] = frozenset(ACTIONS)
+    resend_interval_s: float | None = None
+
+    def __init__(self, config, http: HttpNotifiers | None = None) -> None:
+        self.config = config
+        self.name: str = config.name
+        self._http = http
+
+    def request(self, page: Page) -> Request:
+        raise NotImplementedError
+
+    def accepted(self, status: int, text: str) -> bool:
+        return 200 <= status < 300
+
+    async def notify(self, page: Page) -> Delivery:
+        if self._http is None:
+            raise RuntimeError(f"{self.name}: built without HttpNotifiers, it cannot send")
+        return await self._http.post(self.request(page), self.accepted, self.config.timeout_s)
+
+
 def json_request(url: str, doc, headers: dict[str, str] | None = None) -> Request:
     return Request(url, orjson.dumps(doc), {"Content-Type": "application/json", **(headers or {})})
-
-
-def clip(text: str, limit: int, what: str, receiver: str) -> str:
-    """``text`` cut to a vendor's ``limit`` characters; a cut is logged, never silent."""
-    text = str(text)
-    if len(text) <= limit:
-        return text
-    log.warning("%s: %s cut from %d to %d characters", receiver, what, len(text), limit)
-    return text[: limit - 1] + "…"
-
-
-def blast_radius(incident: dict) -> str:
-    return (
-        f"{incident.get('sessions_affected', 0)} session(s), "
-        f"{incident.get('users_affected', 0)} user(s), "
-        f"{incident.get('occurrences', 0)} occurrence(s)"
-    )
-
-
-def iso_time(text: str) -> str:
-    """The store's '2026-11-22 06:14:38.696914422' (UTC) -> RFC 3339 '2026-11-22T06:14:38.696Z'."""
-    text = str(text or "").replace(" ", "T").rstrip("Z")
-    if not text:
-        return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-    head, _, frac = text.partition(".")
-    return f"{head}.{(frac + '000')[:3]}Z"
-
-
-def _accepted(status: int, text: str) -> bool:
-    return 200 <= status < 300
-
-
-async def deliver(
-    session: aiohttp.ClientSession,
-    request: Request,
-    accepted: Callable[[int, str], bool] = _accepted,
-) -> Delivery:
-    """POST ``request`` and judge the response (``accepted`` may also read the body)."""
-    try:
-        async with session.post(request.url, data=request.body, headers=request.headers) as resp:
-            text = await resp.text(errors="replace")
-            status, after = resp.status, retry_after_s(resp.headers.get("Retry-After"))
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        return Delivery(False, retry=True, error=f"{type(exc).__name__}: {exc}"[:500])
-    if accepted(status, text):
-        return Delivery(True)
-    error = f"HTTP {status}: {' '.join(text.split())[:500]}"
-    retryable = http_retryable(status)
-    return Delivery(False, retry=retryable, retry_after_s=after if retryable else None, error=error)
-
-
-def build_notifier(receiver):
-    """A ``agentwatch.config.ReceiverConfig`` -> its notifier."""
-    from analyzer.paging.notifiers import alertmanager, opsgenie, pagerduty, slack, webhook
-
-    kinds = {
-        "pagerduty": pagerduty.PagerDuty,
-        "opsgenie": opsgenie.Opsgenie,
-        "slack": slack.Slack,
-        "alertmanager": alertmanager.Alertmanager,
-        "webhook": webhook.Webhook,
-    }
-    return kinds[receiver.type](receiver)

@@ -7,9 +7,11 @@ otherwise (P4/P5 are there for teams that page SEV3 quietly).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
-from analyzer.paging.notifiers import Page, Request, blast_radius, clip, json_request
+from analyzer.paging.notifiers import HttpNotifier, NotifierConfig, Page, Request, json_request
+from analyzer.paging.notifiers.text import blast_radius, clip, evidence_text
 
 API_URL = "https://api.opsgenie.com"  # EU accounts: https://api.eu.opsgenie.com
 # https://docs.opsgenie.com/docs/alert-api#create-alert (field limits below)
@@ -22,63 +24,77 @@ NOTE_MAX = 25000
 TAGS_MAX, TAG_MAX = 20, 50
 DETAILS_MAX = 8000  # all key-value pairs of "details" together
 PRIORITY = {"SEV1": "P1", "SEV2": "P2", "SEV3": "P3"}
+VERB = {"acknowledge": "acknowledge", "resolve": "close"}
 
 
-class Opsgenie:
-    def __init__(self, receiver) -> None:
-        self.receiver = receiver
-        self.base = (receiver.url or API_URL).rstrip("/")
-        self.headers = {"Authorization": f"GenieKey {receiver.api_key}"}
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpsgenieConfig(NotifierConfig):
+    api_key: str
+    url: str = API_URL
+    priorities: dict[str, str] = field(default_factory=dict)  # SEVn -> Pn overrides
 
-    def request(self, page: Page) -> Request | None:
-        i, name = page.incident, self.receiver.name
-        alias = clip(i["fingerprint"], ALIAS_MAX, "alias", name)
+
+class Opsgenie(HttpNotifier):
+    config_type = OpsgenieConfig
+    config: OpsgenieConfig
+
+    @property
+    def base(self) -> str:
+        return self.config.url.rstrip("/")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"GenieKey {self.config.api_key}"}
+
+    def request(self, page: Page) -> Request:
+        i, name = page.incident, self.config.name
+        alias = clip(i.fingerprint, ALIAS_MAX, "alias", name)
         if page.action == "trigger":
-            message = ("[TEST] " if page.test else "") + f"[{i['severity']}] {i['title']}"
-            description = "\n".join(
-                line
-                for line in (
-                    i.get("summary", ""),
-                    f"Class: {i['class']}   Agent: {i.get('agent') or i.get('service')}",
-                    f"Blast radius: {blast_radius(i)}",
-                    f"Trace: {i['link']}" if i.get("link") else "",
-                    f"Runbook: {self.receiver.runbook_url}" if self.receiver.runbook_url else "",
-                    f"Evidence: {i.get('evidence', '')}",
-                )
-                if line
-            )
-            details = {
-                "incident_id": i["incident_id"],
-                "class": i["class"],
-                "detector": f"{i['detector']}/{i['kind']}",
-                "agent": i.get("agent", ""),
-                "service": i.get("service", ""),
-                "tenant": i.get("tenant", ""),
-                "blast_radius": blast_radius(i),
-                "trace_id": i.get("trace_id", ""),
-                "trace_link": i.get("link", ""),
-                "runbook_url": self.receiver.runbook_url,
-            }
-            while sum(len(k) + len(str(v)) for k, v in details.items()) > DETAILS_MAX:
-                details.pop(max(details, key=lambda k: len(str(details[k]))))
-            tags = [i["severity"], i["class"], i["detector"], i.get("agent") or i.get("service")]
-            doc = {
-                "message": clip(message, MESSAGE_MAX, "message", name),
-                "alias": alias,
-                "description": clip(description, DESCRIPTION_MAX, "description", name),
-                "priority": self.receiver.priorities.get(
-                    i["severity"], PRIORITY.get(i["severity"], "P3")
-                ),
-                "source": clip("agentwatch", SOURCE_MAX, "source", name),
-                "entity": clip(i.get("agent") or i.get("service", ""), ENTITY_MAX, "entity", name),
-                "tags": [clip(t, TAG_MAX, "tag", name) for t in tags if t][:TAGS_MAX],
-                "details": details,
-            }
-            return json_request(f"{self.base}/v2/alerts", doc, self.headers)
-        verb = {"acknowledge": "acknowledge", "resolve": "close"}[page.action]
+            return json_request(f"{self.base}/v2/alerts", self._create(page, alias), self.headers)
         doc = {
             "source": "agentwatch",
             "note": clip(page.note or page.action, NOTE_MAX, "note", name),
         }
-        url = f"{self.base}/v2/alerts/{quote(alias, safe='')}/{verb}?identifierType=alias"
+        url = f"{self.base}/v2/alerts/{quote(alias, safe='')}/{VERB[page.action]}?identifierType=alias"
         return json_request(url, doc, self.headers)
+
+    def _create(self, page: Page, alias: str) -> dict:
+        i, name, runbook = page.incident, self.config.name, self.config.runbook_url
+        message = ("[TEST] " if page.test else "") + f"[{i.severity}] {i.title}"
+        description = "\n".join(
+            line
+            for line in (
+                i.summary,
+                f"Class: {i.incident_class}   Agent: {i.agent or i.service}",
+                f"Blast radius: {blast_radius(i)}",
+                f"Trace: {i.link}" if i.link else "",
+                f"Runbook: {runbook}" if runbook else "",
+                f"Evidence: {evidence_text(i)}",
+            )
+            if line
+        )
+        details = {
+            "incident_id": i.incident_id,
+            "class": i.incident_class,
+            "detector": f"{i.detector}/{i.kind}",
+            "agent": i.agent,
+            "service": i.service,
+            "tenant": i.tenant,
+            "blast_radius": blast_radius(i),
+            "trace_id": i.trace_id,
+            "trace_link": i.link,
+            "runbook_url": runbook,
+        }
+        while sum(len(k) + len(str(v)) for k, v in details.items()) > DETAILS_MAX:
+            details.pop(max(details, key=lambda k: len(str(details[k]))))
+        tags = [i.severity, i.incident_class, i.detector, i.agent or i.service]
+        return {
+            "message": clip(message, MESSAGE_MAX, "message", name),
+            "alias": alias,
+            "description": clip(description, DESCRIPTION_MAX, "description", name),
+            "priority": self.config.priorities.get(i.severity, PRIORITY.get(i.severity, "P3")),
+            "source": clip("agentwatch", SOURCE_MAX, "source", name),
+            "entity": clip(i.agent or i.service, ENTITY_MAX, "entity", name),
+            "tags": [clip(t, TAG_MAX, "tag", name) for t in tags if t][:TAGS_MAX],
+            "details": details,
+        }

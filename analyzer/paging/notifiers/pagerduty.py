@@ -8,9 +8,12 @@ on the phone.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import orjson
 
-from analyzer.paging.notifiers import Page, Request, blast_radius, clip, iso_time, json_request, log
+from analyzer.paging.notifiers import HttpNotifier, NotifierConfig, Page, Request, json_request
+from analyzer.paging.notifiers.text import blast_radius, clip, evidence_text, iso_time, log
 
 EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 # https://developer.pagerduty.com/docs/events-api-v2/trigger-events/ ("summary": max 1024 chars)
@@ -20,54 +23,61 @@ PAYLOAD_MAX_BYTES = 512 * 1024
 SEVERITY = {"SEV1": "critical", "SEV2": "error", "SEV3": "warning"}
 
 
-class PagerDuty:
-    def __init__(self, receiver) -> None:
-        self.receiver = receiver
-        self.url = receiver.url or EVENTS_URL
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PagerDutyConfig(NotifierConfig):
+    routing_key: str
+    url: str = EVENTS_URL
 
-    def request(self, page: Page) -> Request | None:
-        i, name = page.incident, self.receiver.name
+
+class PagerDuty(HttpNotifier):
+    config_type = PagerDutyConfig
+    config: PagerDutyConfig
+
+    def request(self, page: Page) -> Request:
+        i, config = page.incident, self.config
         event = {
-            "routing_key": self.receiver.routing_key,
+            "routing_key": config.routing_key,
             "event_action": page.action,
-            "dedup_key": i["fingerprint"],
+            "dedup_key": i.fingerprint,
         }
         if page.action == "trigger":
-            title = ("[TEST] " if page.test else "") + f"[{i['severity']}] {i['title']}"
-            links = [{"href": i["link"], "text": "Trace"}] if i.get("link") else []
-            if self.receiver.runbook_url:
-                links.append({"href": self.receiver.runbook_url, "text": "Runbook"})
+            title = ("[TEST] " if page.test else "") + f"[{i.severity}] {i.title}"
+            links = [{"href": i.link, "text": "Trace"}] if i.link else []
+            if config.runbook_url:
+                links.append({"href": config.runbook_url, "text": "Runbook"})
             event["payload"] = {
-                "summary": clip(title, SUMMARY_MAX, "summary", name),
-                "source": i.get("service") or "agentwatch",
-                "severity": SEVERITY.get(i["severity"], "warning"),
-                "timestamp": iso_time(i.get("first_seen", "")),
-                "component": i.get("agent") or i.get("service") or "",
-                "group": i.get("tenant") or "",
-                "class": f"{i['class']}/{i['detector']}/{i['kind']}",
+                "summary": clip(title, SUMMARY_MAX, "summary", config.name),
+                "source": i.service or "agentwatch",
+                "severity": SEVERITY.get(i.severity, "warning"),
+                "timestamp": iso_time(i.first_seen_ns),
+                "component": i.agent or i.service,
+                "group": i.tenant,
+                "class": f"{i.incident_class}/{i.detector}/{i.kind}",
                 "custom_details": {
-                    "incident_id": i["incident_id"],
-                    "class": i["class"],
-                    "severity": i["severity"],
-                    "agent": i.get("agent", ""),
+                    "incident_id": i.incident_id,
+                    "class": i.incident_class,
+                    "severity": i.severity,
+                    "agent": i.agent,
                     "blast_radius": blast_radius(i),
-                    "sessions_affected": i.get("sessions_affected", 0),
-                    "users_affected": i.get("users_affected", 0),
-                    "occurrences": i.get("occurrences", 0),
-                    "trace_id": i.get("trace_id", ""),
-                    "span_id": i.get("span_id", ""),
-                    "session_id": i.get("session_id", ""),
-                    "summary": i.get("summary", ""),
-                    "evidence": i.get("evidence", ""),
-                    "trace_link": i.get("link", ""),
-                    "runbook_url": self.receiver.runbook_url,
+                    "sessions_affected": i.sessions_affected,
+                    "users_affected": i.users_affected,
+                    "occurrences": i.occurrences,
+                    "trace_id": i.trace_id,
+                    "span_id": i.span_id,
+                    "session_id": i.session_id,
+                    "summary": i.summary,
+                    "evidence": evidence_text(i),
+                    "trace_link": i.link,
+                    "runbook_url": config.runbook_url,
                 },
             }
             event["links"] = links
             event["client"] = "agentwatch"
-            if i.get("link"):
-                event["client_url"] = i["link"]
+            if i.link:
+                event["client_url"] = i.link
             if len(orjson.dumps(event)) > PAYLOAD_MAX_BYTES:
-                log.warning("%s: event over %d bytes; evidence dropped", name, PAYLOAD_MAX_BYTES)
+                log.warning(
+                    "%s: event over %d bytes; evidence dropped", config.name, PAYLOAD_MAX_BYTES
+                )
                 event["payload"]["custom_details"]["evidence"] = "(dropped: event too large)"
-        return json_request(self.url, event)
+        return json_request(config.url, event)

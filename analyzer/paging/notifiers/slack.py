@@ -7,7 +7,10 @@ names the incident. Slack answers 200 ``ok`` when it took the message; anything 
 
 from __future__ import annotations
 
-from analyzer.paging.notifiers import Page, Request, blast_radius, clip, json_request
+from dataclasses import dataclass
+
+from analyzer.paging.notifiers import HttpNotifier, NotifierConfig, Page, Request, json_request
+from analyzer.paging.notifiers.text import blast_radius, clip
 
 # https://api.slack.com/methods/chat.postMessage#truncating ("text" over 40,000 chars is cut)
 TEXT_MAX = 40_000
@@ -18,26 +21,31 @@ HEADER_MAX = 150
 EMOJI = {"SEV1": ":rotating_light:", "SEV2": ":warning:", "SEV3": ":information_source:"}
 
 
-class Slack:
-    def __init__(self, receiver) -> None:
-        self.receiver = receiver
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SlackConfig(NotifierConfig):
+    url: str  # the incoming webhook's
 
-    def request(self, page: Page) -> Request | None:
-        i, name = page.incident, self.receiver.name
+
+class Slack(HttpNotifier):
+    config_type = SlackConfig
+    config: SlackConfig
+
+    def request(self, page: Page) -> Request:
+        i, name, runbook = page.incident, self.config.name, self.config.runbook_url
         test = "[TEST] " if page.test else ""
         if page.action == "trigger":
-            head = f"{EMOJI.get(i['severity'], '')} {test}{i['severity']} {i['title']}".strip()
+            head = f"{EMOJI.get(i.severity, '')} {test}{i.severity} {i.title}".strip()
             lines = [
-                f"*What:* {i.get('summary', '')}",
-                f"*Class:* {i['class']}   *Severity:* {i['severity']}   "
-                f"*Detector:* {i['detector']}/{i['kind']}",
-                f"*Agent:* {i.get('agent') or '-'}   *Service:* {i.get('service') or '-'}",
+                f"*What:* {i.summary}",
+                f"*Class:* {i.incident_class}   *Severity:* {i.severity}   "
+                f"*Detector:* {i.detector}/{i.kind}",
+                f"*Agent:* {i.agent or '-'}   *Service:* {i.service or '-'}",
                 f"*Blast radius:* {blast_radius(i)}",
-                f"*Trace:* <{i['link']}|{i.get('trace_id', 'trace')}>"
-                if i.get("link")
-                else f"*Trace:* {i.get('trace_id', '')}",
-                f"*Runbook:* {self.receiver.runbook_url}" if self.receiver.runbook_url else "",
-                f"*Incident:* `{i['incident_id']}`",
+                f"*Trace:* <{i.link}|{i.trace_id or 'trace'}>"
+                if i.link
+                else f"*Trace:* {i.trace_id}",
+                f"*Runbook:* {runbook}" if runbook else "",
+                f"*Incident:* `{i.incident_id}`",
             ]
             body = "\n".join(line for line in lines if line)
             blocks = [
@@ -47,15 +55,14 @@ class Slack:
             text = f"{head}\n{body}"
         else:
             done = "acknowledged" if page.action == "acknowledge" else "resolved"
-            text = f":white_check_mark: {test}{done}: {i['severity']} {i['title']} (`{i['incident_id']}`)"
+            text = f":white_check_mark: {test}{done}: {i.severity} {i.title} (`{i.incident_id}`)"
             if page.note:
                 text += f" by {page.note}"
             blocks = None
         doc = {"text": clip(text, TEXT_MAX, "text", name)}
         if blocks:
             doc["blocks"] = blocks
-        return json_request(self.receiver.url, doc)
+        return json_request(self.config.url, doc)
 
-    @staticmethod
-    def accepted(status: int, text: str) -> bool:
+    def accepted(self, status: int, text: str) -> bool:
         return status == 200 and text.strip() == "ok"

@@ -14,10 +14,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from dataclasses import dataclass, field
 
 import orjson
 
-from analyzer.paging.notifiers import Page, Request, blast_radius
+from analyzer.paging.notifiers import HttpNotifier, NotifierConfig, Page, Request
+from analyzer.paging.notifiers.text import blast_radius
 
 SIGNATURE_HEADER = "X-Agentwatch-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -27,28 +29,35 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-class Webhook:
-    def __init__(self, receiver) -> None:
-        self.receiver = receiver
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookConfig(NotifierConfig):
+    url: str
+    secret: str = ""  # HMAC-SHA256 key of X-Agentwatch-Signature
+    headers: dict[str, str] = field(default_factory=dict)
 
-    def request(self, page: Page) -> Request | None:
+
+class Webhook(HttpNotifier):
+    config_type = WebhookConfig
+    config: WebhookConfig
+
+    def request(self, page: Page) -> Request:
         doc = {
             "version": "1",
             "idempotency_key": page.key,
             "action": page.action,
             "test": page.test,
             "route": page.route,
-            "receiver": self.receiver.name,
+            "receiver": self.config.name,
             "sent_at": time.time(),
             "note": page.note,
             "blast_radius": blast_radius(page.incident),
-            "runbook_url": self.receiver.runbook_url,
-            "incident": page.incident,
+            "runbook_url": self.config.runbook_url,
+            "incident": page.incident.row(),
         }
         body = orjson.dumps(doc)
-        headers = {"Content-Type": "application/json", **self.receiver.headers}
+        headers = {"Content-Type": "application/json", **self.config.headers}
         if page.key:
             headers[IDEMPOTENCY_HEADER] = page.key
-        if self.receiver.secret:
-            headers[SIGNATURE_HEADER] = sign(self.receiver.secret, body)
-        return Request(self.receiver.url, body, headers)
+        if self.config.secret:
+            headers[SIGNATURE_HEADER] = sign(self.config.secret, body)
+        return Request(self.config.url, body, headers)
