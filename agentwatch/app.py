@@ -16,7 +16,21 @@ from aiohttp import web
 
 from agentwatch.api.server import build_api_app
 from agentwatch.config import Config
+from agentwatch.sql.port import build_sql_app
+from analyzer.containment.actions import Containment
+from analyzer.containment.control import ControlBoard
+from analyzer.engine import Analyzer, Detection, IncidentDesk, default_detectors
+from analyzer.incidents.lifecycle import IncidentManager
+from analyzer.incidents.repository import IncidentRepository
+from analyzer.paging.notifiers.http import HttpNotifiers
+from analyzer.paging.pager import Pager
+from analyzer.paging.store import PagingSql
+from analyzer.policy import DEFAULT_POLICY, PolicyError, load_policy
+from analyzer.restore import restore
+from analyzer.session import SessionTable
+from analyzer.worker import DetectionProcess
 from collector.auth import Tokens
+from collector.forwarder import Forwarder
 from collector.gc_tuning import tune_gc
 from collector.metrics import Metrics
 from collector.normalize import READER, Normalizer
@@ -55,12 +69,20 @@ class Collector:
         self.forwarder = None
         self.pipeline: Pipeline | None = None
         self.analyzer = None
+        # where incidents change: the analyzer, or with detection off a desk of its own (for the
+        # API's acknowledge and resolve)
+        self.incident_desk: IncidentDesk | None = None
         self.policy = None  # analyzer.policy.Policy from config.policy_file; see reload_policy
         self.control = None  # analyzer.containment.control.ControlBoard: what agents may do now
         self.pager = None  # analyzer.paging.pager.Pager when config.paging is set
         self._tasks: list[asyncio.Task] = []
         # Async callables given every batch of incident rows once stored (paging, containment).
         self.incident_listeners: list = []
+
+    @property
+    def incident_repository(self) -> IncidentRepository:
+        """The SQL of ``incidents`` and ``incident_events``, on this collector's store."""
+        return IncidentRepository(self.store, self.run_store)
 
     async def run_store(self, fn, *args):
         """Run a blocking store call on the store's thread."""
@@ -101,9 +123,12 @@ class Collector:
             log.info("applied migrations: %s", ", ".join(applied))
         await self._start_control()
         if config.paging is not None:
-            from analyzer.paging.pager import Pager
-
-            self.pager = Pager(self, config.paging)
+            self.pager = Pager(
+                PagingSql(self.run_store, self.store),
+                config.paging,
+                notifiers=HttpNotifiers(),
+                metrics=self.metrics,
+            )
             await self.pager.start()  # resumes the outbox before any incident arrives
             self.incident_listeners.append(self.pager.on_incident_rows)
         self._writer = GroupCommitWriter(
@@ -118,16 +143,19 @@ class Collector:
         )
         self._writer.start()
         if config.forward is not None:
-            from collector.forwarder import Forwarder
-
             self.forwarder = Forwarder(config.forward, self.metrics)
             await self.forwarder.start()
         if config.detect:
-            from analyzer.restore import restore
-
-            self.analyzer = await self._build_analyzer()
+            self.analyzer = self.incident_desk = await self._build_analyzer()
             await restore(self.analyzer, self.store, self.run_store)
             self._tasks.append(asyncio.get_running_loop().create_task(self._tick_analyzer()))
+        else:
+            self.incident_desk = IncidentDesk(
+                self._incident_manager(),
+                self.incident_repository.write,
+                on_written=self.publish_incident_rows,
+                read_record=self.incident_repository.record,
+            )
         if READER == "native":
             log.info("OTLP protobuf requests read by the C reader (collector/_otlp_reader.c)")
         else:
@@ -160,13 +188,13 @@ class Collector:
             ),
             config.otlp_http_port,
         )
-        from agentwatch.sql.port import build_sql_app
 
         # a client that goes away cancels its handler, and so its query
         self.ports["sql"] = await self._serve(build_sql_app(self), config.sql_port, cancel=True)
         self.ports["api"] = await self._serve(build_api_app(self), config.api_port, cancel=True)
         self._warn_if_open()
         if config.clickhouse_url is None and config.embedded_release_startup_pages:
+            # lazy: only with the embedded store, whose module loads chDB
             from collector.store.embedded import release_startup_pages
 
             released = release_startup_pages()
@@ -188,7 +216,6 @@ class Collector:
     async def _start_control(self) -> None:
         """Containment state from the store, refreshed every second; with detection on, policy
         actions and tool circuit breakers listen to incidents."""
-        from analyzer.containment.control import ControlBoard
 
         self.control = ControlBoard(self.store, self.run_store, metrics=self.metrics)
         in_force = await self.control.load()
@@ -197,48 +224,34 @@ class Collector:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self.control.refresh_forever()))
         if self.config.detect:
-            from analyzer.containment.actions import Containment, store_events
-
             self.incident_listeners.append(
-                Containment(
-                    self.control, self._policy_for, store_events(self.store, self.run_store)
-                )
+                Containment(self.control, self._policy_for, self.incident_repository.append_events)
             )
 
-    async def _build_analyzer(self):
-        from analyzer.engine import (
-            Analyzer,
-            Detection,
-            default_detectors,
-            spread_reader,
-            store_writer,
-        )
-        from analyzer.incidents.lifecycle import IncidentManager
-        from analyzer.session import SessionTable
-
+    async def _build_analyzer(self) -> Analyzer:
         if self.config.policy_file is not None and self.policy is None:
-            from analyzer.policy import load_policy
-
             self.policy = load_policy(self.config.policy_file)
         if self.config.detect_process:
-            from analyzer.worker import DetectionProcess
-
             detection = DetectionProcess(self._policy_data())
             await detection.start()
         else:
             detection = Detection(default_detectors(), SessionTable(policy_for=self._policy_for))
-        incidents = IncidentManager(
-            self.config.incident_link_template, self.config.incident_quiet_period_s
-        )
+        repository = self.incident_repository
         return Analyzer(
             detection,
-            incidents,
-            store_writer(self.store, self.run_store),
+            self._incident_manager(),
+            repository.write,
             on_written=self.publish_incident_rows,
-            read_spread=spread_reader(self.store, self.run_store),
+            read_spread=repository.spread,
             policy_for=self._policy_for,
             flush_delay_s=self.config.incident_flush_interval_s,
             on_skipped=self.metrics.detection_skipped_spans.inc,
+            read_record=repository.record,
+        )
+
+    def _incident_manager(self) -> IncidentManager:
+        return IncidentManager(
+            self.config.incident_link_template, self.config.incident_quiet_period_s
         )
 
     def _policy_data(self) -> dict | None:
@@ -250,9 +263,9 @@ class Collector:
     async def publish_incident_rows(self, rows) -> None:
         """Hand stored incident rows (``analyzer.incidents.model.IncidentRows``) to every listener.
 
-        Both writers call this: the analyzer after each flush, and the incidents API when it
-        changes an incident the analyzer does not hold. A failing listener is logged, never
-        raised: the incident is stored whatever a pager or policy does with it.
+        The incident desk (``analyzer.engine.IncidentDesk``: the analyzer, or its own desk with
+        detection off) calls this after each write. A failing listener is logged, never raised:
+        the incident is stored whatever a pager or policy does with it.
         """
         for listener in self.incident_listeners:
             try:
@@ -263,8 +276,6 @@ class Collector:
     def _policy_for(self, service: str, agent: str):
         """The current policy's rule for a new session (reads ``self.policy`` at every call)."""
         if self.policy is None:
-            from analyzer.policy import DEFAULT_POLICY
-
             return DEFAULT_POLICY
         return self.policy.for_agent(service, agent)
 
@@ -275,7 +286,6 @@ class Collector:
         rule resolved when it was first seen until it ends (TTL or eviction); sessions first seen
         after the reload get the new policy. Returns the new Policy.
         """
-        from analyzer.policy import PolicyError, load_policy
 
         if self.config.policy_file is None:
             raise PolicyError("no policy file configured (start with --policy FILE)")
@@ -290,7 +300,6 @@ class Collector:
         return policy
 
     def _reload_on_signal(self) -> None:
-        from analyzer.policy import PolicyError
 
         try:
             self.reload_policy()
@@ -363,9 +372,9 @@ async def serve(config: Config, ready=None) -> None:
 
 
 def open_store(config: Config) -> Store:
-    """The store the config names. Imported here, not at the top: loading chDB costs ~1 s and
-    hundreds of MB, which a collector on a ClickHouse server never needs."""
+    """The store the config names, its module imported only when chosen."""
     if config.clickhouse_url:
+        # lazy: a collector on a server never loads chDB, and one on chDB needs no HTTP client
         from collector.store.clickhouse import ClickHouseStore
 
         return ClickHouseStore(
@@ -376,6 +385,7 @@ def open_store(config: Config) -> Store:
             connect_timeout_s=config.clickhouse_connect_timeout_s,
             query_timeout_s=config.clickhouse_query_timeout_s,
         )
+    # lazy: loading chDB costs ~1 s and hundreds of MB
     from collector.store.embedded import EmbeddedStore
 
     return EmbeddedStore(

@@ -5,6 +5,11 @@ escalation, the listeners). The collector runs ``Detection`` in a process of its
 (``analyzer.worker``), handing it each batch's step columns; the analyzer and its incidents stay
 in the collector, where the API, paging and containment reach them.
 
+``IncidentDesk`` is the analyzer's incident half on its own: the ``IncidentManager``, writing
+its rows and handing them to the listeners, and the status changes people make (the API). A
+collector with detection off has a desk without an analyzer, so those changes take one path.
+The SQL is in ``analyzer.incidents.repository``.
+
 It sees every batch as it arrives (beside the span writer, not after a database poll), so an
 incident row can be queryable within a second of the span that triggers it. Incident rows go to
 the store in one small INSERT per batch that produced any.
@@ -14,29 +19,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 
 from analyzer.detectors import REGISTRY, Detector
 from analyzer.finding import Finding
 from analyzer.incidents.lifecycle import IncidentManager
-from analyzer.incidents.model import IncidentRows
+from analyzer.incidents.model import IncidentRecord, IncidentRows
 from analyzer.policy import DEFAULT_POLICY, AgentPolicy
 from analyzer.session import SessionTable
 from analyzer.step import STEP_COLUMNS, Step, steps_from_columns
 from collector.conventions import STEP_KINDS
 from collector.normalize import SpanBatch
-from collector.store import insert_rows, query_rows
+from collector.store import StoreError, StoreUnavailable
 
+# Rows -> the store (``IncidentRepository.write``).
 WriteRows = Callable[[IncidentRows], Awaitable[None]]
 # Called with every batch of incident rows once the store has them: paging and containment
 # subscribe here (``Collector.publish_incident_rows``). One row per incident version, one event per
 # change; a listener must not raise (errors are logged and swallowed).
 RowsWritten = Callable[[IncidentRows], Awaitable[None]]
 # (fingerprints, window_s) -> {fingerprint: (sessions, users)} seen in incident_events within the
-# window, by every collector writing to the store (``spread_reader``).
+# window, by every collector writing to the store (``IncidentRepository.spread``).
 ReadSpread = Callable[[list[str], int], Awaitable[dict[str, tuple[int, int]]]]
+# incident_id -> its newest version in the store, or None (``IncidentRepository.record``).
+ReadRecord = Callable[[str], Awaitable[IncidentRecord | None]]
 log = logging.getLogger("agentwatch.analyzer")
 
 
@@ -79,7 +86,89 @@ class Detection:
         pass
 
 
-class Analyzer:
+class IncidentNotStored(Exception):
+    """A status change the store refused (its message says what became of it)."""
+
+
+class IncidentDesk:
+    """Incidents' one writer: the ``IncidentManager``'s rows -> the store -> the listeners
+    (paging, containment), and the status changes people make (``set_status``).
+
+    ``write_rows`` stores rows, ``on_written`` hands them on once stored, ``read_record`` reads an
+    incident's newest version (for one the manager does not hold).
+    """
+
+    def __init__(
+        self,
+        incidents: IncidentManager,
+        write_rows: WriteRows,
+        clock: Callable[[], int] = time.time_ns,
+        on_written: RowsWritten | None = None,
+        read_record: ReadRecord | None = None,
+    ) -> None:
+        self.incidents = incidents
+        self.write_rows = write_rows
+        self.clock = clock
+        self.on_written = on_written
+        self.read_record = read_record
+
+    async def set_status(
+        self, incident_id: str, status: str, actor: str, reason: str = ""
+    ) -> IncidentRecord:
+        """Acknowledge or resolve, for a person; the incident's new version once it is stored.
+
+        Goes through ``IncidentManager.set_status`` whether the manager holds the incident or it
+        is only in the store (read with ``read_record``), so the version, the event and the
+        listeners are those of every other change. Raises the lifecycle's ``UnknownIncident`` and
+        ``StatusConflict``, ``IncidentNotStored`` when the store refuses the write, and the
+        store's errors when it cannot read the incident.
+        """
+        stored = None
+        if self.incidents.held(incident_id) is None and self.read_record is not None:
+            stored = await self.read_record(incident_id)
+        change = self.incidents.set_status(incident_id, status, actor, self.clock(), reason, stored)
+        if change.queued:
+            if not await self.flush():
+                raise IncidentNotStored(
+                    f"incident {incident_id} is {status} in the collector, but the store refused"
+                    " the write; it is retried with the next incident write"
+                )
+        else:
+            try:
+                await self.write_rows(change.rows)
+            except (StoreError, StoreUnavailable) as exc:
+                raise IncidentNotStored(f"cannot write the incident's new status: {exc}") from None
+            await self._written(change.rows)
+        return change.record
+
+    async def flush(self) -> bool:
+        """Write pending incident rows; on failure keep them for the next flush (never raise into
+        ingest: the spans' own commit decides what their exporter is told). True when nothing is
+        left pending (``set_status`` uses this to say whether the change is stored).
+        """
+        rows = self.incidents.take_rows()
+        if not rows:
+            return True
+        try:
+            await self.write_rows(rows)
+        except Exception:
+            log.exception(
+                "writing %d incident rows failed; kept for the next attempt", len(rows.incidents)
+            )
+            self.incidents.put_back(rows)
+            return False
+        await self._written(rows)
+        return True
+
+    async def _written(self, rows: IncidentRows) -> None:
+        if self.on_written is not None:
+            await self.on_written(rows)
+
+    async def close(self) -> None:
+        await self.flush()
+
+
+class Analyzer(IncidentDesk):
     """Findings -> incidents -> rows in the store -> listeners (paging, containment).
 
     ``detection`` is a ``Detection`` (in this process) or a ``DetectionProcess`` (the detectors in
@@ -101,13 +190,11 @@ class Analyzer:
         policy_for: Callable[[str, str], AgentPolicy] | None = None,
         flush_delay_s: float = 0.0,
         on_skipped: Callable[[int], object] | None = None,
+        read_record: ReadRecord | None = None,
     ) -> None:
+        super().__init__(incidents, write_rows, clock, on_written, read_record)
         self.detection = detection
         self.on_skipped = on_skipped  # (spans) when a batch could not be analysed (metrics)
-        self.incidents = incidents
-        self.write_rows = write_rows
-        self.clock = clock
-        self.on_written = on_written
         self.read_spread = read_spread
         self.policy_for = policy_for or (lambda service, agent: DEFAULT_POLICY)
         # Incident rows wait up to this long to share one INSERT (0: written by each batch).
@@ -157,26 +244,6 @@ class Analyzer:
                         f" (policy {policy.rule}: SEV1 from {limit_s} sessions or {limit_u} users)",
                     )
 
-    async def flush(self) -> bool:
-        """Write pending incident rows; on failure keep them for the next flush (never raise into
-        ingest: the spans' own commit decides what their exporter is told). True when nothing is
-        left pending (the API's acknowledge/resolve use this to say whether the change is stored).
-        """
-        rows = self.incidents.take_rows()
-        if not rows:
-            return True
-        try:
-            await self.write_rows(rows)
-        except Exception:
-            log.exception(
-                "writing %d incident rows failed; kept for the next attempt", len(rows.incidents)
-            )
-            self.incidents.put_back(rows)
-            return False
-        if self.on_written is not None:
-            await self.on_written(rows)
-        return True
-
     async def consume(self, batch: SpanBatch) -> None:
         now = self.clock()
         columns = {name: batch.columns[name] for name in STEP_COLUMNS}
@@ -208,7 +275,7 @@ class Analyzer:
             self._flush_timer.cancel()
             self._flush_timer = None
         await asyncio.gather(*self._flushing)
-        await self.flush()
+        await super().close()
         await self.detection.close()
 
 
@@ -219,41 +286,3 @@ class DetectionUnavailable(Exception):
 def default_detectors() -> list[Detector]:
     """Every registered detector with its default thresholds (policy overrides them per agent)."""
     return [detector() for detector in REGISTRY.values()]
-
-
-_HEX = re.compile(r"[0-9a-f]{1,64}")
-_SPREAD = """
-SELECT fingerprint, uniqExactIf(session_id, session_id != '') AS sessions,
-       uniqExactIf(user_id, user_id != '') AS users
-FROM incident_events
-WHERE fingerprint IN ({fingerprints})
-  AND at >= now64(9) - toIntervalSecond({window:UInt32})
-  AND event IN ('opened', 'updated', 'escalated')
-GROUP BY fingerprint
-"""
-
-
-def spread_reader(store, run_store) -> ReadSpread:
-    """How many sessions and users each fingerprint's findings came from, in the store."""
-
-    async def read(fingerprints: list[str], window_s: int) -> dict[str, tuple[int, int]]:
-        # fingerprints are our own hex digests: inlined (an array parameter's text form differs
-        # between chDB and clickhouse-connect), after checking that they are nothing else
-        listed = ", ".join(f"'{fp}'" for fp in fingerprints if _HEX.fullmatch(fp))
-        sql = _SPREAD.replace("{fingerprints}", listed or "''")
-        rows = await run_store(
-            query_rows, store, sql, {"window": str(window_s)}, "JSONCompactEachRow"
-        )
-        return {fp: (int(sessions), int(users)) for fp, sessions, users in rows}
-
-    return read
-
-
-def store_writer(store, run_store) -> WriteRows:
-    """Rows -> ``incidents`` and ``incident_events`` (JSONEachRow) on the store's thread."""
-
-    async def write(rows: IncidentRows) -> None:
-        await run_store(insert_rows, store, "incidents", [r.row() for r in rows.incidents])
-        await run_store(insert_rows, store, "incident_events", [e.row() for e in rows.events])
-
-    return write

@@ -17,16 +17,11 @@ import logging
 import time
 
 from analyzer.engine import DetectionUnavailable
+from analyzer.incidents.repository import IncidentRepository
 from analyzer.step import STEP_COLUMNS
 from collector.store import Store, query_rows
 
 log = logging.getLogger("agentwatch.analyzer")
-
-_OPEN_INCIDENTS = """
-SELECT * EXCEPT (first_seen, last_seen), toUnixTimestamp64Nano(first_seen) AS first_ns,
-       toUnixTimestamp64Nano(last_seen) AS last_ns
-FROM incidents FINAL WHERE status != 'resolved'
-"""
 
 _RECENT_STEPS = """
 SELECT * FROM (
@@ -51,9 +46,9 @@ async def restore(
     ``run_store(fn, *args)`` runs the queries on the store's thread; the replay goes through
     ``analyzer.detection`` (in this process or the detection process) in batches.
     """
-    rows = await run_store(query_rows, store, _OPEN_INCIDENTS)
-    for row in rows:
-        analyzer.incidents.adopt(row)
+    records = await IncidentRepository(store, run_store).unresolved()
+    for record in records:
+        analyzer.incidents.adopt(record)
     params = {"lookback": str(lookback_s), "max_steps": str(max_steps)}
     steps = await run_store(query_rows, store, _RECENT_STEPS, params, "JSONCompactEachRow")
     now = time.time_ns()
@@ -65,9 +60,9 @@ async def restore(
             await analyzer.detection.observe_columns(columns, now, replay=True)
         except DetectionUnavailable as exc:  # those steps are not remembered; start-up goes on
             log.error("restore: detection skipped %d replayed steps: %s", len(chunk), exc)
-    if rows or steps:
-        log.info("restored %d open incidents and %d recent steps", len(rows), len(steps))
-    return len(rows), len(steps)
+    if records or steps:
+        log.info("restored %d open incidents and %d recent steps", len(records), len(steps))
+    return len(records), len(steps)
 
 
 _REPLAY_BATCH = 5000

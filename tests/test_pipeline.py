@@ -12,8 +12,9 @@ import asyncio
 import pytest
 
 from analyzer.detectors.loop import LoopDetector
-from analyzer.engine import Analyzer, Detection, store_writer
+from analyzer.engine import Analyzer, Detection
 from analyzer.incidents.lifecycle import IncidentManager
+from analyzer.incidents.repository import IncidentRepository
 from analyzer.session import SessionTable
 from collector.consumer import StoreDown
 from collector.metrics import Metrics
@@ -65,7 +66,7 @@ def analyzer_on(store) -> Analyzer:
     return Analyzer(
         Detection([LoopDetector()], SessionTable()),
         IncidentManager(quiet_period_s=10**9),
-        store_writer(store, run_store),
+        IncidentRepository(store, run_store).write,
     )
 
 

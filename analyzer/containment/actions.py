@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from time import time_ns
 
 from analyzer.containment.control import CIRCUIT_OPEN, ControlBoard, ControlError, Scope
-from analyzer.incidents.model import IncidentRows, utc_text
+from analyzer.incidents.model import IncidentEvent, IncidentRecord, IncidentRows
 from analyzer.policy import AgentPolicy
-from collector.store import insert_rows
 
 log = logging.getLogger("agentwatch.containment")
 
-#: Policy action -> (mode, the incident row's fields that make its scope)
+#: Policy action -> (mode, the scope fields taken from the incident)
 ACTIONS = {
     "pause_session": ("paused", ("session",)),
     "freeze_session": ("budget_frozen", ("session",)),
@@ -38,7 +37,8 @@ ACTIONS = {
     "open_tool_circuit": (CIRCUIT_OPEN, ("agent", "tool")),
     "kill_agent": ("killed", ("service", "agent")),
 }
-_ROW_FIELD = {
+#: scope field -> the ``IncidentRecord`` field it is taken from
+_RECORD_FIELD = {
     "tenant": "tenant",
     "service": "service",
     "agent": "agent",
@@ -53,10 +53,10 @@ _CIRCUIT_SCOPE = {
 }
 
 
-def _scope(row: dict, names: tuple[str, ...]) -> Scope:
+def _scope(record: IncidentRecord, names: tuple[str, ...]) -> Scope:
     """The scope of an automatic action: always within the incident's tenant (a tenant's
     incident never stops another tenant's agents, whatever the policy's scope says)."""
-    return Scope(tenant=row.get("tenant", ""), **{n: row[_ROW_FIELD[n]] for n in names})
+    return Scope(tenant=record.tenant, **{n: getattr(record, _RECORD_FIELD[n]) for n in names})
 
 
 _TRIGGERS = ("opened", "escalated")  # an incident's first finding, or a worse one
@@ -70,56 +70,60 @@ class Containment:
         self,
         board: ControlBoard,
         policy_for: Callable[[str, str], AgentPolicy],
-        write_events: Callable,
+        write_events: Callable[[list[IncidentEvent]], Awaitable[None]],
     ) -> None:
         self.board = board
         self.policy_for = policy_for
-        self.write_events = write_events  # async (list of incident_events rows) -> None
+        # the notes on the incidents -> incident_events (``IncidentRepository.append_events``)
+        self.write_events = write_events
         # (scope key of the circuit) -> deque of (time_ns, session) of recent findings on the tool
         self._tool_findings: dict[tuple[str, ...], deque[tuple[int, str]]] = {}
 
     async def __call__(self, rows: IncidentRows) -> None:
-        latest = {record.incident_id: record.row() for record in rows.incidents}
+        latest = {record.incident_id: record for record in rows.incidents}
         notes = []
-        for event in (e.row() for e in rows.events):
-            row = latest.get(event["incident_id"])
-            if row is None or event["actor"] != "agentwatch":
+        for event in rows.events:
+            record = latest.get(event.incident_id)
+            if record is None or event.actor != "agentwatch":
                 continue  # a person's ack/resolve, or a row we cannot see
-            policy = self.policy_for(row["service"], row["agent"])
-            if event["event"] in _TRIGGERS:
-                action = policy.action_for(row["detector"], row["severity"])
-                notes.append(await self._act(action, row, policy))
-            if event["event"] in _FINDINGS and row.get("tool"):
-                session = event.get("session_id") or row["session_id"] or row["trace_id"]
-                notes.append(await self._count_tool_finding(row, session, policy))
+            policy = self.policy_for(record.service, record.agent)
+            if event.event in _TRIGGERS:
+                action = policy.action_for(record.detector, record.severity)
+                notes.append(await self._act(action, record, policy))
+            if event.event in _FINDINGS and record.tool:
+                session = event.session_id or record.session_id or record.trace_id
+                notes.append(await self._count_tool_finding(record, session, policy))
         notes = [n for n in notes if n]
         if notes:
             await self.write_events(notes)
 
-    async def _act(self, action: str, row: dict, policy: AgentPolicy) -> dict | None:
+    async def _act(
+        self, action: str, record: IncidentRecord, policy: AgentPolicy
+    ) -> IncidentEvent | None:
         if action not in ACTIONS:
             return None  # "none"
         mode, names = ACTIONS[action]
-        missing = [n for n in names if not row[_ROW_FIELD[n]]]
+        missing = [n for n in names if not getattr(record, _RECORD_FIELD[n])]
         if missing:
             return _note(
-                row, f"policy action {action} not taken: the incident has no {', '.join(missing)}"
+                record,
+                f"policy action {action} not taken: the incident has no {', '.join(missing)}",
             )
-        scope = _scope(row, names)
+        scope = _scope(record, names)
         why = (
-            f"policy {policy.rule}: {row['detector']}/{row['severity']} -> {action}"
-            f" (incident {row['incident_id']}: {row['title']})"
+            f"policy {policy.rule}: {record.detector}/{record.severity} -> {action}"
+            f" (incident {record.incident_id}: {record.title})"
         )
-        return await self._apply(row, scope, mode, why)
+        return await self._apply(record, scope, mode, why)
 
     async def _count_tool_finding(
-        self, row: dict, session: str, policy: AgentPolicy
-    ) -> dict | None:
+        self, record: IncidentRecord, session: str, policy: AgentPolicy
+    ) -> IncidentEvent | None:
         needed = policy.tool_circuit_sessions
         if needed <= 0:
             return None
         names = _CIRCUIT_SCOPE.get(policy.tool_circuit_scope, _CIRCUIT_SCOPE["agent"])
-        scope = _scope(row, names)
+        scope = _scope(record, names)
         now = self.board.clock()
         recent = self._tool_findings.setdefault(names + (scope.key,), deque(maxlen=1000))
         recent.append((now, session))
@@ -130,44 +134,38 @@ class Containment:
         if len(sessions) < needed:
             return None
         why = (
-            f"tool circuit breaker ({policy.rule}): findings on {row['tool']} in {len(sessions)}"
-            f" sessions within {policy.tool_circuit_window_s:g} s (latest: {row['detector']},"
-            f" incident {row['incident_id']})"
+            f"tool circuit breaker ({policy.rule}): findings on {record.tool} in {len(sessions)}"
+            f" sessions within {policy.tool_circuit_window_s:g} s (latest: {record.detector},"
+            f" incident {record.incident_id})"
         )
         recent.clear()
-        return await self._apply(row, scope, CIRCUIT_OPEN, why)
+        return await self._apply(record, scope, CIRCUIT_OPEN, why)
 
-    async def _apply(self, row: dict, scope: Scope, mode: str, why: str) -> dict | None:
+    async def _apply(
+        self, record: IncidentRecord, scope: Scope, mode: str, why: str
+    ) -> IncidentEvent | None:
         try:
             changed = await self.board.set(
                 scope, mode, actor="policy", source="policy", reason=why,
-                incident_id=row["incident_id"],
+                incident_id=record.incident_id,
             )  # fmt: skip
         except ControlError as exc:
-            return _note(row, f"containment not applied to {scope.key}: {exc}")
+            return _note(record, f"containment not applied to {scope.key}: {exc}")
         except Exception as exc:  # the store refused: say so on the incident, try next time
             log.error("containment %s %s failed: %s", mode, scope.key, exc)
-            return _note(row, f"containment {mode} {scope.key} failed to store: {exc}")
+            return _note(record, f"containment {mode} {scope.key} failed to store: {exc}")
         if changed is None:
             return None  # already as strict or stricter
-        return _note(row, f"{mode} {scope.key}: {why}")
+        return _note(record, f"{mode} {scope.key}: {why}")
 
 
-def _note(row: dict, detail: str) -> dict:
-    return {
-        "incident_id": row["incident_id"],
-        "fingerprint": row["fingerprint"],
-        "at": utc_text(time_ns()),
-        "event": "contained",
-        "actor": "policy",
-        "detail": detail,
-    }
-
-
-def store_events(store, run_store):
-    """``incident_events`` rows -> the store (the containment's notes on its incidents)."""
-
-    async def write(events: list[dict]) -> None:
-        await run_store(insert_rows, store, "incident_events", events)
-
-    return write
+def _note(record: IncidentRecord, detail: str) -> IncidentEvent:
+    """A ``contained`` event on the incident, by the policy."""
+    return IncidentEvent(
+        incident_id=record.incident_id,
+        fingerprint=record.fingerprint,
+        at_ns=time_ns(),
+        event="contained",
+        actor="policy",
+        detail=detail,
+    )

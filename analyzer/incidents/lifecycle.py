@@ -7,15 +7,16 @@ stays quiet for ``quiet_period_s`` resolves itself. A finding whose fingerprint'
 was resolved opens a new incident (a recurrence: same fingerprint, new id).
 
 Every change appends a version to ``incidents`` and an event to ``incident_events``; the manager
-only produces rows, the caller writes them (``IncidentRows``), so this module does no I/O.
+only produces rows, the caller writes them (``IncidentRows``), so this module does no I/O. It is
+the one place an incident changes: findings (opened, updated, escalated), spreading (escalated),
+people (acknowledged, resolved: ``set_status``, also for an incident only in the store) and the
+quiet-period timer (resolved); versions are counted here and nowhere else.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
-
-import orjson
+from dataclasses import dataclass, field, replace
 
 from analyzer.finding import Finding
 from analyzer.incidents.model import (
@@ -28,6 +29,42 @@ from analyzer.step import Step
 
 _MAX_TRACKED = 10_000  # sessions/users remembered per incident for the affected counts
 _MAX_PENDING_ROWS = 10_000  # incident rows kept while the store refuses them
+
+
+class UnknownIncident(LookupError):
+    """No such incident: neither held by the manager nor given from the store."""
+
+
+class StatusConflict(Exception):
+    """The incident is resolved already, or already has the status asked for."""
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """What ``IncidentManager.set_status`` did: the incident's new version and its event.
+
+    ``queued``: the manager holds the incident, so the rows also wait in ``take_rows`` with every
+    other change (the caller flushes). Otherwise (an incident only in the store) they are the
+    caller's to write, and nothing changed if that fails (the store still has the old version).
+    """
+
+    record: IncidentRecord
+    event: IncidentEvent
+    queued: bool
+
+    @property
+    def rows(self) -> IncidentRows:
+        return IncidentRows([self.record], [self.event])
+
+
+def next_version(version: int, now_ns: int) -> int:
+    """The version a change writes. Versions grow with the clock, so a restarted collector's (or
+    another collector's) later change wins in ``ReplacingMergeTree(version)``.
+
+    >>> next_version(5, 100), next_version(100, 100)
+    (100, 101)
+    """
+    return max(version + 1, now_ns)
 
 
 def fingerprint_of(finding: Finding) -> str:
@@ -146,56 +183,78 @@ class IncidentManager:
         self._record(incident, event, now_ns, "agentwatch", finding.title, step)
         return incident
 
-    def adopt(self, row: dict) -> Incident:
+    def adopt(self, record: IncidentRecord) -> Incident:
         """Take over an open incident from the table (after a restart), so repeats update it.
 
-        ``row`` is an ``incidents`` row with ``first_ns``/``last_ns`` as integer nanoseconds.
-        The flagged step is rebuilt from the row's columns.
+        The flagged step is rebuilt from the record's columns.
         """
         step = Step(
-            row["first_ns"], 0, row["tenant"], row["service"], row["agent"], row["session_id"],
-            row["user_id"], row["trace_id"], row["span_id"], "", "other",
-            tool=row.get("tool", ""),
+            record.first_seen_ns, 0, record.tenant, record.service, record.agent,
+            record.session_id, record.user_id, record.trace_id, record.span_id, "", "other",
+            tool=record.tool,
         )  # fmt: skip
-        evidence = tuple(orjson.loads(row["evidence"] or "[]"))
         finding = Finding(
-            row["detector"],
-            row["kind"],
-            row["class"],
-            row["severity"],
-            row["title"],
+            record.detector,
+            record.kind,
+            record.incident_class,
+            record.severity,
+            record.title,
             step,
             "",
-            evidence,
+            record.evidence,
         )
         incident = Incident(
-            incident_id=row["incident_id"],
-            fingerprint=row["fingerprint"],
+            incident_id=record.incident_id,
+            fingerprint=record.fingerprint,
             finding=finding,
-            severity=row["severity"],
-            status=row["status"],
-            first_seen_ns=row["first_ns"],
-            last_seen_ns=row["last_ns"],
-            occurrences=row["occurrences"],
-            version=row["version"],
-            earlier_sessions=row["sessions_affected"],
-            earlier_users=row["users_affected"],
+            severity=record.severity,
+            status=record.status,
+            first_seen_ns=record.first_seen_ns,
+            last_seen_ns=record.last_seen_ns,
+            occurrences=record.occurrences,
+            version=record.version,
+            earlier_sessions=record.sessions_affected,
+            earlier_users=record.users_affected,
         )
         self.open[incident.fingerprint] = incident
         return incident
 
+    def held(self, incident_id: str) -> Incident | None:
+        """The incident, if this manager holds it (open or acknowledged, opened or adopted here)."""
+        return next((i for i in self.open.values() if i.incident_id == incident_id), None)
+
     def set_status(
-        self, incident_id: str, status: str, actor: str, now_ns: int, reason: str = ""
-    ) -> Incident | None:
-        """Acknowledge or resolve (by a person, or by the quiet-period timer)."""
-        incident = next((i for i in self.open.values() if i.incident_id == incident_id), None)
+        self,
+        incident_id: str,
+        status: str,
+        actor: str,
+        now_ns: int,
+        reason: str = "",
+        stored: IncidentRecord | None = None,
+    ) -> StatusChange:
+        """Acknowledge or resolve (by a person, or by the quiet-period timer).
+
+        An incident this manager does not hold (opened before a restart that did not adopt it,
+        by another collector, or while detection was off) changes from ``stored``, its newest
+        version read from the store: every other column is kept as it is, and the manager does
+        not take it over (the timer does not resolve it; a new finding with its fingerprint opens
+        a new incident). Raises ``UnknownIncident`` when neither has it and ``StatusConflict``
+        when it is resolved already or already ``status``.
+        """
+        incident = self.held(incident_id)
+        current = incident.status if incident is not None else stored.status if stored else None
+        if current is None:
+            raise UnknownIncident(incident_id)
+        if current == "resolved" or current == status:
+            raise StatusConflict(f"incident {incident_id} is already {current}")
         if incident is None:
-            return None
+            record = replace(stored, status=status, version=next_version(stored.version, now_ns))
+            return StatusChange(record, _event(record, status, now_ns, actor, reason), False)
         incident.status = status
         if status == "resolved":
             del self.open[incident.fingerprint]
         self._record(incident, status, now_ns, actor, reason)
-        return incident
+        return StatusChange(self.rows.incidents[-1], self.rows.events[-1], True)
 
     def escalate(self, incident: Incident, severity: str, now_ns: int, detail: str) -> bool:
         """Raise an open incident's severity (never lowers it); True when it changed."""
@@ -241,19 +300,28 @@ class IncidentManager:
     ) -> None:
         """Append the incident's new version and the event; ``step`` is the finding's step (its
         session and trace go on the event, so repeats from other sessions are visible)."""
-        # Versions grow with the clock, so a restarted collector's updates still win.
-        incident.version = max(incident.version + 1, now_ns)
-        self.rows.incidents.append(incident.record(self.link_template))
-        self.rows.events.append(
-            IncidentEvent(
-                incident_id=incident.incident_id,
-                fingerprint=incident.fingerprint,
-                at_ns=now_ns,
-                event=event,
-                actor=actor,
-                detail=detail,
-                session_id=step.session if step else "",
-                user_id=step.user if step else "",
-                trace_id=step.trace_id if step else "",
-            )
-        )
+        incident.version = next_version(incident.version, now_ns)
+        record = incident.record(self.link_template)
+        self.rows.incidents.append(record)
+        self.rows.events.append(_event(record, event, now_ns, actor, detail, step))
+
+
+def _event(
+    record: IncidentRecord,
+    event: str,
+    now_ns: int,
+    actor: str,
+    detail: str,
+    step: Step | None = None,
+) -> IncidentEvent:
+    return IncidentEvent(
+        incident_id=record.incident_id,
+        fingerprint=record.fingerprint,
+        at_ns=now_ns,
+        event=event,
+        actor=actor,
+        detail=detail,
+        session_id=step.session if step else "",
+        user_id=step.user if step else "",
+        trace_id=step.trace_id if step else "",
+    )

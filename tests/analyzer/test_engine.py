@@ -7,8 +7,9 @@ import asyncio
 import orjson
 
 from analyzer.detectors.loop import LoopDetector
-from analyzer.engine import Analyzer, Detection, store_writer
+from analyzer.engine import Analyzer, Detection
 from analyzer.incidents.lifecycle import IncidentManager
+from analyzer.incidents.repository import IncidentRepository
 from analyzer.session import SessionTable
 from collector.decode import decode_protobuf
 from collector.normalize import Normalizer, Rejections
@@ -50,7 +51,7 @@ def test_a_loop_becomes_one_incident_row_with_its_flagged_span(tmp_path):
     analyzer = Analyzer(
         Detection([LoopDetector()], SessionTable()),
         IncidentManager(link_template="http://grafana/trace/{trace_id}?span={span_id}"),
-        store_writer(store, run_store),
+        IncidentRepository(store, run_store).write,
         clock=lambda: next(clock),
     )
     normalizer = Normalizer()
@@ -91,7 +92,6 @@ def test_a_loop_spreading_across_two_collectors_escalates_to_sev1(tmp_path):
     escalation: 3 + 3 sessions reach the policy's 5 although neither collector alone does."""
     import time
 
-    from analyzer.engine import spread_reader
     from analyzer.policy import parse_policy
 
     store = EmbeddedStore(tmp_path / "data")
@@ -101,14 +101,15 @@ def test_a_loop_spreading_across_two_collectors_escalates_to_sev1(tmp_path):
         return fn(*args)
 
     policy = parse_policy({"defaults": {"escalation": {"sessions": 5, "users": 0}}})
+    repository = IncidentRepository(store, run_store)
 
     def collector():
         return Analyzer(
             Detection([LoopDetector()], SessionTable(policy_for=policy.for_agent)),
             IncidentManager(quiet_period_s=10**9),  # the spans are from 2025: never quiet here
-            store_writer(store, run_store),
+            repository.write,
             clock=time.time_ns,  # the spread window is counted back from the store's own clock
-            read_spread=spread_reader(store, run_store),
+            read_spread=repository.spread,
             policy_for=policy.for_agent,
         )
 
@@ -147,20 +148,19 @@ def test_a_loop_spreading_across_two_collectors_escalates_to_sev1(tmp_path):
 def test_a_loop_in_few_sessions_is_not_escalated(tmp_path):
     import time
 
-    from analyzer.engine import spread_reader
-
     store = EmbeddedStore(tmp_path / "data")
     migrate(store)
 
     async def run_store(fn, *args):
         return fn(*args)
 
+    repository = IncidentRepository(store, run_store)
     analyzer = Analyzer(
         Detection([LoopDetector()], SessionTable()),  # default policy: SEV1 from 10 sessions
         IncidentManager(quiet_period_s=10**9),
-        store_writer(store, run_store),
+        repository.write,
         clock=time.time_ns,
-        read_spread=spread_reader(store, run_store),
+        read_spread=repository.spread,
     )
     normalizer = Normalizer()
 
