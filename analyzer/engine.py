@@ -29,8 +29,8 @@ from analyzer.incidents.model import IncidentRecord, IncidentRows
 from analyzer.policy import DEFAULT_POLICY, AgentPolicy
 from analyzer.session import SessionTable
 from analyzer.step import STEP_COLUMNS, Step, steps_from_columns
+from collector.consumer import SpanBatch
 from collector.conventions import STEP_KINDS
-from collector.normalize import SpanBatch
 from collector.store import StoreError, StoreUnavailable
 
 # Rows -> the store (``IncidentRepository.write``).

@@ -20,6 +20,8 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import orjson
+
 from analyzer.incidents.model import (
     SEVERITIES,
     STATUSES,
@@ -160,6 +162,24 @@ class IncidentRepository:
         """Every incident open or acknowledged (a restarted collector adopts them)."""
         rows = await self._query(_RECORDS + "status != 'resolved'" + _FOR_RECORDS)
         return [IncidentRecord.from_row(row) for row in rows]
+
+    async def with_status(self, status: str) -> list[IncidentRecord]:
+        """Every incident whose current status is ``status`` (paging: the open ones at start)."""
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}")
+        rows = await self._query(_RECORDS + f"status = '{status}'" + _FOR_RECORDS)
+        return [IncidentRecord.from_row(row) for row in rows]
+
+    async def resolved_among(self, incident_ids: list[str]) -> set[str]:
+        """Those of ``incident_ids`` whose incident is resolved now."""
+        if not incident_ids:
+            return set()
+        rows = await self._query(
+            "SELECT incident_id FROM incidents_current WHERE status = 'resolved'"
+            " AND has(JSONExtract({ids:String}, 'Array(String)'), incident_id)",
+            {"ids": orjson.dumps(sorted(set(incident_ids))).decode()},
+        )
+        return {row["incident_id"] for row in rows}
 
     async def spread(self, fingerprints: list[str], window_s: int) -> dict[str, tuple[int, int]]:
         """fingerprint -> (sessions, users) its findings came from within the last ``window_s``

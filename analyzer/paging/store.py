@@ -1,5 +1,6 @@
-"""Paging's store port and its SQL: every statement on ``page_outbox`` and ``silences`` (and
-paging's reads of ``incidents``, writes of ``incident_events``) is in this file.
+"""Paging's store port and its SQL: every statement on ``page_outbox`` and ``silences`` is in this
+file; what paging reads of incidents and writes to their timeline goes through
+``analyzer.incidents.repository``, the one home of that SQL.
 
 ``PagingStore`` is what the pager needs of a store, as async functions; ``PagingSql`` implements it
 over the collector's store (``collector.store``: chDB or a ClickHouse server) and also answers the
@@ -16,6 +17,7 @@ from typing import Protocol
 import orjson
 
 from analyzer.incidents.model import IncidentEvent, IncidentRecord, utc_text
+from analyzer.incidents.repository import IncidentRepository
 from analyzer.paging.model import Firing, Notification
 from collector.store import insert_rows, query_rows
 
@@ -58,6 +60,7 @@ class PagingSql:
         self._run = run
         self._store = store
         self._clock = clock
+        self._incidents = IncidentRepository(store, run)
         self._version = 0
 
     async def _query(self, sql: str, params: dict | None = None, out: str = _INT_OUT) -> list[dict]:
@@ -110,21 +113,10 @@ class PagingSql:
         ]
 
     async def resolved(self, incident_ids: Iterable[str]) -> set[str]:
-        ids = sorted(set(incident_ids))
-        if not ids:
-            return set()
-        rows = await self._query(
-            "SELECT incident_id FROM incidents_current WHERE status = 'resolved'"
-            " AND has(JSONExtract({ids:String}, 'Array(String)'), incident_id)",
-            {"ids": orjson.dumps(ids).decode()},
-        )
-        return {row["incident_id"] for row in rows}
+        return await self._incidents.resolved_among(list(incident_ids))
 
     async def open_incidents(self) -> list[IncidentRecord]:
-        rows = await self._query(
-            "SELECT * EXCEPT (updated_at) FROM incidents FINAL WHERE status = 'open'"
-        )
-        return [IncidentRecord.from_row(row) for row in rows]
+        return await self._incidents.with_status("open")
 
     async def silence_rows(self, now_ns: int) -> list[dict]:
         return await self._query(
@@ -142,7 +134,7 @@ class PagingSql:
         await self._insert("page_outbox", [_outbox_row(n) for n in notifications])
 
     async def append_events(self, events: list[IncidentEvent]) -> None:
-        await self._insert("incident_events", [e.row() for e in events])
+        await self._incidents.append_events(events)
 
     # --- the HTTP API's (agentwatch/api/paging.py) ---------------------------------------------
 

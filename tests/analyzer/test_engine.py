@@ -11,8 +11,9 @@ from analyzer.engine import Analyzer, Detection
 from analyzer.incidents.lifecycle import IncidentManager
 from analyzer.incidents.repository import IncidentRepository
 from analyzer.session import SessionTable
+from collector.consumer import Rejections
 from collector.decode import decode_protobuf
-from collector.normalize import Normalizer, Rejections
+from collector.normalize import Normalizer
 from collector.store.embedded import EmbeddedStore
 from collector.store.migrations import migrate
 from tests.otlp import request, span
