@@ -23,7 +23,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from time import time_ns
 
-from analyzer.containment.control import CIRCUIT_OPEN, ControlBoard, ControlError, Scope
+from analyzer.containment.control import (
+    CIRCUIT_OPEN,
+    SCOPE_COLUMNS,
+    ControlBoard,
+    ControlError,
+    Scope,
+)
 from analyzer.incidents.model import IncidentEvent, IncidentRecord, IncidentRows
 from analyzer.policy import AgentPolicy
 
@@ -37,15 +43,9 @@ ACTIONS = {
     "open_tool_circuit": (CIRCUIT_OPEN, ("agent", "tool")),
     "kill_agent": ("killed", ("service", "agent")),
 }
-#: scope field -> the ``IncidentRecord`` field it is taken from
-_RECORD_FIELD = {
-    "tenant": "tenant",
-    "service": "service",
-    "agent": "agent",
-    "session": "session_id",
-    "user": "user_id",
-    "tool": "tool",
-}
+#: scope field -> the ``IncidentRecord`` field it is taken from (the incidents table names its
+#: columns as control_state does)
+_RECORD_FIELD = SCOPE_COLUMNS
 _CIRCUIT_SCOPE = {
     "agent": ("service", "agent", "tool"),
     "service": ("service", "tool"),
