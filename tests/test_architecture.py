@@ -81,3 +81,11 @@ def test_the_local_import_check_can_fail(tmp_path):
         "def g():\n    # lazy: chDB loads 500 MB\n    from collector.store.embedded import E\n"
     )
     assert function_local_imports(module) == [(5, "collector.store")]
+
+
+def test_the_image_copies_every_package():
+    """deploy/Dockerfile installs the project from the packages it copies: a package left out
+    builds an image whose ``agentwatch`` cannot start."""
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    for package in PACKAGES:
+        assert f"COPY {package} ./{package}" in dockerfile, package
