@@ -27,7 +27,7 @@ _RECENT_STEPS = """
 SELECT * FROM (
     SELECT toUnixTimestamp64Nano(Timestamp) AS t, Duration, Tenant, ServiceName, AgentName,
            SessionId, UserId, TraceId, SpanId, ParentSpanId, StepKind, Model, ToolName, ToolArgs,
-           ToolArgsHash, InputTokens, OutputTokens, CostUsd, StatusCode, ErrorType, HttpStatus,
+           ToolArgsHash, ToolResultHash, InputTokens, OutputTokens, CostUsd, StatusCode, ErrorType, HttpStatus,
            FinishReason, IngestedAt
     FROM agent_spans
     WHERE IngestedAt > now64(3) - toIntervalSecond({lookback:UInt32})

@@ -24,6 +24,7 @@ _COLUMNS = {
     "ToolName": "tool",
     "ToolArgs": "tool_args",
     "ToolArgsHash": "args_hash",
+    "ToolResultHash": "result_hash",
     "InputTokens": "input_tokens",
     "OutputTokens": "output_tokens",
     "CostUsd": "cost_usd",
@@ -62,6 +63,7 @@ class Step:
     tool: str = ""
     tool_args: str = ""
     args_hash: int = 0
+    result_hash: int = 0  # the call's outcome (result, or error); 0: none recorded
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0

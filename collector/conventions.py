@@ -35,6 +35,12 @@ FIELD_KEYS: dict[str, tuple[str, ...]] = {
     "provider": ("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system"),
     "tool": ("gen_ai.tool.name", "tool.name"),
     "tool_args": ("gen_ai.tool.call.arguments",),
+    # a tool call's outcome (``ToolResultHash``): the GenAI result, else OpenInference's output of
+    # a TOOL span, else Traceloop's output of a tool entity (as ``oi_input``/``tl_input`` for
+    # arguments); a failed call's error is hashed with it (normalize.py, ``result_hash_of``)
+    "tool_result": ("gen_ai.tool.call.result",),
+    "oi_output": ("output.value",),
+    "tl_output": ("traceloop.entity.output",),
     "input_tokens": (
         "gen_ai.usage.input_tokens",
         "gen_ai.usage.prompt_tokens",
@@ -77,6 +83,30 @@ FIELD_KEYS: dict[str, tuple[str, ...]] = {
     "error_type": ("error.type",),
     "http_status": ("http.response.status_code", "http.status_code"),
 }
+
+#: JSON Schema keywords that may sit at the top of a tool's parameter schema. OpenInference with
+#: ``OPENINFERENCE_ENABLE_GENAI_SEMCONV`` copies ``tool.parameters`` (the tool's JSON *schema*)
+#: into ``gen_ai.tool.call.arguments``, so every call of a tool would look identical. A preferred
+#: ``tool_args`` value is **schema-shaped**, and the call's own value (``input.value`` of an
+#: OpenInference TOOL span, ``traceloop.entity.input`` of a Traceloop tool) is taken instead when
+#: there is one, if it is the text of a JSON object such that:
+#:
+#: - ``"type"`` is ``"object"`` and ``"properties"`` is an object whose values are all objects
+#:   (a property's own schema), and
+#: - every top-level key is one of these keywords (a real call naming a parameter ``type`` or
+#:   ``properties`` nearly always has another argument beside them that is not a keyword).
+#:
+#: Conservative: a call whose arguments merely include ``type`` or ``properties`` keeps them, and
+#: with no call value to fall back on the schema is kept as sent.
+JSON_SCHEMA_KEYWORDS = frozenset(
+    {
+        "type", "properties", "required", "title", "description", "additionalProperties",
+        "$schema", "$id", "$ref", "$defs", "definitions", "$comment", "strict", "examples",
+        "default", "patternProperties", "propertyNames", "minProperties", "maxProperties",
+        "dependentRequired", "dependentSchemas", "unevaluatedProperties", "allOf", "anyOf",
+        "oneOf", "not", "if", "then", "else", "nullable", "deprecated", "readOnly", "writeOnly",
+    }
+)  # fmt: skip
 
 #: attribute key -> field name, for the single dictionary lookup per attribute on the hot path.
 FIELD_OF_KEY: dict[str, str] = {key: field for field, keys in FIELD_KEYS.items() for key in keys}

@@ -34,6 +34,7 @@ from collector.conventions import (
     FIELD_KEYS,
     FIELD_OF_KEY,
     FINISH_REASON_ALIASES,
+    JSON_SCHEMA_KEYWORDS,
     OPENINFERENCE_STEP,
     OPERATION_STEP,
     REQUEST_TYPE_STEP,
@@ -65,9 +66,9 @@ COLUMNS = (
     "StatusCode", "StatusMessage", "EventsTimestampNs", "EventsName", "EventsAttributes",
     "LinksTraceId", "LinksSpanId", "LinksTraceState", "LinksAttributes",
     "Tenant", "SessionId", "UserId", "AgentName", "StepKind", "Model", "Provider", "ToolName",
-    "ToolArgs", "ToolArgsHash", "InputTokens", "OutputTokens", "CacheReadTokens",
-    "CacheWriteTokens", "ReasoningTokens", "FinishReason", "ErrorType", "HttpStatus", "CostUsd",
-    "Convention",
+    "ToolArgs", "ToolArgsHash", "ToolResultHash", "InputTokens", "OutputTokens",
+    "CacheReadTokens", "CacheWriteTokens", "ReasoningTokens", "FinishReason", "ErrorType",
+    "HttpStatus", "CostUsd", "Convention",
 )  # fmt: skip
 
 # Exception class names (last dotted part) of the common model SDKs, and the HTTP status they mean.
@@ -272,19 +273,30 @@ class Normalizer:
             get("tl_entity", _MISSING)[3] if tl_kind in ("agent", "workflow") else ""
         )
 
-        tool_args = ""
+        tool_args = result = ""
         args_hash = 0
         if step == "tool":
-            raw_args = get("tool_args", _MISSING)[3] or (
+            oi_tool, tl_tool = oi_kind == "TOOL", tl_kind == "tool"
+            call_args = (
                 get("oi_input", _MISSING)[3]
-                if oi_kind == "TOOL"
+                if oi_tool
                 else get("tl_input", _MISSING)[3]
-                if tl_kind == "tool"
+                if tl_tool
                 else ""
             )
+            raw_args = get("tool_args", _MISSING)[3]
+            if not raw_args or (call_args and is_schema_shaped(raw_args)):
+                raw_args = call_args  # the call's own value over a copy of the tool's schema
             if raw_args:
                 tool_args = canonical_tool_args(raw_args)
                 args_hash = args_hash_of(tool_args)
+            result = get("tool_result", _MISSING)[3] or (
+                get("oi_output", _MISSING)[3]
+                if oi_tool
+                else get("tl_output", _MISSING)[3]
+                if tl_tool
+                else ""
+            )
 
         model = get("model", _MISSING)[3]
         # Usage counts only on LLM steps: frameworks repeat the totals on agent spans.
@@ -326,6 +338,12 @@ class Normalizer:
                 is_error, status_message, exception_pairs, error_type, http_status
             )
 
+        result_hash = 0
+        if step == "tool" and (result or is_error):
+            result_hash = result_hash_of(
+                result, is_error, error_type, status_message, exception_pairs
+            )
+
         if "oi_kind" in own:
             convention = "openinference"
         elif "tl_kind" in own or "tl_entity" in own or "request_type" in own:
@@ -346,6 +364,7 @@ class Normalizer:
             tool,
             tool_args,
             args_hash,
+            result_hash,
             input_tokens,
             output_tokens,
             cache_read,
@@ -629,9 +648,49 @@ def canonical_tool_args(raw: str) -> str:
 
 
 def args_hash_of(canonical_args: str) -> int:
-    """A stable 64-bit hash of canonical arguments (the ``ToolArgsHash`` column)."""
+    """A stable 64-bit hash of canonical arguments (the ``ToolArgsHash`` column), or of any text."""
     digest = hashlib.blake2b(canonical_args.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
+
+
+def is_schema_shaped(raw: str) -> bool:
+    """Whether a ``gen_ai.tool.call.arguments`` value is a tool's JSON schema rather than a call's
+    arguments (the rule: ``conventions.JSON_SCHEMA_KEYWORDS``).
+
+    >>> is_schema_shaped('{"type": "object", "properties": {"q": {"type": "string"}}}')
+    True
+    >>> is_schema_shaped('{"type": "object", "properties": {"q": "x"}, "name": "n"}')
+    False
+    """
+    if '"properties"' not in raw or not raw.lstrip().startswith("{"):
+        return False  # the cheap test first: most arguments are not schemas
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    if type(value) is not dict or value.get("type") != "object":
+        return False
+    properties = value.get("properties")
+    return (
+        type(properties) is dict
+        and all(type(p) is dict for p in properties.values())
+        and JSON_SCHEMA_KEYWORDS.issuperset(value)
+    )
+
+
+def result_hash_of(
+    result: str, is_error: bool, error_type: str, status_message: str, exception_pairs
+) -> int:
+    """A stable 64-bit hash of a tool call's outcome (the ``ToolResultHash`` column).
+
+    The result text as sent (not canonicalised: one tool spells one outcome the same way, and a
+    large result is not parsed); for a failed call, the error (type, status message, exception
+    messages) with it, so the same failure hashes the same and a different one differently.
+    """
+    if is_error:
+        messages = [text for key, text in exception_pairs or () if key == "exception.message"]
+        result = "\x00".join(("error", error_type, status_message, *messages, result))
+    return args_hash_of(result)
 
 
 _RAW_COLUMNS = COLUMNS[: COLUMNS.index("Tenant")]  # what the C reader builds

@@ -1019,6 +1019,8 @@ TEXTS = [
     "claude-sonnet-4-20250514",
     "mystery-model",
     '{"b": 1, "a": [1, 2]}',
+    '{"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}',  # a schema
+    '{"type": "object", "properties": {"q": "x"}}',  # a call that only looks like one
     "not json",
     "429",
     "Error code: 503",
@@ -1345,3 +1347,60 @@ def test_mutated_requests_keep_the_contract():
     check()
     print(f"mutated requests: {dict(outcomes)}")
     assert outcomes["native"] >= 0.03 * sum(outcomes.values()), outcomes  # typically 12%
+
+
+# --- tool calls: schema-shaped arguments and result hashes ------------------------------------
+
+_TOOL_KINDS = (
+    {"openinference.span.kind": "TOOL", "tool.name": "t"},
+    {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "t"},
+    {"traceloop.span.kind": "tool", "traceloop.entity.name": "t"},
+)
+_SCHEMAS = st.fixed_dictionaries(
+    {"type": st.sampled_from(["object", "object", "array"])},
+    optional={
+        "properties": st.dictionaries(
+            st.sampled_from(["q", "type", "n"]),
+            st.one_of(st.just({}), st.just({"type": "string"}), st.integers(-5, 5)),
+            max_size=2,
+        ),
+        "required": st.just(["q"]),
+        "title": st.text(max_size=3),
+        "q": st.just("call"),  # not a schema keyword: a call after all
+    },
+).map(lambda d: orjson.dumps(d).decode())
+_TOOL_VALUES = st.one_of(_SCHEMAS, st.sampled_from(['{"q": "x"}', "x", "", " {} "]))
+
+
+@st.composite
+def tool_calls(draw) -> bytes:
+    """Tool spans of every convention with arguments (schema-shaped or not), the call's own value,
+    a result and an error, in every combination the conventions allow."""
+    spans = []
+    for _ in range(draw(st.integers(1, 4))):
+        attributes = dict(draw(st.sampled_from(_TOOL_KINDS)))
+        for key in (
+            "gen_ai.tool.call.arguments", "input.value", "traceloop.entity.input",
+            "gen_ai.tool.call.result", "output.value", "traceloop.entity.output", "error.type",
+        ):  # fmt: skip
+            if draw(st.booleans()):
+                attributes[key] = draw(_TOOL_VALUES)
+        s = sp("t", attributes)
+        if draw(st.booleans()):
+            s = with_status(s, 2, draw(st.sampled_from(["", "refused", "Error code: 503"])))
+        spans.append(s)
+    return one(*spans)
+
+
+def test_tool_arguments_and_outcomes_are_read_alike():
+    """Schema-shaped arguments and result hashes: the C reader's batch equals the reference's."""
+    hashes = Counter()
+
+    @FUZZ
+    @given(tool_calls())
+    def check(body):
+        batch, _ = assert_native_same(body)
+        hashes.update(bool(h) for h in batch.columns["ToolResultHash"])
+
+    check()
+    assert hashes[True] and hashes[False], hashes  # some calls with an outcome, some without

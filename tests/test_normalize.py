@@ -435,3 +435,136 @@ def test_rejections_summary_is_bounded():
         r.add(f"span {i}: bad")
     assert r.count == 50
     assert r.summary().endswith("and 45 more")
+
+
+# --- tool arguments that are a schema, and the outcome of a tool call -------------------------
+
+
+def _openinference_tool_spans(semconv: bool) -> bytes:
+    """Tool spans written by the real OpenInference tracer (``OITracer.tool``, as frameworks use
+    it), exported with the real OTLP encoder: with ``OPENINFERENCE_ENABLE_GENAI_SEMCONV`` it
+    copies the tool's schema (``tool.parameters``) into ``gen_ai.tool.call.arguments``."""
+    from openinference.instrumentation import OITracer, TraceConfig
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = OITracer(
+        provider.get_tracer("agent"), config=TraceConfig(enable_genai_semconv=semconv)
+    )
+
+    @tracer.tool
+    def lookup_order(order_id: int, verbose: bool = False) -> dict:
+        """Find an order."""
+        return {"status": "shipped" if order_id == 42 else "pending"}
+
+    @tracer.tool
+    def refund(order_id: int) -> str:
+        raise ValueError(f"order {order_id} is not refundable")
+
+    with tracer.start_as_current_span("agent", attributes={"session.id": "s-oi"}):
+        for order_id in (42, 43, 42):
+            lookup_order(order_id)
+        for _ in range(2):
+            with pytest.raises(ValueError):
+                refund(7)
+    spans = exporter.get_finished_spans()
+    provider.shutdown()
+    return encode_spans(spans).SerializeToString()
+
+
+def _both_readers(body: bytes) -> list[dict]:
+    """Rows of the reference reader, after checking the C reader (when built) gives the same."""
+    from collector.decode import decode_protobuf
+
+    reference, _ = Normalizer().normalize(decode_protobuf(body, Rejections()))
+    native = Normalizer().read_wire(body, Rejections())
+    if native is not None:
+        assert native.to_json() == reference.to_json()
+    return [dict(zip(COLUMNS, row, strict=True)) for row in reference.rows(list(COLUMNS))]
+
+
+@pytest.mark.parametrize("semconv", [True, False], ids=["genai-semconv", "openinference-only"])
+def test_openinference_tool_calls_keep_their_own_arguments_and_outcomes(semconv):
+    rows = [r for r in _both_readers(_openinference_tool_spans(semconv)) if r["StepKind"] == "tool"]
+    first, other, again, refused, refused_again = rows
+    if semconv:  # what the instrumentation sent: the schema, the same for every call
+        sent = first["SpanAttributes"]["gen_ai.tool.call.arguments"]
+        assert sent.startswith('{"type": "object"') and '"properties": {"order_id": {' in sent
+    assert first["ToolArgs"] == again["ToolArgs"] == '{"order_id":42,"verbose":false}'
+    assert other["ToolArgs"] == '{"order_id":43,"verbose":false}'
+    assert first["ToolArgsHash"] == again["ToolArgsHash"] != other["ToolArgsHash"]
+    assert first["ToolResultHash"] == again["ToolResultHash"] != other["ToolResultHash"] != 0
+    assert refused["StatusCode"] == "Error" and refused["ErrorType"] == "ValueError"
+    assert refused["ToolResultHash"] == refused_again["ToolResultHash"] != 0
+    assert refused["ToolResultHash"] not in (first["ToolResultHash"], other["ToolResultHash"])
+
+
+SCHEMA = '{"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}'
+
+
+@pytest.mark.parametrize(
+    ("arguments", "call", "expected"),
+    [
+        (SCHEMA, '{"q": "refund"}', '{"q":"refund"}'),  # a schema: the call's value instead
+        ('{"type":"object","properties":{},"title":"t","$schema":"x"}', '{"a": 1}', '{"a":1}'),
+        (SCHEMA, "", '{"properties":{"q":{"type":"string"}},"required":["q"],"type":"object"}'),
+        # real calls that merely look like one: kept
+        ('{"type": "object", "properties": {"q": "x"}}', '{"a": 1}', '{"properties":{"q":"x"},"type":"object"}'),
+        ('{"type": "object", "properties": {}, "name": "n"}', '{"a": 1}', '{"name":"n","properties":{},"type":"object"}'),
+        ('{"type": "array", "properties": {}}', '{"a": 1}', '{"properties":{},"type":"array"}'),
+        ('{"q": "refund"}', '{"q": "other"}', '{"q":"refund"}'),
+        ("not json", '{"a": 1}', "not json"),
+    ],
+)  # fmt: skip
+def test_schema_shaped_arguments_yield_to_the_calls_own_value(arguments, call, expected):
+    call_value = {"input.value": call} if call else {}  # no call value: nothing to fall back on
+    attributes = {"openinference.span.kind": "TOOL", "tool.name": "search", **call_value}
+    attributes["gen_ai.tool.call.arguments"] = arguments
+    [row] = _both_readers(request(span("search", attributes)).SerializeToString())
+    assert row["ToolArgs"] == expected
+
+
+@pytest.mark.parametrize(
+    ("convention", "attributes"),
+    [
+        ("otel_genai", {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "t"}),
+        ("openinference", {"openinference.span.kind": "TOOL", "tool.name": "t"}),
+        ("openllmetry", {"traceloop.span.kind": "tool", "traceloop.entity.name": "t"}),
+    ],
+)
+def test_the_result_hash_of_every_convention(convention, attributes):
+    key = {
+        "otel_genai": "gen_ai.tool.call.result",
+        "openinference": "output.value",
+        "openllmetry": "traceloop.entity.output",
+    }[convention]
+    spans = [
+        span("t", {**attributes, key: '{"rows": 3}'}),
+        span("t", {**attributes, key: '{"rows": 3}'}),
+        span("t", {**attributes, key: '{"rows": 4}'}),
+        span("t", attributes),  # no result recorded
+        span("t", attributes, error="connection refused"),
+        span("t", attributes, error="connection refused"),
+        span("t", attributes, error="permission denied"),
+        span("t", {**attributes, "error.type": "ToolError"}, error="connection refused"),
+    ]
+    rows = _both_readers(request(*spans).SerializeToString())
+    hashes = [r["ToolResultHash"] for r in rows]
+    assert {r["Convention"] for r in rows} == {convention}
+    assert hashes[0] == hashes[1] != hashes[2]
+    assert hashes[3] == 0
+    assert hashes[4] == hashes[5] and len({hashes[0], hashes[2], *hashes[4:]}) == 5
+
+
+def test_the_result_hash_is_only_for_tool_calls():
+    [row] = _both_readers(
+        request(
+            span("chat", {"gen_ai.operation.name": "chat", "gen_ai.tool.call.result": "x"})
+        ).SerializeToString()
+    )
+    assert row["StepKind"] == "llm" and row["ToolResultHash"] == 0
