@@ -1,0 +1,1 @@
+"""Replay public agent trajectories through a running collector: python -m bench.replay."""
