@@ -2,55 +2,59 @@
 
 A session's ratio is its cumulative input tokens over its cumulative output tokens, summed over
 LLM steps only (``kind == "llm"``; agent spans that repeat their children's usage are ignored).
-The field report: sessions at 74:1 and 175:1 where 5:1 is normal, an agent re-reading its whole
-history (or a huge retrieval) to say little. One ``ratio_anomaly`` finding per session.
+The field report: sessions at 74:1 and 175:1 where 5:1 is that agent's normal, an agent
+re-reading its whole history (or a huge retrieval) to say little. A coding agent's normal is
+50:1 or more (it reads files and logs, writes little): no fixed limit fits every agent, so the
+judgement is against the agent+model's own baseline. One ``ratio_anomaly`` finding per session.
 
-**When a session is judged**: on each of its LLM steps once it has ``min_llm_steps`` (default 3)
-LLM steps, ``min_input_tokens`` (default 20,000) input tokens (below that the tokens are not worth
-an incident, whatever the ratio) and some output tokens (no output usage reported: no ratio).
+**The baseline** is per (tenant, service, agent, model family): the log-ratios of the ``window``
+(default 64) most recently active sessions of that key, *including sessions still running*.
+A session contributes once it has ``min_llm_steps`` (default 3) LLM steps and some output; each
+later LLM step *replaces* its contribution with its current ratio (one value per session, never
+one per step), and moves it to the window's recent end. Its statistics are robust: the median of
+log(ratio) and σ = 1.4826 × MAD (floored at ``_MIN_SCALE``, 0.1, ~10 %, so a very regular agent
+does not flag wobbles). A session is judged against the *other* sessions of its window (its own
+value is left out), so a baseline is warm after ``min_sessions`` other sessions, however busy
+the hour: no idle timeout, nothing waits for a session to end. A lasting change (a new prompt)
+is the new normal once it fills half the window (~32 sessions) instead of alerting forever.
 
-**Against what**: a baseline per (tenant, service, agent, model family) of log(session ratio):
+**When a session is judged**: on each of its LLM steps once it has ``min_llm_steps`` LLM steps,
+``min_input_tokens`` (default 20,000) input tokens (below that the tokens are not worth an
+incident, whatever the ratio) and some output tokens (no output usage reported: no ratio).
 
-- *warm-up*: until the key has ``min_sessions`` (default 20) sessions, the normal ratio is taken
-  to be ``default_ratio`` (5:1) and a session is flagged when its ratio exceeds ``max_ratio``
-  (default 50:1);
-- *after*: flagged when log(ratio) is more than ``z`` (default 4) robust deviations above the
-  baseline's centre AND the ratio is more than ``min_factor`` (default 2) times the baseline ratio
-  (exp of the centre, the typical session's ratio). ``max_ratio`` no longer applies: an agent
-  whose sessions are all 100:1 (summarising long documents) learns that this is its normal.
+- *warm* (``min_sessions``, default 20, other sessions in the baseline): flagged when
+  log(ratio) > median + max(``z`` · σ, log ``min_factor``), i.e. more than ``z`` (default 4)
+  robust deviations above the agent's normal AND at least ``min_factor`` (default 3) times it.
+  The floor on the multiple matters for coding agents: a session's cumulative ratio grows with
+  its length (each call re-reads the history), so a long run is legitimately 2-3× a short one.
+- *cold* (fewer sessions): a fixed limit would page on every agent whose normal is above it,
+  so only an extreme, well-evidenced case fires: ratio ≥ ``cold_ratio`` (default 500:1) with
+  ≥ ``cold_min_input_tokens`` (default 200,000) input tokens. 500:1 is ~7× the highest normal
+  seen on the public replay sets (SWE-agent's median ~68:1, tau-bench airline's ~36:1) and 100×
+  a chat agent's 5:1; 200k input tokens is several full context windows of re-reading. The
+  title and evidence say the judgement is a cold-start one.
 
-**Baseline statistics** (``_Baseline``, O(1) per key): the first ``_SEED`` (20) sessions are kept
-as floats and the centre and scale are their median and 1.4826 × MAD (robust to the outliers a
-cold start sees); after that the seed is dropped and each session updates an exponentially
-weighted M-estimator with weight ``alpha`` (default 0.02, a memory of ~50 sessions): its residual
-from the centre is clipped to ±3 scales (Huber), then centre += alpha·r, scale² = (1-alpha)·scale²
-+ alpha·r². The scale is floored at ``_MIN_SCALE`` (0.1, ~10 %) so a very regular agent does not
-flag tiny wobbles. Anomalous sessions feed the baseline too, clipped: one outlier moves the centre
-by at most alpha·3·scale, but a lasting change (a new prompt) becomes the new normal after a few
-dozen sessions instead of alerting forever (measured: after 30 sessions at 5:1, a switch to 40:1
-is flagged on the next 24 sessions, then learned; 11 with alpha 0.05, 47 with 0.01).
+Only a ratio far *above* the baseline is flagged: that is the field failure (reading without
+progress). Far below (writing a lot for what it reads) is a long generation; its cost is the
+``cost_runaway`` detector's concern and it is not a reliability failure on its own.
 
-**Feeding per session, not per step**: the ratio of a live session still moves (it usually grows
-as the context accumulates), so a session is fed once, when it is *completed*: no LLM step from it
-for ``idle_s`` (default 600 s, by the injected clock), or pushed out of the pending queue by
-``max_pending`` newer sessions. It feeds its final ratio if it had ``min_llm_steps`` LLM steps and
-some output. Live sessions are judged against completed ones; since a running ratio grows towards
-its final value, that errs towards missing, not inventing, an anomaly early in a session. Pending
-sessions are drained on every ``observe`` call (amortised O(1)); with no traffic nothing is fed,
-and nothing needs judging either.
+The evidence says why it fired: the rule (``baseline`` or ``cold_start``), the observed ratio,
+the baseline's median ratio, σ of log(ratio) and the spread as a factor, the ratio that would
+have fired, the multiple, the deviations, the sessions in the baseline, warm or not, and the
+session's tokens and LLM steps.
 
-**Memory**, measured with ``sys.getsizeof`` over the objects, their ints/floats and the key tuple
-(the key's strings are the steps' own; the tests check these bounds):
+**Event time, restarts**: the detector reads no clock; its verdicts depend only on the steps'
+order and content, so a replay, a backlog or a slow exporter gets the same verdicts as live
+traffic. ``analyzer/restore.py`` replays recent stored steps into the detectors at start
+(``replay=True``, findings dropped): since the baseline is learned from steps, the replay
+rebuilds it warm. The baselines live in one process; a second collector learns its own.
 
-- per session (``_RatioState``): ~290 bytes, plus ~75 bytes while pending (an ``OrderedDict``
-  entry). At most ``max_pending`` (default 100,000, the session table's cap) are pending, so this
-  detector keeps at most that many states alive after the session table forgot them (~37 MB).
-- per baseline key (``_Baseline``): ≤ 430 bytes during warm-up (the seed, an ``array('d')`` of
-  ≤ 20 floats), 140 after, plus ~75 bytes of table entry and a 72-byte key tuple (with its four
-  strings, ~250 more); at most ``max_keys`` (default 1,024) keys, least recently used forgotten
-  first (that key starts its warm-up again): under 1 MB.
-
-This detector's baselines live in one process; with several collectors each learns its own.
+**Memory** (measured with ``sys.getsizeof``; the tests check these bounds): per session
+(``_RatioState``) under 300 bytes, held by the session table (nothing here outlives it); per
+baseline key (``_Baseline``) two arrays of ≤ ``window`` session serials and their log-ratios,
+under 1.3 KB at the default 64; at most ``max_keys`` (default 1,024) keys, least recently used
+forgotten first (that key is cold again): ~1.5 MB with the key tuples. Judging a step costs a
+median of ≤ 64 floats (a few µs).
 
 >>> from analyzer.session import SessionTable
 >>> from analyzer.step import Step
@@ -59,15 +63,18 @@ This detector's baselines live in one process; with several collectors each lear
 ...     step = Step(t, 1, "acme", "svc", "support", "s1", "u1", "t1", f"span{t}", "", "llm",
 ...                 model="gpt-4o", input_tokens=input_tokens, output_tokens=output_tokens)
 ...     return detector.observe(step, sessions.for_step(step, t), t)
->>> [prompt(t, 30_000, 200) for t in (1, 2)]
+>>> [prompt(t, 100_000, 100) for t in (1, 2)]
 [None, None]
->>> finding = prompt(3, 30_000, 200)
+>>> finding = prompt(3, 100_000, 100)
 >>> finding.kind, finding.severity, finding.signature, finding.evidence[0]["ratio"]
-('ratio_anomaly', 'SEV2', 'support:gpt-4o', 150.0)
+('ratio_anomaly', 'SEV2', 'support:gpt-4o', 1000.0)
+>>> finding.evidence[0]["rule"], finding.evidence[0]["warm"]
+('cold_start', False)
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from array import array
 from collections import OrderedDict
@@ -85,9 +92,7 @@ if TYPE_CHECKING:
     from analyzer.policy import AgentPolicy
     from analyzer.session import SessionState
 
-_SEED = 20  # sessions whose median/MAD start a key's baseline
-_CLIP = 3.0  # Huber clip of a residual, in scales
-_MIN_SCALE = 0.1  # floor of the scale of log(ratio): ratios within ~10 % are never anomalous
+_MIN_SCALE = 0.1  # floor of σ of log(ratio): ratios within ~10 % are never anomalous
 _MAD_TO_SIGMA = 1.4826
 _SEVERITIES = ("SEV1", "SEV2", "SEV3")
 
@@ -95,66 +100,79 @@ BaselineKey = tuple[str, str, str, str]  # tenant, service, agent, model family
 
 
 class _Baseline:
-    """Robust streaming location/scale of log(session ratio) for one agent+model."""
+    """The log-ratios of the most recently active sessions of one agent+model, one per session."""
 
-    __slots__ = ("n", "center", "scale", "seed")
+    __slots__ = ("serials", "values")
 
     def __init__(self) -> None:
-        self.n = 0
-        self.center = 0.0
-        self.scale = 0.0
-        self.seed: array | None = array("d")
+        self.serials = array("q")  # session serials, least recently active first
+        self.values = array("d")  # their log(ratio), in the same order
 
-    def update(self, x: float, alpha: float) -> None:
-        self.n += 1
-        if self.seed is not None:
-            self.seed.append(x)
-            self.center = median(self.seed)
-            self.scale = _MAD_TO_SIGMA * median(abs(v - self.center) for v in self.seed)
-            if len(self.seed) >= _SEED:
-                self.seed = None  # from here on: O(1) exponentially weighted updates
+    def put(self, serial: int, x: float, size: int) -> None:
+        """Set (or replace) a session's contribution; keep the ``size`` most recent (O(size))."""
+        serials, values = self.serials, self.values
+        if serials and serials[-1] == serial:
+            values[-1] = x  # the usual case: the same session's next step
             return
-        limit = _CLIP * max(self.scale, _MIN_SCALE)
-        r = min(max(x - self.center, -limit), limit)
-        self.center += alpha * r
-        self.scale = math.sqrt((1 - alpha) * self.scale**2 + alpha * r * r)
+        try:
+            i = serials.index(serial)
+        except ValueError:
+            pass
+        else:
+            del serials[i], values[i]
+        serials.append(serial)
+        values.append(x)
+        if len(serials) > size:
+            del serials[0], values[0]
 
-    @property
-    def ratio(self) -> float:
-        return math.exp(self.center)
+    def stats(self, exclude: int) -> tuple[float, float, int]:
+        """(median, σ, n) of log(ratio) over the window without session ``exclude``."""
+        values = [
+            x for serial, x in zip(self.serials, self.values, strict=True) if serial != exclude
+        ]
+        if not values:
+            return 0.0, 0.0, 0
+        center = median(values)
+        sigma = _MAD_TO_SIGMA * median(abs(x - center) for x in values)
+        return center, sigma, len(values)
 
 
 class _RatioState:
-    __slots__ = ("key", "policy", "input", "output", "llm_steps", "last_ns", "flagged", "fed")
+    __slots__ = ("key", "policy", "serial", "input", "output", "llm_steps", "flagged")
 
-    def __init__(self, key: BaselineKey, policy: AgentPolicy) -> None:
+    def __init__(self, key: BaselineKey, policy: AgentPolicy, serial: int) -> None:
         self.key = key
-        self.policy = policy  # shared with the session; read again when the session is fed
+        self.policy = policy  # shared with the session
+        self.serial = serial  # this session's slot in its key's baseline window
         self.input = 0
         self.output = 0
         self.llm_steps = 0
-        self.last_ns = 0
         self.flagged = False
-        self.fed = False
 
 
 class TokenRatioThresholds(DetectorThresholds):
     """Thresholds of the token ratio detector (policy ``thresholds.token_ratio``)."""
 
-    max_ratio: float = Field(
-        50.0, gt=0, description="input/output ratio flagged without a baseline"
+    min_sessions: int = Field(
+        20, ge=1, description="other sessions in the agent+model baseline before it is used (warm)"
     )
-    default_ratio: float = Field(
-        5.0, gt=0, description="normal input/output ratio without a baseline"
+    min_llm_steps: int = Field(
+        3, ge=1, description="LLM steps before a session is judged or feeds the baseline"
     )
-    min_sessions: int = Field(20, ge=1, description="finished sessions before the baseline is used")
-    min_llm_steps: int = Field(3, ge=1, description="LLM steps before a session is judged")
     min_input_tokens: int = Field(
-        20_000, ge=0, description="input tokens before a session is judged"
+        20_000, ge=0, description="input tokens (session total) before a session is judged"
     )
-    z: float = Field(4.0, gt=0, description="robust deviations from the baseline that are flagged")
+    z: float = Field(
+        4.0, gt=0, description="robust deviations (1.4826 × MAD of log ratio) above the median"
+    )
     min_factor: float = Field(
-        2.0, gt=0, description="ratio at least this many times the normal one"
+        3.0, gt=1, description="warm: ratio at least this many times the baseline median ratio"
+    )
+    cold_ratio: float = Field(
+        500.0, gt=0, description="cold start: input/output ratio (x:1) flagged without a baseline"
+    )
+    cold_min_input_tokens: int = Field(
+        200_000, ge=0, description="cold start: input tokens (session total) before flagging"
     )
 
 
@@ -163,132 +181,116 @@ class TokenRatioDetector:
     kinds = frozenset({"llm"})  # the engine asks this detector about LLM steps only
     thresholds_model = TokenRatioThresholds
 
-    def __init__(
-        self,
-        *,
-        alpha: float = 0.02,
-        idle_s: float = 600.0,
-        max_pending: int = 100_000,
-        max_keys: int = 1024,
-        **thresholds: float,
-    ) -> None:
+    def __init__(self, *, window: int = 64, max_keys: int = 1024, **thresholds: float) -> None:
         self.thresholds = TokenRatioThresholds(**thresholds)
         self.limits = ResolvedThresholds(self.name, self.thresholds)
-        self.alpha = alpha
-        self.idle_ns = int(idle_s * 1e9)
-        self.max_pending = max_pending
+        self.window = window
         self.max_keys = max_keys
         self.baselines: OrderedDict[BaselineKey, _Baseline] = OrderedDict()
-        self.pending: OrderedDict[_RatioState, None] = OrderedDict()  # least recently active first
         self._keys: dict[BaselineKey, BaselineKey] = {}
-        self._completed_at = -1
+        self._serials = itertools.count(1)
 
     def observe(self, step: Step, session: SessionState, now_ns: int) -> Finding | None:
-        self._complete(now_ns)
         if step.kind != "llm" or step.input_tokens <= 0:
             return None
         state: _RatioState = session.state(self.name, lambda: self._new_state(step, session))
         state.input += step.input_tokens
         state.output += max(step.output_tokens, 0)
         state.llm_steps += 1
-        state.last_ns = now_ns  # activity by arrival: the pending queue is in this order
-        if not state.fed:
-            self.pending[state] = None
-            self.pending.move_to_end(state)
-            if len(self.pending) > self.max_pending:
-                self._feed(self.pending.popitem(last=False)[0])
-        if state.flagged:
+        limits = self.limits(state.policy)
+        if state.output <= 0 or state.llm_steps < limits["min_llm_steps"]:
             return None
-        return self._judge(state, step, session)
+        ratio = state.input / state.output
+        baseline = self._baseline(state.key)
+        finding = None
+        if not state.flagged and state.input >= limits["min_input_tokens"]:
+            finding = self._judge(state, step, ratio, baseline, limits)
+        baseline.put(state.serial, math.log(ratio), self.window)
+        return finding
 
     def baseline_ratio(self, key: BaselineKey) -> tuple[float, int] | None:
-        """The key's typical ratio and how many sessions it has seen (None: no baseline)."""
+        """The key's median ratio and how many sessions its window holds (None: no baseline)."""
         baseline = self.baselines.get(key)
-        return None if baseline is None else (baseline.ratio, baseline.n)
+        if baseline is None:
+            return None
+        center, _sigma, n = baseline.stats(exclude=0)
+        return math.exp(center), n
 
     def _new_state(self, step: Step, session: SessionState) -> _RatioState:
         agent = step.agent or session.agent
         key = (step.tenant, step.service, agent, model_family(step.model))
         if len(self._keys) < 10_000:  # one tuple per agent and model, shared by its sessions
             key = self._keys.setdefault(key, key)
-        return _RatioState(key, session.policy)
+        return _RatioState(key, session.policy, next(self._serials))
 
-    def _judge(self, state: _RatioState, step: Step, session: SessionState) -> Finding | None:
-        policy = state.policy
-        limits = self.limits(policy)
-        if (
-            state.output <= 0
-            or state.llm_steps < limits["min_llm_steps"]
-            or state.input < limits["min_input_tokens"]
-        ):
-            return None
-        ratio = state.input / state.output
-        baseline = self.baselines.get(state.key)
-        if baseline is None or baseline.n < limits["min_sessions"]:
-            normal = limits["default_ratio"]
-            if ratio <= limits["max_ratio"]:
-                return None
-            deviations, sessions_seen = None, 0 if baseline is None else baseline.n
+    def _baseline(self, key: BaselineKey) -> _Baseline:
+        baseline = self.baselines.get(key)
+        if baseline is None:
+            baseline = self.baselines[key] = _Baseline()
+            if len(self.baselines) > self.max_keys:
+                self.baselines.popitem(last=False)
         else:
-            self.baselines.move_to_end(state.key)
-            normal = baseline.ratio
-            deviations = (math.log(ratio) - baseline.center) / max(baseline.scale, _MIN_SCALE)
-            if deviations <= limits["z"]:
-                return None
-            if ratio <= limits["min_factor"] * normal:
-                return None
-            sessions_seen = baseline.n
-        state.flagged = True
+            self.baselines.move_to_end(key)
+        return baseline
+
+    def _judge(
+        self, state: _RatioState, step: Step, ratio: float, baseline: _Baseline, limits
+    ) -> Finding | None:
+        center, sigma, n = baseline.stats(exclude=state.serial)
+        warm = n >= limits["min_sessions"]
         tenant, service, agent, family = state.key
-        override = policy.severity.get(self.name)
+        who, model = agent or service, family or "unknown"
+        if warm:
+            sigma = max(sigma, _MIN_SCALE)
+            margin = max(limits["z"] * sigma, math.log(limits["min_factor"]))
+            threshold = math.exp(center + margin)
+            if ratio <= threshold:
+                return None
+            normal = math.exp(center)
+            title = (
+                f"{who}: input:output tokens {ratio:.0f}:1 on {model}, this agent's normal"
+                f" {normal:.0f}:1 over {n} sessions ({ratio / normal:.0f}×)"
+            )
+        else:
+            threshold = limits["cold_ratio"]
+            if ratio < threshold or state.input < limits["cold_min_input_tokens"]:
+                return None
+            normal = math.exp(center) if n else None
+            title = (
+                f"{who}: input:output tokens {ratio:.0f}:1 on {model} over {state.input:,} input"
+                f" tokens (cold start: {n} sessions in this agent's baseline, {threshold:.0f}:1"
+                " rule)"
+            )
+        state.flagged = True
         measures = {
+            "rule": "baseline" if warm else "cold_start",
+            "warm": warm,
+            "warm_up": not warm,
             "ratio": round(ratio, 1),
-            "baseline_ratio": round(normal, 1),
-            "baseline_sessions": sessions_seen,
-            "warm_up": deviations is None,
+            "threshold_ratio": round(threshold, 1),
+            "baseline_ratio": None if normal is None else round(normal, 1),
+            "baseline_sigma_log": round(sigma, 3) if n else None,
+            "baseline_spread": round(math.exp(sigma), 2) if n else None,
+            "multiple": None if normal is None else round(ratio / normal, 1),
+            "deviations": round((math.log(ratio) - center) / max(sigma, _MIN_SCALE), 1)
+            if n
+            else None,
+            "baseline_sessions": n,
+            "min_sessions": limits["min_sessions"],
             "input_tokens": state.input,
             "output_tokens": state.output,
             "llm_steps": state.llm_steps,
         }
-        if deviations is not None:
-            measures["deviations"] = round(deviations, 1)
+        if not warm:
+            measures["cold_min_input_tokens"] = limits["cold_min_input_tokens"]
+        override = state.policy.severity.get(self.name)
         return Finding(
             detector=self.name,
             kind="ratio_anomaly",
             incident_class="semantic",
             severity=override if override in _SEVERITIES else "SEV2",
-            title=(
-                f"{agent or service}: input:output tokens {ratio:.0f}:1 on {family or 'unknown'}"
-                f" (normal {normal:.0f}:1)"
-            ),
+            title=title,
             step=step,
-            signature=f"{agent or service}:{family or 'unknown'}",
+            signature=f"{who}:{model}",
             evidence=(measures, step.evidence()),
         )
-
-    def _complete(self, now_ns: int) -> None:
-        """Feed the sessions silent for ``idle_s``: they are completed (once per clock tick: a
-        batch shares one clock)."""
-        if now_ns == self._completed_at:
-            return
-        self._completed_at = now_ns
-        pending = self.pending
-        while pending:
-            oldest = next(iter(pending))
-            if oldest.last_ns >= now_ns - self.idle_ns:
-                break
-            pending.popitem(last=False)
-            self._feed(oldest)
-
-    def _feed(self, state: _RatioState) -> None:
-        state.fed = True
-        if state.output <= 0 or state.llm_steps < self.limits(state.policy)["min_llm_steps"]:
-            return
-        baseline = self.baselines.get(state.key)
-        if baseline is None:
-            baseline = self.baselines[state.key] = _Baseline()
-            if len(self.baselines) > self.max_keys:
-                self.baselines.popitem(last=False)
-        else:
-            self.baselines.move_to_end(state.key)
-        baseline.update(math.log(state.input / state.output), self.alpha)
