@@ -1,44 +1,67 @@
 """Infrastructure: the systems an agent depends on are failing (infrastructure class, SEV1–3).
 
-A failed llm/embedding or tool/retrieval step is classified by its cause (``failure_kind``), from
-the normalised ``error_type`` and ``http_status`` only (DESIGN.md §3; the collector derives both
-from the span status, ``error.type`` and exception events):
+**Evidence.** A failed llm/embedding or tool/retrieval step is classified (``classify``: a
+``kind``, the incident's, and a finer ``cause``, the evidence's) from every field the ``Step``
+carries: ``http_status`` and ``error_type``. The collector fills both from every place a span
+keeps its error (``collector/normalize.py`` ``_error_details``): ``error.type``, else the
+exception event's ``exception.type``, else the HTTP status code; ``http_status`` from the HTTP
+attributes, else a status code named in the error type (``openai.RateLimitError`` → 429), else
+one named in the *status message or exception message* ("Error code: 503", "status 502").
+Limit: the message text itself is **not** on the ``Step`` (only the status code it names and,
+for tools, ``result_hash``), so a framework class in ``error.type`` (``ToolRetryError``, a tool's
+own exception class, ``_OTHER``) with no HTTP status and a cause only in its message ("connection
+refused", "timed out") cannot be told from an agent's error and is not classified. The phrases
+below are matched in the lower-cased ``error_type`` as class names *and* as message text, so an
+exporter that puts the message in ``error.type`` (or a collector that one day carries it) is read.
 
-- ``rate_limit``: HTTP 429, or RateLimit / TooManyRequests in the error type;
-- ``auth``: an llm/embedding step with 401/403, or Authentication / PermissionDenied in the type.
-  A tool's bare 401/403 is left to the semantic detectors: it cannot be told apart from the agent
-  reaching for something it may not touch;
-- ``context_length``: an llm/embedding step whose error type names the context window
-  (``context_length_exceeded``, ContextWindowExceeded, "maximum context length"). Limit: the
-  exception *message* is not on the ``Step``, so a plain ``openai.BadRequestError``/400 whose
-  message says "maximum context length" is indistinguishable from any other bad request and is
-  not counted (instrumentations that set ``error.type`` to the provider's error code are);
-- ``timeout``: 408, or Timeout / TimedOut / DeadlineExceeded in the error type (llm or tool);
-- ``provider_5xx``: an llm/embedding step answered with 5xx (529 overloaded included), or that
-  could not reach the provider at all (connection errors);
-- ``tool_backend``: a tool/retrieval step answered with 5xx or failing to connect.
+| kind (signature) | cause (evidence) | when |
+|---|---|---|
+| none: not infrastructure | content filter | ``content_filter``, ContentPolicyViolation, "content policy", ResponsibleAIPolicy in the type. **Decision**: a content filter is the provider *enforcing its policy* on this content; the provider is up and answered as designed, and retrying will not help, so it is neither an outage nor the agent's loop: it is left to the semantic detectors (and ``finish_reason``), never paged as infrastructure |
+| ``context_length`` | context_length | llm/embedding: the type names the context window (``context_length_exceeded``, ContextWindowExceeded, "maximum context length"); a bare ``BadRequestError``/400 is not (its message is not on the Step) |
+| ``rate_limit`` | rate_limit | HTTP 429, or RateLimit / TooManyRequests / "rate limit" in the type (llm or tool) |
+| ``auth`` | auth | llm/embedding: 401/403, or Authentication / PermissionDenied / Unauthorized. A tool's bare 401/403 is left to the semantic detectors: it cannot be told from the agent reaching for something it may not touch |
+| none: the agent's misuse | — | any other 4xx (400 invalid argument, 404, 409, 422, …): the request was refused as such; the loop detector's ``repeated_failure`` (semantic) judges repeats |
+| ``timeout`` | timeout | 408, or Timeout / TimedOut / "timed out" / DeadlineExceeded (``httpx.ReadTimeout``, ``CommandTimeoutError``, ``ConnectTimeout``, "EXECUTION TIMED OUT") |
+| ``provider_5xx`` (llm) / ``tool_backend`` (tool) | http_5xx | HTTP 5xx (529 overloaded included), or InternalServer / ServiceUnavailable / Unavailable / Overloaded / BadGateway / GatewayTimeout in the type |
+| 〃 | tls | SSLError, SSLCertVerification, "certificate", TLSError, handshake |
+| 〃 | dns | NameResolution, "name or service not known", ``gaierror``, getaddrinfo, DNSError, NXDOMAIN |
+| 〃 | connection_refused | ConnectionRefused, "connection refused", ECONNREFUSED |
+| 〃 | connection_reset | ConnectionReset / Aborted, ECONNRESET, BrokenPipe, RemoteDisconnected, RemoteProtocolError |
+| 〃 | connection | any other Connect… (``APIConnectionError``, ``httpx.ConnectError``), Unreachable, NetworkError |
 
-Anything else is not infrastructure: above all a tool rejecting bad arguments with a plain 4xx
-(400, 404, 422, …) is the agent's misuse, the loop detector's business. An error with neither a
-status nor a telling type (``_OTHER``) is not classified either.
+Anything else (``_OTHER``, ``ValueError``, a framework class alone) is not infrastructure.
 
-Two rules judge the classified failures:
+**Rules.** Three rules judge the classified failures, in this order (the first that holds):
 
-- **rate** (across sessions): per window key ``(tenant, service, llm|tool, model or tool)`` a
-  sliding window of ``window_s`` (default 60 s) kept as a ring of ``buckets`` (12 × 5 s) counts
-  every call and, per kind, the failures. A kind is flagged when, in the window, failures ≥
-  ``min_failures`` (5) AND failures / calls ≥ ``min_rate`` (0.2) AND the failures come from ≥
-  ``min_sessions`` (2) distinct sessions: SEV2, or SEV1 once the failing signature spans ≥
+- **rate** (across sessions, per tool or model): per window key ``(tenant, service, llm|tool,
+  model or tool)`` a sliding window of ``window_s`` (default 60 s) kept as a ring of ``buckets``
+  (12 × 5 s) counts every call and, per kind, the failures. A kind is flagged when, in the window,
+  failures ≥ ``min_failures`` (5) AND failures / calls ≥ ``min_rate`` (0.2) AND the failures come
+  from ≥ ``min_sessions`` (2) distinct sessions: SEV2, or SEV1 once the failing signature spans ≥
   ``spread_sessions`` (10) sessions. Every llm/tool step is observed so the rate has its
   denominator; an SDK-retried 429 followed by success is one failure among calls, far below both
   thresholds, and opens nothing.
-- **streak** (one session): ``session_failures`` (3) consecutive failures with one signature in
-  one session (a success of the same model/tool, or a non-infrastructure answer from it, breaks
-  the streak): SEV3, isolated and caught early. Reported once per streak.
+- **streak** (one session-run): ``session_failures`` (3) consecutive failures with one signature
+  (a success of the same model/tool, or a non-infrastructure answer from it, breaks the streak):
+  SEV3, isolated. Reported once per streak.
+- **isolated** (one session-run, tools only): the ``isolated_failures``-th (default 1st) failure
+  of one tool/retrieval signature in the session whose cause is unambiguous infrastructure
+  (``UNAMBIGUOUS_CAUSES``: timeout, connection refused/reset, connection, DNS, TLS, 5xx): SEV3.
+  A backend timing out once among a thousand healthy calls is invisible to the rate (it never
+  reaches 20 % of a window), but it is a real failure of a system the agent depends on. Not for
+  models (an SDK retries a provider's single timeout or 5xx; streak and rate judge those) and not
+  for a tool's 429 (back-pressure the caller is expected to absorb). ``isolated_failures: 0``
+  turns it off.
 
-Signature: ``kind:model`` or ``kind:tool``, never ids. Each signature is reported at most once per
-window (cooldown ``window_s``) whichever rule fires, so a sustained outage updates one incident
-instead of paging again; only an escalation (SEV3→SEV2→SEV1) is reported within the cooldown.
+**Dedup.** Signature: ``kind:model`` or ``kind:tool`` (the failure class and the tool/provider's
+model), never session, span or cause, so the incident fingerprint (tenant, service, agent,
+detector, kind, signature) makes a flaky backend *one* incident however many sessions see it.
+Each signature is reported at most once per window (cooldown ``window_s``) whichever rule fires,
+so a flaky or down backend updates that incident at most once a minute instead of paging again;
+only an escalation (SEV3→SEV2→SEV1) is reported within the cooldown. Every finding's evidence says
+why: ``rule``, ``kind``, ``cause``, the window's ``failures``/``calls``/``rate``/``window_s``,
+``sessions_affected``, the session's ``session_streak`` and ``session_failures``, the
+``error_type``/``http_status`` seen, and up to three recent samples (ids, type, status, cause).
 
 Clock: the window advances with ``now_ns``; a step counts in the bucket of its own time clamped to
 the live window (a late span counts in the oldest live bucket, a span from a skewed clock in the
@@ -57,7 +80,9 @@ key strings, UUID session ids and hex span/trace ids included):
   and out of cooldown is dropped. An llm key can fail in 5 kinds, a tool key in 3, so a key stays
   under ``KEY_BYTES_MAX`` = 12 KiB: ≤ 48 MiB at the default cap if every key failed every way at
   once, ≈ 2 MiB for 4,096 healthy keys;
-- per session, one ``_Streak`` (≈ 0.2 KB with its signature string) inside ``SessionState``,
+- per session, one ``_Streak`` inside ``SessionState`` (only once something failed in it): its
+  signature string and a count per failing signature, at most ``_SESSION_SIGNATURES`` (8), the
+  oldest dropped (≈ 0.6 KB with one signature, ≤ 1.5 KB full, 28-character signatures),
   bounded with it by the session table.
 
 Distinct sessions per window are counted exactly up to ``session_cap`` (fixed slots of session
@@ -107,6 +132,7 @@ _MODEL_STEPS = ("llm", "embedding")
 _BACKEND_STEPS = ("tool", "retrieval")
 _SEVERITY_RANK = {"": 0, "SEV3": 1, "SEV2": 2, "SEV1": 3}
 _SAMPLES = 3
+_SESSION_SIGNATURES = 8  # signatures counted per session-run (the oldest dropped first)
 _NEVER = -(2**63)
 
 _CONTEXT_WORDS = (
@@ -116,11 +142,141 @@ _CONTEXT_WORDS = (
     "context_window",
     "maximum context length",
 )
-_RATE_LIMIT_WORDS = ("ratelimit", "rate_limit", "toomanyrequests", "too_many_requests")
+# the provider refused the content by its policy: the provider works (see the module docstring)
+_CONTENT_FILTER_WORDS = (
+    "content_filter",
+    "contentfilter",
+    "content filter",
+    "content_policy",
+    "contentpolicy",
+    "content policy",
+    "responsibleaipolicy",
+    "safety_block",
+)
+_RATE_LIMIT_WORDS = (
+    "ratelimit",
+    "rate_limit",
+    "rate limit",
+    "toomanyrequests",
+    "too_many_requests",
+    "too many requests",
+)
 _AUTH_WORDS = ("authentication", "permissiondenied", "permission_denied", "unauthorized")
-_TIMEOUT_WORDS = ("timeout", "timedout", "timed_out", "deadlineexceeded", "deadline_exceeded")
-_5XX_WORDS = ("internalserver", "serviceunavailable", "overloaded", "badgateway")
-_CONNECT_WORDS = ("connect", "unreachable", "unavailable", "remotedisconnected", "nameresolution")
+# (cause, words) in order: the first match names the cause; every text is the lower-cased
+# ``error_type`` (a class name, a code, or a message when an exporter puts one there)
+_TIMEOUT_CAUSES = (
+    (
+        "timeout",
+        (
+            "timeout",
+            "timedout",
+            "timed_out",
+            "timed out",
+            "deadlineexceeded",
+            "deadline_exceeded",
+            "deadline exceeded",
+        ),
+    ),
+)
+_UNREACHABLE_CAUSES = (
+    ("tls", ("sslerror", "ssl.", "sslcert", "ssl:", "certificate", "tlserror", "handshake")),
+    (
+        "dns",
+        (
+            "nameresolution",
+            "name resolution",
+            "name or service not known",
+            "nodename nor servname",
+            "gaierror",
+            "getaddrinfo",
+            "dnserror",
+            "dns_",
+            "nxdomain",
+        ),
+    ),
+    ("connection_refused", ("connectionrefused", "connection refused", "econnrefused")),
+    (
+        "connection_reset",
+        (
+            "connectionreset",
+            "connection reset",
+            "econnreset",
+            "connectionaborted",
+            "connection aborted",
+            "brokenpipe",
+            "broken pipe",
+            "remotedisconnected",
+            "remoteprotocolerror",
+            "server disconnected",
+        ),
+    ),
+    ("connection", ("connect", "unreachable", "no route to host", "networkerror")),
+    (
+        "http_5xx",
+        (
+            "internalserver",
+            "internal server error",
+            "serviceunavailable",
+            "service unavailable",
+            "unavailable",
+            "overloaded",
+            "badgateway",
+            "bad gateway",
+            "gatewaytimeout",
+            "gateway timeout",
+        ),
+    ),
+)
+#: the causes whose evidence is unambiguous: one such failure of a tool backend is a finding
+UNAMBIGUOUS_CAUSES = frozenset(
+    {"timeout", "tls", "dns", "connection_refused", "connection_reset", "connection", "http_5xx"}
+)
+
+
+def _cause_in(text: str, causes: tuple) -> str:
+    for cause, words in causes:
+        if any(word in text for word in words):
+            return cause
+    return ""
+
+
+def classify(step: Step) -> tuple[str, str] | None:
+    """``(kind, cause)`` of a failed step's infrastructure failure, or None (see the table above).
+
+    >>> from analyzer.step import Step
+    >>> def failed(kind, error_type="", status=0):
+    ...     return classify(Step(0, 0, "t", "s", "a", "", "", "tr", "sp", "", kind,
+    ...                          status="Error", error_type=error_type, http_status=status))
+    >>> failed("tool", "ConnectionRefusedError"), failed("tool", "CommandTimeoutError")
+    (('tool_backend', 'connection_refused'), ('timeout', 'timeout'))
+    >>> failed("llm", "openai.APIConnectionError"), failed("tool", "ssl.SSLCertVerificationError")
+    (('provider_5xx', 'connection'), ('tool_backend', 'tls'))
+    >>> failed("llm", "content_filter", 400), failed("tool", "ToolRetryError")
+    (None, None)
+    """
+    if not step.failed:
+        return None
+    model_side = step.kind in _MODEL_STEPS
+    if not model_side and step.kind not in _BACKEND_STEPS:
+        return None
+    et = step.error_type.lower()
+    status = step.http_status
+    if any(word in et for word in _CONTENT_FILTER_WORDS):
+        return None  # the provider's policy refused the content: it works as designed
+    if model_side and any(word in et for word in _CONTEXT_WORDS):
+        return "context_length", "context_length"
+    if status == 429 or any(word in et for word in _RATE_LIMIT_WORDS):
+        return "rate_limit", "rate_limit"
+    if model_side and (status in (401, 403) or any(word in et for word in _AUTH_WORDS)):
+        return "auth", "auth"
+    if 400 <= status < 500 and status != 408:
+        return None  # the request was refused as such: the agent's call, not a failing system
+    if status == 408 or _cause_in(et, _TIMEOUT_CAUSES):
+        return "timeout", "timeout"
+    cause = "http_5xx" if 500 <= status < 600 else _cause_in(et, _UNREACHABLE_CAUSES)
+    if cause:
+        return ("provider_5xx" if model_side else "tool_backend"), cause
+    return None
 
 
 def failure_kind(step: Step) -> str | None:
@@ -139,26 +295,8 @@ def failure_kind(step: Step) -> str | None:
     >>> failed("tool", "ValueError", 400), failed("tool", "_OTHER"), failed("llm", "403", 403)
     (None, None, 'auth')
     """
-    if not step.failed:
-        return None
-    model_side = step.kind in _MODEL_STEPS
-    if not model_side and step.kind not in _BACKEND_STEPS:
-        return None
-    et = step.error_type.lower()
-    status = step.http_status
-    if model_side and any(word in et for word in _CONTEXT_WORDS):
-        return "context_length"
-    if status == 429 or any(word in et for word in _RATE_LIMIT_WORDS):
-        return "rate_limit"
-    if model_side and (status in (401, 403) or any(word in et for word in _AUTH_WORDS)):
-        return "auth"
-    if 400 <= status < 500 and status != 408:
-        return None  # the request was refused as such: the agent's call, not a failing system
-    if status == 408 or any(word in et for word in _TIMEOUT_WORDS):
-        return "timeout"
-    if 500 <= status < 600 or any(word in et for word in _5XX_WORDS + _CONNECT_WORDS):
-        return "provider_5xx" if model_side else "tool_backend"
-    return None
+    found = classify(step)
+    return found[0] if found else None
 
 
 class _Failures:
@@ -188,14 +326,16 @@ class _Window:
 
 
 class _Streak:
-    """A session's current run of consecutive infrastructure failures with one signature."""
+    """A session-run's infrastructure failures: its current streak (consecutive failures with one
+    signature) and its failures per signature (≤ ``_SESSION_SIGNATURES``, oldest dropped)."""
 
-    __slots__ = ("subject", "signature", "count")
+    __slots__ = ("subject", "signature", "count", "failures")
 
     def __init__(self) -> None:
         self.subject: tuple = ()
         self.signature = ""
         self.count = 0
+        self.failures: dict[str, int] = {}
 
 
 class InfrastructureThresholds(DetectorThresholds):
@@ -209,6 +349,15 @@ class InfrastructureThresholds(DetectorThresholds):
     )
     session_failures: int = Field(
         3, ge=1, description="consecutive failures in one session that make a SEV3"
+    )
+    isolated_failures: int = Field(
+        1,
+        ge=0,
+        description=(
+            "failures of one tool backend with unambiguous infrastructure evidence (timeout, "
+            "connection refused/reset, DNS, TLS, 5xx) in one session-run that make a SEV3 "
+            "(0: off)"
+        ),
     )
 
 
@@ -267,15 +416,16 @@ class InfrastructureDetector:
         slot = at % self.buckets
         window.calls[slot] += 1
 
-        kind = failure_kind(step) if step.status == "Error" else None
+        found = classify(step) if step.status == "Error" else None
         subject = (group, label)
-        if kind is None:
+        if found is None:
             # a session gets a streak only once something fails (most sessions: never)
             streak = session.detectors.get(self.name)
             if streak is not None and streak.subject == subject:  # it answered: streak over
                 streak.subject, streak.signature, streak.count = (), "", 0
             return None
         streak: _Streak = session.state(self.name, _Streak)
+        kind, cause = found
 
         signature = f"{kind}:{label}"
         failures = window.kinds.get(kind)
@@ -286,12 +436,23 @@ class InfrastructureDetector:
         if len(failures.samples) >= _SAMPLES:
             del failures.samples[0]
         failures.samples.append(
-            (step.span_id, step.trace_id, step.session[:64], step.error_type[:80], step.http_status)
+            (
+                step.span_id,
+                step.trace_id,
+                step.session[:64],
+                step.error_type[:80],
+                step.http_status,
+                cause,
+            )
         )
         if streak.signature == signature:
             streak.count += 1
         else:
             streak.subject, streak.signature, streak.count = subject, signature, 1
+        in_session = streak.failures.pop(signature, 0) + 1  # re-inserted: the newest
+        streak.failures[signature] = in_session
+        if len(streak.failures) > _SESSION_SIGNATURES:
+            del streak.failures[next(iter(streak.failures))]
 
         limits = self.limits(session.policy)
         failed = sum(failures.counts)
@@ -310,6 +471,12 @@ class InfrastructureDetector:
             rule = "rate"
         elif streak.count == int(limits["session_failures"]):
             severity, rule = "SEV3", "streak"
+        elif (
+            group == "tool"
+            and cause in UNAMBIGUOUS_CAUSES
+            and in_session == int(limits["isolated_failures"])
+        ):
+            severity, rule = "SEV3", "isolated"
         if not severity:
             return None
         cooling = failures.reported and now_ns - failures.reported_ns < self.window_ns
@@ -323,13 +490,19 @@ class InfrastructureDetector:
                 f"{step.service}: {kind} on {label}: {failed}/{calls} calls failed "
                 f"({rate:.0%}) in {self.window_ns / 1e9:g}s across {spread} sessions"
             )
-        else:
+        elif rule == "streak":
             title = (
                 f"{step.agent or step.service}: {streak.count} {kind} failures in a row on {label}"
+            )
+        else:
+            title = (
+                f"{step.agent or step.service}: tool {label} failed ({cause}: "
+                f"{step.error_type[:80] or step.http_status}), {in_session} in this session"
             )
         summary = {
             "rule": rule,
             "kind": kind,
+            "cause": cause,
             subject_field: label,
             "window_s": self.window_ns / 1e9,
             "failures": failed,
@@ -337,6 +510,9 @@ class InfrastructureDetector:
             "rate": round(rate, 4),
             "sessions_affected": spread,  # exact up to session_cap, then a floor
             "session_streak": streak.count,
+            "session_failures": in_session,  # of this signature in this session-run
+            "error_type": step.error_type[:80],
+            "http_status": step.http_status,
             "samples": [
                 {
                     "span_id": span_id,
@@ -344,8 +520,11 @@ class InfrastructureDetector:
                     "session": session_id,
                     "error_type": error_type,
                     "http_status": http_status,
+                    "cause": sample_cause,
                 }
-                for span_id, trace_id, session_id, error_type, http_status in failures.samples
+                for span_id, trace_id, session_id, error_type, http_status, sample_cause in (
+                    failures.samples
+                )
             ],
         }
         return Finding(

@@ -6,7 +6,12 @@ import sys
 import uuid
 from collections import deque
 
-from analyzer.detectors.infrastructure import KEY_BYTES_MAX, InfrastructureDetector, failure_kind
+from analyzer.detectors.infrastructure import (
+    KEY_BYTES_MAX,
+    InfrastructureDetector,
+    classify,
+    failure_kind,
+)
 from analyzer.policy import AgentPolicy
 from analyzer.session import SessionTable
 from tests.analyzer.timeline import SECOND, llm, run, tool
@@ -74,6 +79,25 @@ def test_classification_table():
     assert tool_failure("400", 400) is None  # bad arguments: the agent's misuse
     assert tool_failure("422", 422) is None
     assert tool_failure("403", 403) is None  # a tool's refusal: left to the semantic detectors
+    assert tool_failure("CommandTimeoutError") == "timeout"
+    assert tool_failure("ConnectionResetError") == "tool_backend"
+    assert tool_failure("socket.gaierror") == "tool_backend"
+    assert tool_failure("ssl.SSLCertVerificationError") == "tool_backend"
+    assert tool_failure("ToolRetryError") is None  # a framework class: no cause on the Step
+    assert tool_failure("_OTHER", 502) == "tool_backend"
+    assert llm_failure("content_filter", 400) is None  # the provider's policy, not a failure
+    causes = {
+        "ConnectionRefusedError": "connection_refused",
+        "httpx.ConnectError": "connection",
+        "ConnectionResetError": "connection_reset",
+        "socket.gaierror": "dns",
+        "ssl.SSLCertVerificationError": "tls",
+        "Temporary failure in name resolution": "dns",
+        "connection refused": "connection_refused",
+        "EXECUTION TIMED OUT": "timeout",
+    }
+    for error_type, cause in causes.items():
+        assert classify(tool(0, "crm", failed=True, error_type=error_type))[1] == cause
     assert failure_kind(ok(0, "s1")) is None
 
 
@@ -237,15 +261,106 @@ def test_5xx_from_a_tool_backend_is_tool_backend():
     ]  # fmt: skip
     findings = run(InfrastructureDetector(), steps)
     assert [(f.kind, f.severity, f.signature) for f in findings] == [
-        ("tool_backend", "SEV2", "tool_backend:crm_lookup")
+        ("tool_backend", "SEV3", "tool_backend:crm_lookup"),  # the first 503: isolated
+        ("tool_backend", "SEV2", "tool_backend:crm_lookup"),  # 5 from 3 sessions: the rate
     ]
-    assert findings[0].evidence[0]["tool"] == "crm_lookup"
+    assert [f.evidence[0]["rule"] for f in findings] == ["isolated", "rate"]
+    assert findings[1].evidence[0]["tool"] == "crm_lookup"
+    assert findings[1].evidence[0]["cause"] == "http_5xx"
 
 
 def test_a_single_session_tool_backend_streak_is_sev3():
     steps = [tool(t, "crm_lookup", args=t, failed=True, error_type="httpx.ConnectError") for t in (1, 2, 3)]  # fmt: skip
+    [f] = run(InfrastructureDetector(), steps)  # isolated at the first; the streak is its update
+    assert (f.kind, f.severity, f.step) == ("tool_backend", "SEV3", steps[0])
+    # with the isolated rule off, the streak of 3 is what fires
+    [f] = run(InfrastructureDetector(isolated_failures=0), steps)
+    assert (f.severity, f.step, f.evidence[0]["rule"]) == ("SEV3", steps[2], "streak")
+
+
+def test_a_single_connection_refused_tool_failure_is_an_isolated_finding():
+    steps = [
+        tool(1, "crm_lookup", args=1),
+        tool(2, "crm_lookup", args=2, failed=True, error_type="ConnectionRefusedError"),
+        tool(3, "crm_lookup", args=3),
+    ]
     [f] = run(InfrastructureDetector(), steps)
-    assert (f.kind, f.severity) == ("tool_backend", "SEV3")
+    assert (f.detector, f.kind, f.severity, f.incident_class, f.signature) == (
+        "infrastructure", "tool_backend", "SEV3", "infrastructure", "tool_backend:crm_lookup",
+    )  # fmt: skip
+    summary = f.evidence[0]
+    assert (summary["rule"], summary["cause"], summary["session_failures"]) == (
+        "isolated", "connection_refused", 1,
+    )  # fmt: skip
+    assert summary["error_type"] == "ConnectionRefusedError" and summary["tool"] == "crm_lookup"
+    assert f.step is steps[1] and "connection_refused" in f.title
+
+
+def test_one_timeout_of_a_tool_backend_is_an_isolated_finding():
+    # SWE-agent's bash tool: one command timed out among many healthy calls
+    steps = [tool(t, "bash", args=t) for t in range(20)]
+    steps.insert(10, tool(9.5, "bash", args=99, failed=True, error_type="CommandTimeoutError"))
+    [f] = run(InfrastructureDetector(), steps)
+    assert (f.kind, f.severity, f.signature, f.evidence[0]["rule"]) == (
+        "timeout", "SEV3", "timeout:bash", "isolated",
+    )  # fmt: skip
+    assert f.evidence[0]["calls"] == 11 and f.evidence[0]["failures"] == 1
+
+
+def test_an_llm_timeout_alone_is_not_isolated():
+    # a provider's single timeout is retried by the SDK: only streaks and rates judge models
+    assert run(InfrastructureDetector(), [timed_out(1), ok(2, "s1")]) == []
+
+
+def test_a_400_invalid_argument_is_not_infrastructure():
+    step = tool(1, "refund", failed=True, http_status=400, error_type="invalid_argument")
+    assert failure_kind(step) is None and run(InfrastructureDetector(), [step]) == []
+
+
+def test_a_content_filter_refusal_is_not_infrastructure():
+    # the provider's policy refused the content: the provider works (documented in the module)
+    for error_type, status in [("content_filter", 400), ("ContentPolicyViolationError", 0)]:
+        step = llm(1, 1, 0, status="Error", error_type=error_type, http_status=status)
+        assert failure_kind(step) is None
+        assert run(InfrastructureDetector(), [step] * 5) == []
+
+
+def test_a_framework_error_type_is_classified_by_its_other_evidence():
+    # ToolRetryError alone says nothing of the cause: not infrastructure (the message is not on
+    # the Step); with a timeout message folded into error.type, or a 503 the collector read out
+    # of the status message, it is
+    bare = tool(1, "search", failed=True, error_type="ToolRetryError")
+    assert failure_kind(bare) is None
+    timeout = tool(1, "search", failed=True, error_type="ToolRetryError: Command timed out (30s)")
+    assert classify(timeout) == ("timeout", "timeout")
+    [f] = run(InfrastructureDetector(), [timeout])
+    assert (f.kind, f.severity, f.evidence[0]["rule"]) == ("timeout", "SEV3", "isolated")
+    unavailable = tool(1, "search", failed=True, error_type="_OTHER", http_status=503)
+    assert classify(unavailable) == ("tool_backend", "http_5xx")
+
+
+def test_isolated_failures_on_one_tool_across_sessions_escalate_as_one_signature():
+    steps = [
+        tool(t * 3, "search", args=t, session=f"s{t}", failed=True, error_type="httpx.ConnectError")
+        for t in range(12)
+    ]  # fmt: skip
+    findings = run(InfrastructureDetector(), steps)
+    assert [f.severity for f in findings] == ["SEV3", "SEV2", "SEV1"]
+    assert [f.evidence[0]["rule"] for f in findings] == ["isolated", "rate", "rate"]
+    assert {f.signature for f in findings} == {"tool_backend:search"}  # one incident
+    assert findings[2].evidence[0]["sessions_affected"] == 10
+
+
+def test_a_flaky_backend_reports_once_per_window():
+    # one timeout a session, a new session every 20 s, the rest healthy: one finding per 60 s
+    steps = []
+    for i in range(9):
+        steps += [tool(i * 20 + k, "bash", args=k, session=f"s{i}") for k in range(10)]
+        steps.append(tool(i * 20 + 10, "bash", session=f"s{i}", failed=True,
+                          error_type="CommandTimeoutError"))  # fmt: skip
+    findings = run(InfrastructureDetector(), steps)
+    assert [f.step.time_ns // SECOND for f in findings] == [10, 70, 130]
+    assert {(f.severity, f.signature) for f in findings} == {("SEV3", "timeout:bash")}
 
 
 def test_a_tool_rejecting_bad_arguments_is_not_infrastructure():
