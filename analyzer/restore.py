@@ -28,7 +28,7 @@ SELECT * FROM (
     SELECT toUnixTimestamp64Nano(Timestamp) AS t, Duration, Tenant, ServiceName, AgentName,
            SessionId, UserId, TraceId, SpanId, ParentSpanId, StepKind, Model, ToolName, ToolArgs,
            ToolArgsHash, ToolResultHash, InputTokens, OutputTokens, CostUsd, StatusCode, ErrorType, HttpStatus,
-           FinishReason, IngestedAt
+           FinishReason, StatusMessage, IngestedAt
     FROM agent_spans
     WHERE IngestedAt > now64(3) - toIntervalSecond({lookback:UInt32})
       AND StepKind IN ('llm', 'tool', 'embedding', 'retrieval')

@@ -32,6 +32,7 @@ _COLUMNS = {
     "ErrorType": "error_type",
     "HttpStatus": "http_status",
     "FinishReason": "finish_reason",
+    "StatusMessage": "status_message",
 }
 
 
@@ -71,6 +72,7 @@ class Step:
     error_type: str = ""
     http_status: int = 0
     finish_reason: str = ""
+    status_message: str = ""  # the span status's description: where a failure's cause often is
 
     @property
     def failed(self) -> bool:

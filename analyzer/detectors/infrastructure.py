@@ -7,12 +7,13 @@ keeps its error (``collector/normalize.py`` ``_error_details``): ``error.type``,
 exception event's ``exception.type``, else the HTTP status code; ``http_status`` from the HTTP
 attributes, else a status code named in the error type (``openai.RateLimitError`` → 429), else
 one named in the *status message or exception message* ("Error code: 503", "status 502").
-Limit: the message text itself is **not** on the ``Step`` (only the status code it names and,
-for tools, ``result_hash``), so a framework class in ``error.type`` (``ToolRetryError``, a tool's
-own exception class, ``_OTHER``) with no HTTP status and a cause only in its message ("connection
-refused", "timed out") cannot be told from an agent's error and is not classified. The phrases
-below are matched in the lower-cased ``error_type`` as class names *and* as message text, so an
-exporter that puts the message in ``error.type`` (or a collector that one day carries it) is read.
+The phrases below are matched in the lower-cased ``error_type`` as class names *and* as message
+text. The span's **status message** (``Step.status_message``) is read too, for a framework class
+in ``error.type`` (``ToolRetryError``, a tool's own exception class, ``_OTHER``) with no HTTP
+status whose cause is only in its message: there only unambiguous phrases count
+(``_MESSAGE_CAUSES``: "connection refused", "timed out", "name or service not known", "bad
+gateway" …), never single words such as "timeout" or "connect", which an agent's own error text
+("invalid timeout value") may contain. Exception-event messages are not on the step.
 
 | kind (signature) | cause (evidence) | when |
 |---|---|---|
@@ -227,6 +228,36 @@ _UNREACHABLE_CAUSES = (
         ),
     ),
 )
+#: phrases that name a cause in a status message (free text: only unambiguous phrases)
+_MESSAGE_CAUSES = (
+    ("timeout", ("timed out", "deadline exceeded", "read timeout", "connect timeout")),
+    ("tls", ("certificate verify failed", "ssl handshake", "tls handshake")),
+    (
+        "dns",
+        (
+            "name or service not known",
+            "temporary failure in name resolution",
+            "nodename nor servname",
+            "getaddrinfo failed",
+            "nxdomain",
+        ),
+    ),
+    ("connection_refused", ("connection refused", "econnrefused")),
+    (
+        "connection_reset",
+        ("connection reset", "econnreset", "broken pipe", "remote end closed connection"),
+    ),
+    (
+        "connection",
+        ("no route to host", "network is unreachable", "failed to establish a new connection"),
+    ),
+    (
+        "http_5xx",
+        ("internal server error", "service unavailable", "bad gateway", "gateway timeout"),
+    ),
+)
+_MESSAGE_RATE_LIMIT = ("rate limit exceeded", "too many requests")
+_MESSAGE_MAX_CHARS = 4000  # the cause is at the start of a message; a stack trace is not read
 #: the causes whose evidence is unambiguous: one such failure of a tool backend is a finding
 UNAMBIGUOUS_CAUSES = frozenset(
     {"timeout", "tls", "dns", "connection_refused", "connection_reset", "connection", "http_5xx"}
@@ -274,6 +305,13 @@ def classify(step: Step) -> tuple[str, str] | None:
     if status == 408 or _cause_in(et, _TIMEOUT_CAUSES):
         return "timeout", "timeout"
     cause = "http_5xx" if 500 <= status < 600 else _cause_in(et, _UNREACHABLE_CAUSES)
+    if not cause and step.status_message:
+        message = step.status_message[:_MESSAGE_MAX_CHARS].lower()
+        if any(phrase in message for phrase in _MESSAGE_RATE_LIMIT):
+            return "rate_limit", "rate_limit"
+        cause = _cause_in(message, _MESSAGE_CAUSES)
+        if cause == "timeout":
+            return "timeout", "timeout"
     if cause:
         return ("provider_5xx" if model_side else "tool_backend"), cause
     return None

@@ -14,6 +14,7 @@ from analyzer.detectors.infrastructure import (
 )
 from analyzer.policy import AgentPolicy
 from analyzer.session import SessionTable
+from analyzer.step import Step
 from tests.analyzer.timeline import SECOND, llm, run, tool
 
 
@@ -326,9 +327,8 @@ def test_a_content_filter_refusal_is_not_infrastructure():
 
 
 def test_a_framework_error_type_is_classified_by_its_other_evidence():
-    # ToolRetryError alone says nothing of the cause: not infrastructure (the message is not on
-    # the Step); with a timeout message folded into error.type, or a 503 the collector read out
-    # of the status message, it is
+    # ToolRetryError alone says nothing of the cause: not infrastructure; with a timeout message
+    # folded into error.type, or a 503 the collector read out of the status message, it is
     bare = tool(1, "search", failed=True, error_type="ToolRetryError")
     assert failure_kind(bare) is None
     timeout = tool(1, "search", failed=True, error_type="ToolRetryError: Command timed out (30s)")
@@ -337,6 +337,32 @@ def test_a_framework_error_type_is_classified_by_its_other_evidence():
     assert (f.kind, f.severity, f.evidence[0]["rule"]) == ("timeout", "SEV3", "isolated")
     unavailable = tool(1, "search", failed=True, error_type="_OTHER", http_status=503)
     assert classify(unavailable) == ("tool_backend", "http_5xx")
+
+
+def test_the_status_message_names_the_cause_in_unambiguous_phrases_only():
+    """A framework class with the cause only in the span's status message (issue 13: "a tool
+    backend failing with 'connection refused'"); an agent's own error text that merely contains
+    a word like "timeout" or "connect" is not infrastructure."""
+
+    def failed(message: str, error_type: str = "ToolRetryError") -> Step:
+        return tool(1, "crm", failed=True, error_type=error_type, status_message=message)
+
+    assert classify(failed("[Errno 111] Connection refused")) == (
+        "tool_backend", "connection_refused",
+    )  # fmt: skip
+    assert classify(failed("HTTPSConnectionPool: Read timed out. (read timeout=30)", "_OTHER")) == (
+        "timeout", "timeout",
+    )  # fmt: skip
+    assert classify(failed("[Errno -2] Name or service not known")) == ("tool_backend", "dns")
+    assert classify(failed("429 Too Many Requests")) == ("rate_limit", "rate_limit")
+    for agents_own in ("invalid timeout value: -1", "cannot connect order 12 to customer 7", ""):
+        assert classify(failed(agents_own)) is None, agents_own
+    [f] = run(InfrastructureDetector(), [failed("Connection refused by crm.internal:443")])
+    assert (f.kind, f.severity, f.evidence[0]["cause"]) == (
+        "tool_backend",
+        "SEV3",
+        "connection_refused",
+    )
 
 
 def test_isolated_failures_on_one_tool_across_sessions_escalate_as_one_signature():
