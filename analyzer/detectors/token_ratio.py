@@ -236,6 +236,11 @@ class TokenRatioDetector:
     def _judge(
         self, state: _RatioState, step: Step, ratio: float, baseline: _Baseline, limits
     ) -> Finding | None:
+        others = len(baseline.serials) - (state.serial in baseline.serials)
+        if others < limits["min_sessions"] and (
+            ratio < limits["cold_ratio"] or state.input < limits["cold_min_input_tokens"]
+        ):
+            return None  # cold and not extreme: skip the medians (this runs on every LLM step)
         center, sigma, n = baseline.stats(exclude=state.serial)
         warm = n >= limits["min_sessions"]
         tenant, service, agent, family = state.key
