@@ -25,7 +25,7 @@ from agentwatch.cli.main import main as cli
 from agentwatch.config import ConfigError, load_config
 from tests.conftest import run_collector
 from tests.fake_pagers import FakeOpsgenie, FakePagerDuty, FakeReceiver, FakeSlack
-from tests.test_detect_e2e import run_agent, wait_for_incidents
+from tests.test_detect_e2e import agent_tracer, run_agent, wait_for_incidents
 
 ROUTING_KEY = "r" * 32  # PagerDuty integration keys are 32 characters
 LINK = "https://grafana.example/explore?trace={trace_id}"
@@ -129,6 +129,102 @@ def test_pagerduty_is_paged_once_per_incident_then_acknowledged_and_resolved(
         for event in ("paged", "page_acknowledged", "page_resolved"):
             assert (event, "default/pd") in paged
         assert outbox(collector, "unsettled") == []
+
+
+# One run going wrong: a loop and a token-ratio spike (SEV2), then a token budget burst (SEV1).
+RUNAWAY_POLICY = """
+version: 1
+defaults:
+  budgets: {session_tokens: 20000}
+  thresholds:
+    token_ratio: {min_input_tokens: 1000, cold_ratio: 100, cold_min_input_tokens: 5000}
+  actions: {SEV1: none, SEV2: none}
+"""
+
+
+def a_runaway(collector, session: str, loop_calls=0, llm_calls=(), service="support-svc") -> None:
+    """One trace of ``session``: ``loop_calls`` identical tool calls, then LLM calls of
+    (input, output) tokens."""
+    provider, tracer = agent_tracer(collector, service)
+    who = {"gen_ai.agent.name": "support", "gen_ai.conversation.id": session}
+    with tracer.start_as_current_span(
+        "invoke_agent support", attributes={"gen_ai.operation.name": "invoke_agent", **who}
+    ):
+        for _ in range(loop_calls):
+            tool = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "lookup_order",
+                    "gen_ai.tool.call.arguments": '{"order_id": 42}', **who}  # fmt: skip
+            with tracer.start_as_current_span("execute_tool lookup_order", attributes=tool):
+                pass
+        for input_tokens, output_tokens in llm_calls:
+            llm = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o",
+                   "gen_ai.usage.input_tokens": input_tokens,
+                   "gen_ai.usage.output_tokens": output_tokens, **who}  # fmt: skip
+            with tracer.start_as_current_span("chat gpt-4o", attributes=llm):
+                pass
+    provider.shutdown()
+
+
+def test_findings_on_one_run_are_one_page_at_their_worst_severity(
+    collector_factory, pagerduty, tmp_path
+):
+    """Issue 13, point 8: a run that loops and reads 600:1 pages once; its budget burst (SEV1)
+    re-triggers that page; it resolves once, with its last finding. Another run is another page."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(RUNAWAY_POLICY)
+    with collector_factory(policy_file=policy, **paging(pd_receiver(pagerduty))) as collector:
+        a_runaway(collector, "run-1", loop_calls=6, llm_calls=[(3000, 5)] * 3)
+        # another service's loop: another incident (one a fingerprint), on another run
+        a_runaway(collector, "run-2", loop_calls=6, service="billing-svc")
+        found = eventually(
+            lambda: len(rows := wait_for_incidents(collector, "1", timeout_s=0)) >= 3 and rows,
+            what="the loop and token_ratio incidents of run-1 and the loop of run-2",
+        )
+        assert sorted((i["session_id"], i["detector"]) for i in found) == [
+            ("run-1", "loop"), ("run-1", "token_ratio"), ("run-2", "loop"),
+        ]  # fmt: skip
+        eventually(lambda: len(pagerduty.bodies()) >= 2, what="one page per run")
+        a_runaway(collector, "run-1", llm_calls=[(20000, 5)])  # another trace, the same session
+        [budget] = wait_for_incidents(collector, "detector = 'cost_runaway'")
+        assert (budget["session_id"], budget["severity"]) == ("run-1", "SEV1")
+        eventually(lambda: len(pagerduty.bodies()) >= 3, what="the page of run-1 at SEV1")
+
+        runs = {i["session_id"] for i in found}
+        pages = {s: [b for b in pagerduty.bodies() if b["payload"]["custom_details"]["session_id"] == s]
+                 for s in runs}  # fmt: skip
+        assert [b["payload"]["severity"] for b in pages["run-1"]] == ["error", "critical"]
+        assert [b["payload"]["severity"] for b in pages["run-2"]] == ["error"]
+        first_of_run_1 = pages["run-1"][0]["payload"]["custom_details"]["incident_id"]
+        assert {b["dedup_key"] for b in pages["run-1"]} == {
+            next(i["fingerprint"] for i in found if i["incident_id"] == first_of_run_1)
+        }
+        listed = pages["run-1"][1]["payload"]["custom_details"]["findings"]
+        assert sorted(f["detector"] for f in listed) == ["cost_runaway", "loop", "token_ratio"]
+        folded = [i for i in [*found, budget] if i["session_id"] == "run-1"]
+        folded = [i for i in folded if i["incident_id"] != first_of_run_1]
+        for incident in folded:
+            assert [e["detail"] for e in timeline(collector, incident["incident_id"])
+                    if e["event"] == "page_folded"] == [
+                f"folded into page of {first_of_run_1} (same session run-1)"
+            ]  # fmt: skip
+        rows = collector.query(
+            "SELECT incident_id, page_of FROM page_outbox FINAL WHERE status = 'folded'"
+        )
+        assert {(r["incident_id"], r["page_of"]) for r in rows} == {
+            (i["incident_id"], first_of_run_1) for i in folded
+        }
+        shown = [r for r in outbox(collector, "all") if r["status"] == "folded"]  # the CLI's
+        assert {(r["incident_id"], r["page_of"]) for r in shown} == {
+            (r["incident_id"], r["page_of"]) for r in rows
+        }
+
+        for incident in [*found, budget]:
+            api(collector, "POST", f"/v1/incidents/{incident['incident_id']}/resolve", json={})
+        eventually(lambda: len(pagerduty.bodies()) >= 5, what="one resolve per page")
+        time.sleep(1.0)  # nothing more comes
+        actions = [(b["event_action"], b["dedup_key"]) for b in pagerduty.bodies()]
+        resolves = [key for action, key in actions if action == "resolve"]
+        assert sorted(resolves) == sorted({key for _, key in actions})
+        assert len(actions) == 5
 
 
 def test_nothing_is_lost_when_the_pager_is_down_across_a_restart(tmp_path: Path):

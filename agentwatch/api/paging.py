@@ -36,7 +36,7 @@ OUTBOX_FILTERS = {
     "pending": ("pending",),
     "failed": ("failed",),
     "sent": ("sent",),
-    "all": ("pending", "failed", "sent", "skipped", "superseded"),
+    "all": ("pending", "failed", "sent", "skipped", "superseded", "folded"),
 }
 
 

@@ -6,7 +6,9 @@ before any send, and written again when it settles (``sent``, ``failed``, ``skip
 one (route, receiver, incident) go strictly in order: only the oldest pending notification of a
 key is ever due (``due``). A settled notification is appended to its incident's timeline
 (``paged``, ``page_acknowledged``, ``page_resolved``, ``page_failed``), as Alertmanager's
-notification log records what was sent.
+notification log records what was sent. An incident folded into another's page has ``folded``
+rows instead (``folded``): never sent, they say which page carries it (``page_of``) and rebuild
+the page after a restart.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Outbox:
             incident=firing.incident,
             created_ns=now_ns,
             next_attempt_ns=due_ns or now_ns,
+            folded=firing.folded,
             **kw,
         )
         if action == "trigger":
@@ -48,6 +51,25 @@ class Outbox:
         firing.enqueued.append(n.notification_id)
         self.pending[n.notification_id] = n
         return n
+
+    def folded(self, firing: Firing, action: str, now_ns: int, note: str) -> Notification:
+        """The row that keeps a folded incident's part in its page (``trigger`` when it joined,
+        ``resolve`` when it resolved): status ``folded``, ``page_of`` the page's incident; never
+        sent, and what restores the page after a restart."""
+        assert firing.page is not None, "only a folded firing has a folded row"
+        return Notification(
+            notification_id=Notification.new_id(),
+            route=firing.route,
+            receiver=firing.receiver,
+            receiver_type=self._receiver_types.get(firing.receiver, ""),
+            action=action,
+            incident=firing.incident,
+            created_ns=now_ns,
+            next_attempt_ns=now_ns,
+            note=note,
+            status="folded",
+            page_of=firing.page.incident.incident_id,
+        )
 
     def waiting_trigger(self, firing: Firing) -> Notification | None:
         """``firing``'s trigger not yet tried (waiting for its group_wait), if any."""

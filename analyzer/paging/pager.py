@@ -11,7 +11,7 @@ route                 ``routing.py``: the route tree over an incident's labels (
 silence               ``silencer.py``: active silences; a muted firing is noted, paged later
 group wait            ``grouping.py``: incident events -> trigger / acknowledge / resolve,
                       a trigger held ``group_wait_s``, escalations folded, early resolves
-                      superseded
+                      superseded, the incidents of one run folded into one page
 outbox                ``outbox.py``: pending notifications, written before sending, in order
                       per (route, receiver, incident); what was paged goes to the timeline
 dedup / repeat        ``repeat.py``: re-page every ``repeat_interval_s`` / ``resend_interval_s``
@@ -33,6 +33,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from analyzer.incidents.model import IncidentEvent, IncidentRecord, IncidentRows
 from analyzer.paging.grouping import Grouping
@@ -102,28 +103,48 @@ class Pager:
         await self._factory.close()
 
     async def resume(self) -> None:
-        """Silences, then the outbox as it was left: pending notifications, firing incidents (a
-        resolve for those resolved meanwhile), and open incidents no route has seen (opened while
-        paging was off), routed as if they had just opened."""
+        """Silences, then the outbox as it was left: pending notifications, firing pages with the
+        incidents folded into them (a resolve for the pages whose incidents all resolved
+        meanwhile), and open incidents no route has seen (opened while paging was off), routed as
+        if they had just opened."""
         now = self.clock()
         await self.silencer.load(now)
         self.outbox.restore(await self._store.pending())
         firings = await self._store.firing()
-        resolved = await self._store.resolved(f.incident.incident_id for f in firings)
-        changes = Changes()
-        for firing in firings:
+        resolved = await self._store.resolved(f.incident.incident_id for f, _ in firings)
+        for firing, _ in firings:
             if firing.incident.incident_id in resolved:
+                firing.incident = replace(firing.incident, status="resolved")
+        pages = {f.key: f for f, page_of in firings if not page_of}
+        changes = Changes()
+        seen = set()
+        for firing, page_of in firings:
+            page = pages.get((firing.route, firing.receiver, page_of)) if page_of else None
+            if page is None:
+                if not page_of or firing.incident.status == "resolved":
+                    seen.add(firing.incident.incident_id)
+                continue  # a folded incident whose page is gone: routed again below if open
+            firing.page, firing.acknowledged = page, False
+            page.members.append(firing)
+            seen.add(firing.incident.incident_id)
+        for page in pages.values():
+            if not page.live():
                 note = "resolved while paging was down"
-                changes.new.append(self.outbox.new(firing, "resolve", now, note=note))
-            else:
-                self.firing.add(firing)
+                changes.new.append(self.outbox.new(page, "resolve", now, note=note))
+                continue
+            self.firing.add(page)  # resolved itself or not, it carries the page
+            for firing in page.members:
+                if firing.incident.status != "resolved":
+                    self.firing.add(firing)
+                else:
+                    note = "resolved while paging was down"
+                    changes.new.append(self.outbox.folded(firing, "resolve", now, note))
         await self.outbox.commit(changes)
         if self.outbox.pending:
             log.info(
                 "paging: %d pending notification(s) resumed from the outbox",
                 len(self.outbox.pending),
             )
-        seen = {f.incident.incident_id for f in firings}
         unseen = [r for r in await self._store.open_incidents() if r.incident_id not in seen]
         await self._route([("opened", "", record) for record in unseen])
 
@@ -184,6 +205,9 @@ class Pager:
         return min(ns for ns in (*found, self.repeat.next_due_ns()) if ns is not None)
 
     async def _send(self, n: Notification) -> None:
+        page = self.firing.get(n.key)
+        if page is not None:  # the page as it is now: every incident folded into it
+            n.folded = page.folded
         n.in_flight = True
         try:
             outcome = await self.retry.attempt(n)

@@ -4,7 +4,8 @@ A firing with nothing pending is re-paged (a new trigger, ``reason='repeat'``, a
 key) once ``repeat_interval_s`` has passed since its last trigger, while unacknowledged, and every
 ``resend_interval_s`` to a notifier that declares one (Alertmanager forgets alerts nobody re-sends),
 acknowledged or not. A firing never paged (a silence muted it) is offered to the grouping stage
-again: it pages once the silence has ended, if the incident still fires.
+again: it pages once the silence has ended, if the incident still fires. An incident folded into
+another's page (``Firing.page``) is re-sent by that page, never on its own.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class Repeat:
     def due(self, now_ns: int, changes: Changes) -> None:
         busy = self.outbox.busy()
         for firing in self.firing:
-            if firing.key in busy:
+            if firing.key in busy or firing.page is not None:
                 continue
             if not firing.paged:
                 if not firing.acknowledged:  # e.g. its silence ended while it still fires
@@ -43,7 +44,8 @@ class Repeat:
     def next_due_ns(self) -> int | None:
         """The soonest re-send of a firing with nothing pending."""
         busy = self.outbox.busy()
-        found = [self._next_ns(f) for f in self.firing if f.paged and f.key not in busy]
+        pages = [f for f in self.firing if f.paged and f.page is None and f.key not in busy]
+        found = [self._next_ns(f) for f in pages]
         found = [ns for ns in found if ns is not None]
         return min(found) if found else None
 

@@ -54,7 +54,8 @@ class RetryStage:
             return Outcome("failed", f"receiver {n.receiver!r} is no longer configured")
         if n.action not in notifier.actions:
             return Outcome("skipped", f"{n.action} is not in this receiver's API")
-        page = Page(n.action, n.incident, n.route, n.note, n.reason == "test", n.notification_id)
+        test = n.reason == "test"
+        page = Page(n.action, n.incident, n.route, n.note, test, n.notification_id, n.folded)
         delivery = await notifier.notify(page)
         if delivery.ok:
             return Outcome("sent")

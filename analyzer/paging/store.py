@@ -23,7 +23,7 @@ from collector.store import insert_rows, query_rows
 
 _INT_OUT = " SETTINGS output_format_json_quote_64bit_integers = 0"
 _API_OUT = " SETTINGS output_format_json_quote_64bit_integers = 0, date_time_output_format = 'iso'"
-OUTBOX_STATUSES = ("pending", "failed", "sent", "skipped", "superseded")
+OUTBOX_STATUSES = ("pending", "failed", "sent", "skipped", "superseded", "folded")
 SILENCE_STATES = {"active": "ends_at > now64(9)", "expired": "ends_at <= now64(9)", "all": "1"}
 
 
@@ -33,8 +33,9 @@ class PagingStore(Protocol):
     async def pending(self) -> list[Notification]:
         """Pending notifications, oldest first."""
 
-    async def firing(self) -> list[Firing]:
-        """(route, receiver, incident)s the outbox has triggered and not resolved."""
+    async def firing(self) -> list[tuple[Firing, str]]:
+        """(route, receiver, incident)s the outbox has triggered (or folded) and not resolved,
+        each with the incident whose page it was folded into ('' for its own page)."""
 
     async def resolved(self, incident_ids: Iterable[str]) -> set[str]:
         """Those of ``incident_ids`` whose incident is resolved now."""
@@ -75,6 +76,7 @@ class PagingSql:
     async def pending(self) -> list[Notification]:
         cols = (
             "notification_id, route, receiver, receiver_type, action, reason, incident, note,"
+            " page_of,"
             " status, attempts, last_error, version,"
             " toUnixTimestamp64Nano(created_at) AS created_ns,"
             " toUnixTimestamp64Nano(next_attempt_at) AS next_attempt_ns"
@@ -90,24 +92,27 @@ class PagingSql:
             self._version = max(self._version, int(row["version"]))
         return found
 
-    async def firing(self) -> list[Firing]:
+    async def firing(self) -> list[tuple[Firing, str]]:
         rows = await self._query(
             "SELECT route, receiver, incident_id, argMax(action, created_at) AS last_action,"
-            " argMax(incident, created_at) AS incident,"
+            " argMax(incident, created_at) AS incident, argMax(page_of, created_at) AS page_of,"
             " toUnixTimestamp64Nano(maxIf(created_at, action = 'trigger')) AS last_trigger_ns,"
             " arrayMap(x -> x.2, arraySort(groupArray((created_at, notification_id)))) AS ids"
             " FROM page_outbox FINAL WHERE reason != 'test' AND status != 'superseded'"
             " GROUP BY route, receiver, incident_id HAVING last_action != 'resolve'"
         )
         return [
-            Firing(
-                row["route"],
-                row["receiver"],
-                IncidentRecord.from_row(orjson.loads(row["incident"])),
-                paged=True,
-                acknowledged=row["last_action"] == "acknowledge",
-                last_trigger_ns=int(row["last_trigger_ns"]),
-                enqueued=list(row["ids"]),
+            (
+                Firing(
+                    row["route"],
+                    row["receiver"],
+                    IncidentRecord.from_row(orjson.loads(row["incident"])),
+                    paged=True,
+                    acknowledged=row["last_action"] == "acknowledge",
+                    last_trigger_ns=int(row["last_trigger_ns"]),
+                    enqueued=list(row["ids"]),
+                ),
+                row["page_of"],
             )
             for row in rows
         ]
@@ -185,7 +190,8 @@ def _outbox_row(n: Notification) -> dict:
         "reason": n.reason,
         "incident_id": n.incident.incident_id,
         "fingerprint": n.incident.fingerprint,
-        "severity": n.incident.severity,
+        "page_of": n.page_of,
+        "severity": n.severity,  # the page's: the worst of its incidents'
         "incident": orjson.dumps(n.incident.row()).decode(),
         "note": n.note,
         "status": n.status,

@@ -58,11 +58,12 @@ class Sent:
     receiver: str
     action: str
     incident_id: str
-    severity: str
+    severity: str  # the page's: the worst of its incidents'
     key: str  # the idempotency key: the outbox entry's id
     test: bool
     note: str
     answer: Delivery
+    folded: tuple[str, ...] = ()  # the incidents folded into the page
 
 
 def answer(status: int, retry_after_s: float | None = None) -> Delivery:
@@ -90,8 +91,8 @@ class RecordingNotifier:
         delivery = script.pop(0) if script else Delivery(True)
         i = page.incident
         self._factory.sent.append(
-            Sent(self._factory.clock.t, self.name, page.action, i.incident_id, i.severity,
-                 page.key, page.test, page.note, delivery)
+            Sent(self._factory.clock.t, self.name, page.action, i.incident_id, page.severity,
+                 page.key, page.test, page.note, delivery, tuple(f.incident_id for f in page.folded))
         )  # fmt: skip
         return delivery
 

@@ -141,3 +141,62 @@ def test_the_webhook_sends_the_incident_row_as_stored():
     sent = orjson.loads(hook.request(Page("trigger", INCIDENT)).body)["incident"]
     assert sent == INCIDENT.row() and sent["class"] == "semantic"
     assert IncidentRecord.from_row(sent) == INCIDENT
+
+
+# One problem, one page: a loop (SEV2) with a token-ratio spike (SEV2) and a context spiral (SEV1)
+# of the same session, folded into the loop's page.
+LOOP = dataclasses.replace(INCIDENT, severity="SEV2")
+RATIO = dataclasses.replace(
+    INCIDENT, incident_id="inc-2", fingerprint="fp2", detector="token_ratio", kind="ratio_spike",
+    severity="SEV2", title="input/output 900:1", status="resolved",
+)  # fmt: skip
+SPIRAL = dataclasses.replace(
+    INCIDENT, incident_id="inc-3", fingerprint="fp3", detector="context_growth", kind="spiral",
+    severity="SEV1", title="context x8 in 6 steps",
+)  # fmt: skip
+FOLDED = (RATIO, SPIRAL)
+
+
+def test_slack_lists_every_finding_folded_into_the_page_at_the_worst_severity():
+    sl = receiver(name="sl", type="slack", url="https://hooks.slack.com/x")
+    message = body(sl, incident=LOOP, folded=FOLDED)
+    header, section = (block["text"]["text"] for block in message["blocks"])
+    assert header.startswith(":rotating_light: SEV1 support: lookup_order called 4 times")
+    assert header.endswith("(+2 more on this run)")
+    assert "*Findings on this run (3):*" in section
+    for line in (
+        "SEV2 loop/repeated_call: support: lookup_order called 4 times with the same arguments (inc-1)",
+        "SEV2 token_ratio/ratio_spike: input/output 900:1 (inc-2) [resolved]",
+        "SEV1 context_growth/spiral: context x8 in 6 steps (inc-3)",
+    ):
+        assert line in section.splitlines()
+    alone = body(sl, incident=LOOP)["blocks"][1]["text"]["text"]
+    assert "Findings on this run" not in alone  # a page of one incident reads as before
+
+
+def test_pagers_keep_the_first_incidents_dedup_key_and_take_the_worst_severity():
+    pd = receiver(name="pd", type="pagerduty", routing_key="k" * 32)
+    event = body(pd, incident=LOOP, folded=FOLDED)
+    assert (event["dedup_key"], event["payload"]["severity"]) == ("fp1", "critical")
+    findings = event["payload"]["custom_details"]["findings"]
+    assert [(f["incident_id"], f["detector"], f["severity"]) for f in findings] == [
+        ("inc-1", "loop", "SEV2"), ("inc-2", "token_ratio", "SEV2"), ("inc-3", "context_growth", "SEV1"),
+    ]  # fmt: skip
+    assert body(pd, "resolve", incident=LOOP, folded=FOLDED)["dedup_key"] == "fp1"
+
+    og = receiver(name="og", type="opsgenie", api_key="a")
+    alert = body(og, incident=LOOP, folded=FOLDED)
+    assert (alert["alias"], alert["priority"]) == ("fp1", "P1")
+    assert "context_growth/spiral" in alert["description"]
+
+    hook = receiver(name="h", type="webhook", url="http://h")
+    sent = body(hook, incident=LOOP, folded=FOLDED)
+    assert sent["severity"] == "SEV1" and sent["incident"]["severity"] == "SEV2"
+    assert [row["incident_id"] for row in sent["folded"]] == ["inc-2", "inc-3"]
+
+    am = receiver(name="am", type="alertmanager", url="http://am")
+    [alert] = body(am, incident=LOOP, folded=FOLDED)
+    [alone] = body(am, incident=LOOP)
+    assert alert["labels"] == alone["labels"]  # the same Alertmanager alert
+    assert alert["annotations"]["page_severity"] == "SEV1"
+    assert "token_ratio/ratio_spike" in alert["annotations"]["findings"]

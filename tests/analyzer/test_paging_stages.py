@@ -1,16 +1,20 @@
 """Paging's stages alone, without a store or a network: the retry stage's decisions, the outbox's
-order, the repeat stage's intervals from routes and declared capabilities."""
+order, the repeat stage's intervals from routes and declared capabilities, the grouping stage's
+folding of one run's incidents into one page."""
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
-from analyzer.paging.model import Firing, FiringTable, Notification
+from analyzer.paging.grouping import Grouping
+from analyzer.paging.model import Changes, Firing, FiringTable, Notification
 from analyzer.paging.notifiers import Delivery
 from analyzer.paging.outbox import Outbox
 from analyzer.paging.repeat import Repeat
 from analyzer.paging.retry_stage import Outcome, RetryStage
 from analyzer.paging.routing import Route
+from analyzer.paging.silencer import Silencer
 from collector.metrics import Metrics
 from tests.analyzer.paging_timeline import SECOND, incident
 
@@ -109,3 +113,57 @@ def test_the_repeat_interval_comes_from_the_route_and_the_notifier():
     assert interval(Notifier(), acknowledged=True) is None  # a person has it: no re-page
     assert interval(Notifier(resend_s=60)) == 60  # Alertmanager forgets what is not re-sent
     assert interval(Notifier(resend_s=60), acknowledged=True) == 60
+
+
+def grouping() -> Grouping:
+    root = Route("default", "pd", group_wait_s=0)
+    outbox = Outbox(store=None, receiver_types={"pd": "pagerduty"}, metrics=Metrics())
+    return Grouping(root, {"default": root}, FiringTable(), Silencer(store=None), outbox)
+
+
+def decide(stage: Grouping, kind: str, record, t_s: float, note: str = "") -> Changes:
+    changes = Changes()
+    record = dataclasses.replace(record, status={"resolved": "resolved"}.get(kind, record.status))
+    stage.on_event(kind, note, record, int(t_s * SECOND), changes)
+    return changes
+
+
+def sent(changes: Changes) -> list[tuple[str, str, str, str]]:
+    """(action, status, incident, page severity) of each new outbox row."""
+    return [(n.action, n.status, n.incident.incident_id, n.severity) for n in changes.new]
+
+
+def test_grouping_folds_a_runs_incidents_into_its_first_page_and_pages_again_only_when_worse():
+    stage = grouping()
+    loop, ratio = incident("inc-1"), incident("inc-2", detector="token_ratio")
+    spiral = incident("inc-3", detector="context_growth", severity="SEV1", trace_id="t7")
+    assert sent(decide(stage, "opened", loop, 1)) == [("trigger", "pending", "inc-1", "SEV2")]
+    stage.outbox.pending.clear()  # the trigger was sent
+    joined = decide(stage, "opened", ratio, 2)
+    assert sent(joined) == [("trigger", "folded", "inc-2", "SEV2")]  # kept, not sent
+    assert joined.new[0].page_of == "inc-1"
+    assert [(e.event, e.detail) for e in joined.events] == [
+        ("page_folded", "folded into page of inc-1 (same session s1)")
+    ]
+    worse = decide(stage, "opened", spiral, 3)
+    assert sent(worse)[1] == ("trigger", "pending", "inc-1", "SEV1")  # the first's dedup key
+    assert [i.incident_id for i in worse.new[1].folded] == ["inc-2", "inc-3"]
+
+    assert sent(decide(stage, "resolved", loop, 4)) == []  # its page goes on
+    assert sent(decide(stage, "resolved", ratio, 5)) == [("resolve", "folded", "inc-2", "SEV2")]
+    last = decide(stage, "resolved", spiral, 6)
+    assert sent(last)[-1] == ("resolve", "pending", "inc-1", "SEV1")
+    assert len(stage.firing) == 0
+
+
+def test_the_repeat_stage_re_sends_a_page_never_its_folded_incidents():
+    stage = grouping()
+    decide(stage, "opened", incident("inc-1"), 0)
+    decide(stage, "opened", incident("inc-2", detector="token_ratio"), 0)
+    route = Route("default", "pd", repeat_interval_s=60)
+    repeat = Repeat({"default": route}, {"pd": Notifier()}, stage.firing, stage.outbox, stage)
+    stage.outbox.pending.clear()  # the first trigger was sent
+    changes = Changes()
+    repeat.due(61 * SECOND, changes)
+    assert sent(changes) == [("trigger", "pending", "inc-1", "SEV2")]
+    assert changes.new[0].reason == "repeat" and len(changes.new[0].folded) == 1

@@ -56,13 +56,14 @@ def timeline(store):
 
 async def test_group_wait_delays_the_trigger_and_folds_an_escalation_into_it(timeline):
     tl = await timeline(paging(group_wait_s=30))
-    await tl.at(1, opened(INC))
-    await tl.at(10, escalated(INC, "SEV1"))  # while the trigger waits
+    sev3 = incident("inc-1", severity="SEV3")
+    await tl.at(1, opened(sev3))
+    await tl.at(10, escalated(sev3, "SEV2"))  # while the trigger waits
     await tl.until(40)
-    tl.want(between=(31, 31), action="trigger", severity="SEV1")
+    tl.want(between=(31, 31), action="trigger", severity="SEV2")
     assert tl.actions() == [(31, "trigger")]  # one page, not one per event
 
-    await tl.at(50, escalated(INC, "SEV1"))  # after it was sent: the pager learns it again
+    await tl.at(50, escalated(sev3, "SEV1"))  # after it was sent: the pager learns it again
     await tl.until(60)
     assert tl.actions() == [(31, "trigger"), (50, "trigger")]
     assert [r["status"] for r in tl.outbox()] == ["sent", "sent"]
@@ -283,6 +284,128 @@ async def test_open_incidents_no_route_has_paged_are_paged_at_start(timeline):
     tl = await tl.restart()
     await tl.until(1)
     assert tl.actions() == [(0, "trigger")]
+
+
+# --- one problem, one page ----------------------------------------------------------------------
+
+# Four findings on one run (session s1, trace t1): each its own incident, one page.
+RATIO = incident("inc-2", detector="token_ratio", kind="ratio_spike", title="input/output 900:1")
+COST = incident("inc-3", detector="cost_runaway", kind="session_cost", title="$12 in one session")
+SPIRAL = incident(
+    "inc-4", detector="context_growth", kind="spiral", severity="SEV1", title="context x8"
+)
+
+
+def folded_rows(tl) -> list[tuple[str, str, str]]:
+    """(incident_id, action, page_of) of the outbox rows that page nothing: the SQL contract."""
+    return [(r["incident_id"], r["action"], r["page_of"]) for r in tl.outbox() if r["status"] == "folded"]  # fmt: skip
+
+
+async def test_findings_on_one_run_page_once_re_trigger_when_worse_and_resolve_with_the_last(
+    timeline,
+):
+    tl = await timeline()
+    await tl.at(1, opened(INC))
+    await tl.at(2, opened(RATIO))
+    await tl.at(3, opened(COST))  # SEV2 into a SEV2 page: nothing is sent
+    await tl.at(10, opened(SPIRAL))  # SEV1: the page is triggered again, at SEV1
+    await tl.at(20, resolved(INC), resolved(RATIO))  # the page's own incident: it goes on
+    await tl.at(21, resolved(COST))
+    await tl.until(30)
+    assert tl.actions() == [(1, "trigger"), (10, "trigger")]
+    await tl.at(40, resolved(SPIRAL))
+    await tl.until(50)
+    assert tl.actions() == [(1, "trigger"), (10, "trigger"), (40, "resolve")]
+    assert {s.incident_id for s in tl.sent} == {INC.incident_id}  # one dedup key
+    again = tl.want(between=(10, 10), action="trigger", severity="SEV1")
+    assert again.folded == ("inc-2", "inc-3", "inc-4")  # the page lists every finding
+    assert tl.events(COST.incident_id) == [
+        ("page_folded", "default/pd", "folded into page of inc-1 (same session s1)")
+    ]
+    assert tl.events(INC.incident_id) == [
+        ("paged", "default/pd", "trigger"),
+        ("paged", "default/pd", "trigger"),
+        ("page_resolved", "default/pd", "resolve"),
+    ]
+    assert sorted(folded_rows(tl)) == sorted(
+        [(i, action, "inc-1") for i in ("inc-2", "inc-3", "inc-4") for action in ("trigger", "resolve")]
+    )  # fmt: skip
+    assert len(tl.pager.firing) == 0
+
+
+async def test_two_runs_are_two_pages_and_a_late_session_matches_by_trace(timeline):
+    tl = await timeline()
+    no_session = incident("inc-1", session_id="", trace_id="t1")  # the root span came later
+    late = incident("inc-2", detector="token_ratio", session_id="s1", trace_id="t1")
+    same_session = incident("inc-3", detector="cost_runaway", session_id="s1", trace_id="t2")
+    other_run = incident("inc-5", detector="cost_runaway", session_id="s2", trace_id="t5")
+    await tl.at(1, opened(no_session), opened(late), opened(same_session), opened(other_run))
+    await tl.until(5)
+    assert sorted((s.incident_id, s.folded) for s in tl.sent) == [
+        ("inc-1", ("inc-2", "inc-3")),
+        ("inc-5", ()),
+    ]
+    assert [e[2] for e in tl.events("inc-2") + tl.events("inc-3")] == [
+        "folded into page of inc-1 (same trace t1)",
+        "folded into page of inc-1 (same session s1)",  # through inc-2, which knows both
+    ]
+    other_tenant = incident("inc-6", tenant="globex")
+    backend = incident("inc-7", detector="infrastructure", incident_class="infrastructure")
+    await tl.at(6, opened(other_tenant), opened(backend))  # a backend failing: not the run's
+    await tl.until(7)
+    tl.want(between=(6, 6), action="trigger", incident_id="inc-6")
+    tl.want(between=(6, 6), action="trigger", incident_id="inc-7")
+
+
+async def test_a_finding_joining_within_group_wait_rides_on_the_waiting_trigger(timeline):
+    tl = await timeline(paging(group_wait_s=30))
+    await tl.at(1, opened(INC))
+    await tl.at(5, opened(SPIRAL))
+    await tl.until(60)
+    [page] = tl.sent
+    assert (page.t, page.incident_id, page.severity, page.folded) == (
+        31,
+        "inc-1",
+        "SEV1",
+        ("inc-4",),
+    )
+
+
+async def test_acknowledging_any_finding_acknowledges_the_page_once(timeline):
+    tl = await timeline(paging(repeat_interval_s=60))
+    await tl.at(1, opened(INC), opened(RATIO))
+    await tl.at(30, acknowledged(RATIO))
+    await tl.at(40, acknowledged(INC))  # the page is acknowledged already
+    await tl.until(200)  # and no re-page: someone has the run
+    assert tl.actions() == [(1, "trigger"), (30, "acknowledge")]
+    ack = tl.want(between=(30, 30), action="acknowledge", incident_id="inc-1")
+    assert ack.note == "ann: on it (via inc-2)"
+
+
+async def test_a_silence_of_the_first_finding_does_not_mute_a_worse_one(timeline):
+    tl = await timeline()
+    await tl.silence("severity=SEV2", start=0, end=1000)
+    await tl.at(1, opened(INC), opened(RATIO))  # both muted
+    await tl.at(10, opened(SPIRAL))  # not muted: the page goes out
+    await tl.until(20)
+    [page] = tl.sent
+    assert (page.t, page.incident_id, page.severity, page.folded) == (10, "inc-1", "SEV1", ("inc-2", "inc-4"))  # fmt: skip
+
+
+async def test_a_page_and_its_folded_findings_survive_a_restart(timeline):
+    tl = await timeline(paging(repeat_interval_s=60))
+    await tl.at(1, opened(INC), opened(RATIO))
+    tl.store_incident(resolved(INC).incidents[0])  # the page's own, resolved while down
+    tl.store_incident(RATIO)
+    await tl.until(10)
+    tl = await tl.restart()
+    await tl.until(62)
+    assert tl.actions() == [(1, "trigger"), (61, "trigger")]  # RATIO still fires: repeated
+    assert tl.sent[-1].folded == ("inc-2",)
+    await tl.at(70, resolved(RATIO))
+    await tl.until(80)
+    assert tl.actions()[-1] == (70, "resolve")
+    assert tl.sent[-1].incident_id == "inc-1"
 
 
 # --- test pages ---------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 import orjson
 
 from analyzer.incidents.model import IncidentRecord
+from analyzer.paging.model import worst_severity
 
 if TYPE_CHECKING:
     from analyzer.paging.notifiers.http import HttpNotifiers
@@ -30,7 +31,8 @@ ACTIONS = ("trigger", "acknowledge", "resolve")
 
 @dataclass(frozen=True)
 class Page:
-    """What a notifier is asked to send: an action on an incident (``analyzer.incidents``)."""
+    """What a notifier is asked to send: an action on an incident (``analyzer.incidents``), and
+    the incidents of the same run folded into its page (``analyzer.paging.grouping``)."""
 
     action: str
     incident: IncidentRecord
@@ -38,6 +40,17 @@ class Page:
     note: str = ""  # who acknowledged/resolved, and why
     test: bool = False
     key: str = ""  # the outbox entry's id: the same for every attempt, across restarts
+    folded: tuple[IncidentRecord, ...] = ()  # the other incidents of this run on this page
+
+    @property
+    def severity(self) -> str:
+        """The page's: the worst of its incidents' (one page per run, at its worst)."""
+        return worst_severity(self.incident, *self.folded)
+
+    @property
+    def findings(self) -> tuple[IncidentRecord, ...]:
+        """Every incident this page carries, its own first."""
+        return (self.incident, *self.folded)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ Alertmanager resolves an alert nobody re-sends (after its ``resolve_timeout``), 
 declares ``resend_interval_s``: the repeat stage re-sends a firing incident that often. Resolve
 sends the same labels with ``endsAt`` = now. Alertmanager has no acknowledge: the action is not
 among its ``actions``, so the outbox marks it skipped. Grouping, inhibition and its own routing
-are then Alertmanager's.
+are then Alertmanager's. A page carrying several findings of one run keeps its first incident's
+labels (the alert's identity: a label that changed would be another alert) and lists the
+findings, and the worst severity among them, in its annotations.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from datetime import UTC, datetime
 
 from analyzer.incidents.model import IncidentRecord
 from analyzer.paging.notifiers import HttpNotifier, NotifierConfig, Page, Request, json_request
-from analyzer.paging.notifiers.text import blast_radius, iso_time
+from analyzer.paging.notifiers.text import blast_radius, findings_text, iso_time
 from analyzer.paging.routing import labels_of
 
 
@@ -54,6 +56,9 @@ class Alertmanager(HttpNotifier):
             },
             "startsAt": iso_time(i.first_seen_ns),
         }
+        if page.folded:
+            alert["annotations"]["page_severity"] = page.severity
+            alert["annotations"]["findings"] = findings_text(page.findings)
         if i.link:
             alert["generatorURL"] = i.link
         if page.action == "resolve":

@@ -2,7 +2,9 @@
 
 The alias is what makes Opsgenie deduplicate repeats and lets acknowledge/close find the alert
 without remembering Opsgenie's own ids. SEV1..3 map to P1..P3 unless ``priorities`` says
-otherwise (P4/P5 are there for teams that page SEV3 quietly).
+otherwise (P4/P5 are there for teams that page SEV3 quietly). A page carrying several findings
+of one run keeps its first incident's alias, the worst priority among them, and lists them in
+the description.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from analyzer.paging.notifiers import HttpNotifier, NotifierConfig, Page, Request, json_request
-from analyzer.paging.notifiers.text import blast_radius, clip, evidence_text
+from analyzer.paging.notifiers.text import blast_radius, clip, evidence_text, findings_text
 
 API_URL = "https://api.opsgenie.com"  # EU accounts: https://api.eu.opsgenie.com
 # https://docs.opsgenie.com/docs/alert-api#create-alert (field limits below)
@@ -60,7 +62,8 @@ class Opsgenie(HttpNotifier):
 
     def _create(self, page: Page, alias: str) -> dict:
         i, name, runbook = page.incident, self.config.name, self.config.runbook_url
-        message = ("[TEST] " if page.test else "") + f"[{i.severity}] {i.title}"
+        severity, more = page.severity, f" (+{len(page.folded)} more)" if page.folded else ""
+        message = ("[TEST] " if page.test else "") + f"[{severity}] {i.title}{more}"
         description = "\n".join(
             line
             for line in (
@@ -69,6 +72,7 @@ class Opsgenie(HttpNotifier):
                 f"Blast radius: {blast_radius(i)}",
                 f"Trace: {i.link}" if i.link else "",
                 f"Runbook: {runbook}" if runbook else "",
+                f"Findings on this run:\n{findings_text(page.findings)}" if page.folded else "",
                 f"Evidence: {evidence_text(i)}",
             )
             if line
@@ -87,12 +91,12 @@ class Opsgenie(HttpNotifier):
         }
         while sum(len(k) + len(str(v)) for k, v in details.items()) > DETAILS_MAX:
             details.pop(max(details, key=lambda k: len(str(details[k]))))
-        tags = [i.severity, i.incident_class, i.detector, i.agent or i.service]
+        tags = [severity, i.incident_class, i.detector, i.agent or i.service]
         return {
             "message": clip(message, MESSAGE_MAX, "message", name),
             "alias": alias,
             "description": clip(description, DESCRIPTION_MAX, "description", name),
-            "priority": self.config.priorities.get(i.severity, PRIORITY.get(i.severity, "P3")),
+            "priority": self.config.priorities.get(severity, PRIORITY.get(severity, "P3")),
             "source": clip("agentwatch", SOURCE_MAX, "source", name),
             "entity": clip(i.agent or i.service, ENTITY_MAX, "entity", name),
             "tags": [clip(t, TAG_MAX, "tag", name) for t in tags if t][:TAGS_MAX],

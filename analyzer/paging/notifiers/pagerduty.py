@@ -3,7 +3,8 @@
 ``dedup_key`` is the incident's fingerprint, so PagerDuty itself folds repeats of one problem
 into one alert, and acknowledge/resolve find it again. Trigger carries the trace link, the
 runbook and the blast radius (links and ``custom_details``) so the first question is answered
-on the phone.
+on the phone. A page carrying several findings of one run keeps its first incident's
+``dedup_key``, takes the worst severity among them and lists them all in ``custom_details``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from dataclasses import dataclass
 import orjson
 
 from analyzer.paging.notifiers import HttpNotifier, NotifierConfig, Page, Request, json_request
-from analyzer.paging.notifiers.text import blast_radius, clip, evidence_text, iso_time, log
+from analyzer.paging.notifiers.text import (
+    blast_radius,
+    clip,
+    evidence_text,
+    findings_details,
+    iso_time,
+    log,
+)
 
 EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 # https://developer.pagerduty.com/docs/events-api-v2/trigger-events/ ("summary": max 1024 chars)
@@ -41,14 +49,15 @@ class PagerDuty(HttpNotifier):
             "dedup_key": i.fingerprint,
         }
         if page.action == "trigger":
-            title = ("[TEST] " if page.test else "") + f"[{i.severity}] {i.title}"
+            more = f" (+{len(page.folded)} more on this run)" if page.folded else ""
+            title = ("[TEST] " if page.test else "") + f"[{page.severity}] {i.title}{more}"
             links = [{"href": i.link, "text": "Trace"}] if i.link else []
             if config.runbook_url:
                 links.append({"href": config.runbook_url, "text": "Runbook"})
             event["payload"] = {
                 "summary": clip(title, SUMMARY_MAX, "summary", config.name),
                 "source": i.service or "agentwatch",
-                "severity": SEVERITY.get(i.severity, "warning"),
+                "severity": SEVERITY.get(page.severity, "warning"),
                 "timestamp": iso_time(i.first_seen_ns),
                 "component": i.agent or i.service,
                 "group": i.tenant,
@@ -56,7 +65,7 @@ class PagerDuty(HttpNotifier):
                 "custom_details": {
                     "incident_id": i.incident_id,
                     "class": i.incident_class,
-                    "severity": i.severity,
+                    "severity": page.severity,
                     "agent": i.agent,
                     "blast_radius": blast_radius(i),
                     "sessions_affected": i.sessions_affected,
@@ -69,6 +78,7 @@ class PagerDuty(HttpNotifier):
                     "evidence": evidence_text(i),
                     "trace_link": i.link,
                     "runbook_url": config.runbook_url,
+                    "findings": findings_details(page.findings),
                 },
             }
             event["links"] = links

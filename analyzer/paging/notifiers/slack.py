@@ -1,7 +1,8 @@
 """Slack incoming webhook: a message a person can read at a glance.
 
 Incoming webhooks cannot edit a message, so acknowledge and resolve post a short follow-up that
-names the incident. Slack answers 200 ``ok`` when it took the message; anything else is an error
+names the incident. A page carrying several findings of one run lists them all, at the worst
+severity among them. Slack answers 200 ``ok`` when it took the message; anything else is an error
 (``invalid_payload``, ``no_service``…), retried only for 429 and 5xx.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from analyzer.paging.notifiers import HttpNotifier, NotifierConfig, Page, Request, json_request
-from analyzer.paging.notifiers.text import blast_radius, clip
+from analyzer.paging.notifiers.text import blast_radius, clip, findings_text
 
 # https://api.slack.com/methods/chat.postMessage#truncating ("text" over 40,000 chars is cut)
 TEXT_MAX = 40_000
@@ -33,8 +34,10 @@ class Slack(HttpNotifier):
     def request(self, page: Page) -> Request:
         i, name, runbook = page.incident, self.config.name, self.config.runbook_url
         test = "[TEST] " if page.test else ""
+        severity = page.severity
+        more = f" (+{len(page.folded)} more on this run)" if page.folded else ""
         if page.action == "trigger":
-            head = f"{EMOJI.get(i.severity, '')} {test}{i.severity} {i.title}".strip()
+            head = f"{EMOJI.get(severity, '')} {test}{severity} {i.title}{more}".strip()
             lines = [
                 f"*What:* {i.summary}",
                 f"*Class:* {i.incident_class}   *Severity:* {i.severity}   "
@@ -46,6 +49,9 @@ class Slack(HttpNotifier):
                 else f"*Trace:* {i.trace_id}",
                 f"*Runbook:* {runbook}" if runbook else "",
                 f"*Incident:* `{i.incident_id}`",
+                f"*Findings on this run ({len(page.findings)}):*\n{findings_text(page.findings)}"
+                if page.folded
+                else "",
             ]
             body = "\n".join(line for line in lines if line)
             blocks = [
@@ -55,7 +61,9 @@ class Slack(HttpNotifier):
             text = f"{head}\n{body}"
         else:
             done = "acknowledged" if page.action == "acknowledge" else "resolved"
-            text = f":white_check_mark: {test}{done}: {i.severity} {i.title} (`{i.incident_id}`)"
+            text = (
+                f":white_check_mark: {test}{done}: {severity} {i.title}{more} (`{i.incident_id}`)"
+            )
             if page.note:
                 text += f" by {page.note}"
             blocks = None

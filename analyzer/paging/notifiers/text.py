@@ -29,6 +29,40 @@ def blast_radius(incident: IncidentRecord) -> str:
     )
 
 
+def finding_line(incident: IncidentRecord) -> str:
+    """One incident of a page, as on-call scans a list of them.
+
+    >>> from analyzer.paging.model import incident_for_test_page
+    >>> finding_line(incident_for_test_page(0)).split(" (test-")[0]
+    'SEV3 test/test_page: agentwatch test page (resolves itself)'
+    """
+    done = " [resolved]" if incident.status == "resolved" else ""
+    return (
+        f"{incident.severity} {incident.detector}/{incident.kind}: {incident.title}"
+        f" ({incident.incident_id}){done}"
+    )
+
+
+def findings_text(findings: tuple[IncidentRecord, ...]) -> str:
+    """The incidents of one page, a line each (the page's own first)."""
+    return "\n".join(finding_line(i) for i in findings)
+
+
+def findings_details(findings: tuple[IncidentRecord, ...]) -> list[dict]:
+    """The incidents of one page as structured details (PagerDuty, webhook)."""
+    return [
+        {
+            "incident_id": i.incident_id,
+            "detector": i.detector,
+            "kind": i.kind,
+            "title": i.title,
+            "severity": i.severity,
+            "status": i.status,
+        }
+        for i in findings
+    ]
+
+
 def evidence_text(incident: IncidentRecord) -> str:
     """The evidence as the ``incidents`` table keeps it: a JSON list of texts."""
     return orjson.dumps(list(incident.evidence)).decode()

@@ -6,7 +6,8 @@ With a ``secret``, ``X-Agentwatch-Signature: sha256=<hex>`` is the HMAC-SHA256 o
 ``Idempotency-Key`` (and ``idempotency_key`` in the body) is the same for every attempt of one
 page, also after a restart: a page in flight when the collector died is sent again (it cannot
 know whether it arrived), and the receiver drops the repeat by this key. A re-send while the
-incident fires (``repeat_interval_s``) is a new page with a new key.
+incident fires (``repeat_interval_s``) is a new page with a new key. ``severity`` is the page's (the
+worst of its incidents'); ``folded`` the rows of the other incidents of the run on this page.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ class Webhook(HttpNotifier):
             "note": page.note,
             "blast_radius": blast_radius(page.incident),
             "runbook_url": self.config.runbook_url,
+            "severity": page.severity,
             "incident": page.incident.row(),
+            "folded": [i.row() for i in page.folded],
         }
         body = orjson.dumps(doc)
         headers = {"Content-Type": "application/json", **self.config.headers}
