@@ -3,6 +3,7 @@ people flip them with the CLI, policy flips them from incidents made of real OTe
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -10,9 +11,12 @@ import requests
 from openfeature import api as openfeature
 from openfeature.contrib.provider.ofrep import OFREPProvider
 from openfeature.evaluation_context import EvaluationContext
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 
+from analyzer.incidents.model import IncidentEvent, IncidentRecord, IncidentRows
 from tests.test_cli import agentwatch
-from tests.test_detect_e2e import run_agent, wait_for_incidents
+from tests.test_detect_e2e import agent_tracer, run_agent, wait_for_incidents
 
 
 @pytest.fixture
@@ -346,3 +350,219 @@ def test_a_policy_action_stops_only_its_incidents_tenant(collector_factory, tmp_
         assert [c["scope"] for c in acme["controls"]] == ["tenant=acme;session=shared-session"]
         beta = requests.get(check, params={**params, "tenant": "beta"}, headers=admin).json()
         assert beta["state"] == "enabled"
+
+
+# --- the run in progress: controls scoped to a trace ---------------------------------------------
+
+
+def current_trace_id() -> str:
+    """What an agent instrumented with OpenTelemetry passes as ``trace_id`` (README)."""
+    return format(trace.get_current_span().get_span_context().trace_id, "032x")
+
+
+def test_a_trace_pause_stops_the_run_checking_with_that_trace_and_no_other(collector, flags):
+    tracer = TracerProvider().get_tracer("agent")
+    with tracer.start_as_current_span("invoke_agent support"):
+        run = current_trace_id()
+    with tracer.start_as_current_span("invoke_agent support"):
+        other_run = current_trace_id()
+    assert flags.get_boolean_value("agent.enabled", False, support(trace_id=run)) is True
+
+    # the id as a person may paste it (upper case) is stored as the spans store it
+    out = agentwatch("pause", "--trace", run.upper(), "--reason", "refund loop mid-run",
+                     api_url=collector.api_url)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert f"paused trace={run} (was enabled)" in out.stdout
+
+    assert flags.get_boolean_value("agent.enabled", True, support(trace_id=run)) is False
+    assert flags.get_string_value("agent.state", "", support(trace_id=run)) == "paused"
+    assert (
+        flags.get_boolean_value("tool.refund_order.enabled", True, support(trace_id=run)) is False
+    )
+    # another run of the same session and agent, and a check without a trace, go on
+    assert flags.get_boolean_value("agent.enabled", False, support(trace_id=other_run)) is True
+    assert flags.get_boolean_value("agent.enabled", False, support()) is True
+    # the plain HTTP check and the OFREP aliases see the same
+    check = f"{collector.api_url}/v1/control/check"
+    assert requests.get(check, params={"trace": run}).json()["state"] == "paused"
+    bulk = requests.post(f"{collector.api_url}/ofrep/v1/evaluate/flags",
+                         json={"context": {"trace.id": run}}).json()  # fmt: skip
+    assert {f["key"]: f["value"] for f in bulk["flags"]}["agent.state"] == "paused"
+
+    listing = agentwatch("control", "list", api_url=collector.api_url)
+    assert f"trace={run}" in listing.stdout and "refund loop mid-run" in listing.stdout
+    told = agentwatch("control", "check", "--trace", run, api_url=collector.api_url)
+    assert told.returncode == 0 and '"state": "paused"' in told.stdout
+    [audit] = collector.query("SELECT key, trace_id, mode FROM control_audit")
+    assert audit == {"key": f"trace={run}", "trace_id": run, "mode": "paused"}
+    [in_force] = collector.query("SELECT trace_id, mode FROM controls_in_force")
+    assert in_force == {"trace_id": run, "mode": "paused"}
+
+    out = agentwatch("resume", "--trace", run, "--reason", "fixed", api_url=collector.api_url)
+    assert out.returncode == 0, out.stderr
+    assert flags.get_boolean_value("agent.enabled", False, support(trace_id=run)) is True
+
+
+def test_a_bad_trace_id_is_refused_with_a_clear_error(collector, flags):
+    api = collector.api_url
+    for bad in ("4bf92f35", "z" * 32, "0" * 32):
+        refused = requests.post(
+            f"{api}/v1/control", json={"mode": "paused", "scope": {"trace": bad}, "reason": "x"}
+        )
+        assert refused.status_code == 400
+        assert "trace id must be 32 hex digits" in refused.json()["error"]
+    cli = agentwatch("kill", "--trace", "not-a-trace", "--reason", "x", api_url=api)
+    assert cli.returncode == 1
+    assert "400: trace id must be 32 hex digits" in cli.stderr and "'not-a-trace'" in cli.stderr
+
+    check = requests.get(f"{api}/v1/control/check", params={"trace": "abc"})
+    assert check.status_code == 400 and "trace id must be 32 hex digits" in check.json()["error"]
+    ofrep = requests.post(
+        f"{api}/ofrep/v1/evaluate/flags/agent.enabled", json={"context": {"trace_id": "abc"}}
+    )
+    assert ofrep.status_code == 400 and ofrep.json()["errorCode"] == "INVALID_CONTEXT"
+    assert "32 hex digits" in ofrep.json()["errorDetails"]
+    # the fail-closed client: an agent sending a malformed trace id is not waved through
+    assert flags.get_boolean_value("agent.enabled", False, support(trace_id="abc")) is False
+    assert collector.query("SELECT * FROM control_audit") == []
+
+
+RUN_POLICY = """
+version: 1
+defaults:
+  actions: {loop: pause_session, SEV1: quarantine_user}
+"""
+
+
+def incident(trace_id: str, **fields) -> IncidentRecord:
+    """An incident as the lifecycle writes it mid-run: no session or user known yet."""
+    now = time.time_ns()
+    values = dict(
+        incident_id=f"inc-{trace_id[:8]}", fingerprint=f"fp-{trace_id[:8]}", version=1,
+        detector="loop", kind="repeated_call", incident_class="semantic", severity="SEV2",
+        status="open", title="lookup_order called 6 times with the same arguments", summary="",
+        tenant="default", service="support-svc", agent="support", session_id="", user_id="",
+        trace_id=trace_id, span_id="00f067aa0ba902b7", tool="", evidence=(), first_seen_ns=now,
+        last_seen_ns=now, occurrences=1, sessions_affected=1, users_affected=1, link="",
+    )  # fmt: skip
+    values.update(fields)
+    return IncidentRecord(**values)
+
+
+def event(record: IncidentRecord, kind: str) -> IncidentEvent:
+    return IncidentEvent(record.incident_id, record.fingerprint, time.time_ns(), kind,
+                         "agentwatch", "", record.session_id, record.user_id, record.trace_id)  # fmt: skip
+
+
+def test_policy_on_a_sessionless_incident_stops_its_trace_then_its_session(
+    collector_factory, tmp_path
+):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(RUN_POLICY)
+    run, other_run = "4bf92f3577b34da6a3ce929d0e0e4736", "5bf92f3577b34da6a3ce929d0e0e4736"
+    with collector_factory(policy_file=policy) as collector:
+        check = f"{collector.api_url}/v1/control/check"
+
+        def state(**context) -> str:
+            return requests.get(check, params=context).json()["state"]
+
+        def publish(record: IncidentRecord, kind: str) -> None:
+            rows = IncidentRows([record], [event(record, kind)])
+            collector.call(collector.collector.incident_repository.write(rows))
+            collector.call(collector.collector.publish_incident_rows(rows))
+
+        def timeline(record: IncidentRecord) -> list[str]:
+            return [e["detail"] for e in collector.query(
+                "SELECT detail FROM incident_events WHERE incident_id = {id:String}"
+                " AND event = 'contained' ORDER BY at", {"id": record.incident_id})]  # fmt: skip
+
+        # mid-run: the loop incident has only its trace; pause_session pauses the trace
+        opened = incident(run)
+        publish(opened, "opened")
+        assert state(trace=run) == "paused"
+        assert state(trace=other_run, session="s-late") == "enabled"
+        [note] = timeline(opened)
+        assert note.startswith(f"paused trace {run} (no session known yet): policy")
+
+        # the root span arrives: the incident is attributed, and its session is paused too
+        attributed = dataclasses.replace(opened, version=2, session_id="s-late", user_id="u-7")
+        publish(attributed, "attributed")
+        assert state(session="s-late", trace=other_run) == "paused"  # the session's next run
+        assert timeline(opened)[1].startswith(
+            "paused tenant=default;session=s-late (the session became known after the incident"
+            " opened): policy"
+        )
+        # once: a person resumes the session; a repeated attribution does not pause it again
+        resumed = agentwatch("resume", "--tenant", "default", "--session", "s-late",
+                             "--reason", "checked", api_url=collector.api_url)  # fmt: skip
+        assert resumed.returncode == 0, resumed.stderr
+        publish(dataclasses.replace(attributed, version=3), "attributed")
+        assert state(session="s-late") == "enabled"
+        assert state(trace=run) == "paused"  # the trace's control stays until a person lifts it
+        assert len(timeline(opened)) == 2
+
+        # quarantine_user (SEV1 here): the trace while the user is unknown, then the user
+        severe = incident(other_run, severity="SEV1", detector="cost_runaway", session_id="s-2")
+        publish(severe, "opened")
+        assert state(trace=other_run) == "quarantined"
+        assert timeline(severe)[0].startswith(f"quarantined trace {other_run} (no user known yet)")
+        publish(dataclasses.replace(severe, version=2, user_id="u-9"), "attributed")
+        assert state(user="u-9", session="s-other") == "quarantined"
+
+        audit = collector.query(
+            "SELECT key, trace_id, session_id, user_id, mode, source, incident_id"
+            " FROM control_audit ORDER BY at"
+        )
+        assert [(a["key"], a["mode"], a["source"]) for a in audit] == [
+            (f"tenant=default;trace={run}", "paused", "policy"),
+            ("tenant=default;session=s-late", "paused", "policy"),
+            ("tenant=default;session=s-late", "enabled", "person"),
+            (f"tenant=default;trace={other_run}", "quarantined", "policy"),
+            ("tenant=default;user=u-9", "quarantined", "policy"),
+        ]
+        assert audit[0]["trace_id"] == run and audit[0]["incident_id"] == opened.incident_id
+
+
+def test_an_agent_is_stopped_mid_run_before_its_session_is_known(collector_factory, tmp_path):
+    """The OTel GenAI shape: the session id is on the root span, exported last. The loop is
+    found in the tool spans flushed mid-run; the agent, checking with its current trace id, is
+    paused before its run ends; once the root span is in, its session is paused too."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(RUN_POLICY)
+    with collector_factory(policy_file=policy) as collector:
+        openfeature.set_provider(OFREPProvider(collector.api_url))
+        flags = openfeature.get_client()
+        provider, tracer = agent_tracer(collector)
+        root = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "support",
+                "gen_ai.conversation.id": "late-1", "user.id": "u-1"}  # fmt: skip
+        tool = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "lookup_order",
+                "gen_ai.tool.call.arguments": '{"order_id": 42}'}  # fmt: skip
+        try:
+            with tracer.start_as_current_span("invoke_agent support", attributes=root):
+                run = support("late-1", trace_id=current_trace_id())
+                assert flags.get_boolean_value("agent.enabled", False, run) is True
+                for _ in range(6):
+                    with tracer.start_as_current_span("execute_tool lookup_order", attributes=tool):
+                        pass
+                provider.force_flush()  # the tool spans reach the collector; the root has not
+                [opened] = wait_for_incidents(collector, "detector = 'loop'")
+                assert opened["session_id"] == ""
+                deadline = time.monotonic() + 10
+                while flags.get_boolean_value("agent.enabled", False, run):
+                    assert time.monotonic() < deadline, "the run was not paused"
+                    time.sleep(0.1)
+                assert flags.get_string_value("agent.state", "", run) == "paused"
+            provider.shutdown()  # the root span, with the session id, is exported now
+
+            next_run = support("late-1", trace_id="6" * 32)
+            deadline = time.monotonic() + 10
+            while flags.get_boolean_value("agent.enabled", False, next_run):
+                assert time.monotonic() < deadline, "the session was not paused"
+                time.sleep(0.1)
+        finally:
+            openfeature.shutdown()
+        audit = collector.query("SELECT key, mode FROM control_audit ORDER BY at")
+        assert [a["key"] for a in audit] == [
+            f"tenant=default;trace={run.attributes['trace_id']}",
+            "tenant=default;session=late-1",
+        ]

@@ -9,10 +9,11 @@ For agents, with no agentwatch code on their side:
   ``tool.enabled`` (the context's ``tool``) and ``tool.<name>.enabled``. Context keys: ``service``
   (or ``service.name``), ``agent`` (``gen_ai.agent.name``), ``session`` (``session.id``,
   ``session_id``, ``gen_ai.conversation.id``; the targeting key when none is given), ``user``
-  (``user.id``, ``user_id``), ``tool`` and ``tenant`` (``tenant.id``); others are ignored.
-  With a tenant's token the tenant is the token's, whatever the context says.
-- ``GET /v1/control/check?tenant=&service=&agent=&session=&user=&tool=``: the same decision as
-  JSON.
+  (``user.id``, ``user_id``), ``trace_id`` (``trace``, ``trace.id``: the run in progress, 32 hex
+  digits), ``tool`` and ``tenant`` (``tenant.id``); others are ignored. With a tenant's token the
+  tenant is the token's, whatever the context says.
+- ``GET /v1/control/check?tenant=&service=&agent=&session=&trace=&user=&tool=``: the same decision
+  as JSON.
 
 For people: ``GET /v1/control`` (what is in force), ``POST /v1/control`` with
 ``{"mode": "paused", "scope": {"agent": "support"}, "reason": "...", "actor": "alice"}``
@@ -37,6 +38,7 @@ from analyzer.containment.control import (
     ControlError,
     Decision,
     scope_from,
+    trace_id_of,
 )
 from collector.store import StoreError, StoreUnavailable
 
@@ -46,6 +48,7 @@ CONTEXT_KEYS = {
     "service": ("service", "service.name"),
     "agent": ("agent", "gen_ai.agent.name", "agent.name"),
     "session": ("session", "session.id", "session_id", "gen_ai.conversation.id", "targetingKey"),
+    "trace": ("trace_id", "trace", "trace.id"),
     "user": ("user", "user.id", "user_id", "enduser.id"),
     "tool": ("tool", "gen_ai.tool.name", "tool.name"),
 }
@@ -76,6 +79,11 @@ async def check(request: web.Request) -> web.Response:
             f"unknown parameter(s) {', '.join(sorted(unknown))}; expected {', '.join(SCOPE_COLUMNS)}",
         )
     values = {name: request.query.get(name, "") for name in SCOPE_COLUMNS}
+    if values["trace"]:
+        try:
+            values["trace"] = trace_id_of(values["trace"])
+        except ControlError as exc:
+            return _error(400, str(exc))
     context = Context(**_as_token_tenant(request, values))
     return web.json_response(_board(request).decide(context).as_json(), dumps=_dumps)
 
@@ -116,6 +124,11 @@ def _context(request: web.Request, raw: bytes, tool: str = "") -> Context:
             break
     if tool:
         values["tool"] = tool
+    if "trace" in values:
+        try:
+            values["trace"] = trace_id_of(values["trace"])
+        except ControlError as exc:
+            raise _BadContext(f"INVALID_CONTEXT: {exc}") from None
     return Context(**_as_token_tenant(request, values))
 
 

@@ -12,18 +12,20 @@ import click
 
 from agentwatch.cli.format import echo_rows, format_option, text_table
 
-SCOPE_OPTIONS = ("tenant", "service", "agent", "session", "user", "tool")
+SCOPE_OPTIONS = ("tenant", "service", "agent", "session", "trace", "user", "tool")
 
 EXAMPLES = """
 \b
-Scope: --global, or any of --tenant, --service, --agent, --session, --user, --tool (combined:
-all must match; without --tenant, every tenant). With --tool, kill and pause open that tool's
-circuit (for the agent/service given, or everyone). Agents see the change on their next check,
-within a second.
+Scope: --global, or any of --tenant, --service, --agent, --session, --trace, --user, --tool
+(combined: all must match; without --tenant, every tenant). --trace stops the run in progress
+(32 hex digits; agents check with their current trace id). With --tool, kill and pause open
+that tool's circuit (for the agent/service given, or everyone). Agents see the change on their
+next check, within a second.
 \b
 Examples:
   agentwatch pause --agent support --reason "refund loop, INC-42"
   agentwatch quarantine --user u-1893 --reason "prompt-injection attempts"
+  agentwatch pause --trace 4bf92f3577b34da6a3ce929d0e0e4736 --reason "refund loop mid-run"
   agentwatch pause --tool refund_order --agent support --reason "refunds going to wrong orders"
   agentwatch kill --global --reason "provider outage, stop everything"
   agentwatch resume --agent support --reason "fix deployed"
@@ -44,7 +46,8 @@ def _scope(everyone: bool, values: dict) -> dict:
         raise click.UsageError("--global stands alone: drop it, or drop the other scope options")
     if not everyone and not scope:
         raise click.UsageError(
-            "say whom: --global for everyone, or --tenant/--service/--agent/--session/--user/--tool"
+            "say whom: --global for everyone, or"
+            " --tenant/--service/--agent/--session/--trace/--user/--tool"
         )
     return scope
 
@@ -87,7 +90,9 @@ def register(main: click.Group, client_options, api_call) -> None:
         "pause", "paused", "Pause: no new consequential actions or runs; in-flight work drains."
     )
     change_command(
-        "quarantine", "quarantined", "Quarantine one user or session (needs --user or --session)."
+        "quarantine",
+        "quarantined",
+        "Quarantine one user, session or run (needs --user, --session or --trace).",
     )
     change_command("freeze", "budget_frozen", "Budget freeze: new runs are refused.")
     change_command("resume", None, "Lift the control in force for exactly this scope.")

@@ -1,13 +1,15 @@
 """Containment state: what agents may do now, by scope, served from memory.
 
 A **control** puts one scope in one mode. The scope is any combination of tenant, service, agent,
-session, user and tool (none of them: global); it applies to a check whose context has the same
-values in the fields the scope names. A check made with a tenant's token always carries that
+session, trace, user and tool (none of them: global); it applies to a check whose context has the
+same values in the fields the scope names. A trace scope stops the run in progress before its
+session is known (with the OTel GenAI instrumentation the session id is on the root span, which
+is exported last): the agent checks with its current trace id. A check made with a tenant's token always carries that
 tenant, so a control naming one tenant never stops another's agents, and a tenant cannot check
 as someone else (policy actions name the incident's tenant). Modes, from least to most restrictive:
 
 - ``budget_frozen``: new runs are refused; work in flight may finish.
-- ``quarantined``: this user or session only: no new consequential actions, no new runs.
+- ``quarantined``: this user, session or trace only: no new consequential actions, no new runs.
 - ``paused``: no new consequential actions and no new runs; in-flight work drains, state is kept.
 - ``killed``: stop now: abort in-flight work too.
 - ``circuit_open`` (scopes naming a tool only): that tool may not be called.
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -54,6 +57,7 @@ SCOPE_COLUMNS = {
     "service": "service",
     "agent": "agent",
     "session": "session_id",
+    "trace": "trace_id",
     "user": "user_id",
     "tool": "tool",
 }
@@ -73,6 +77,7 @@ class Scope:
     service: str = ""
     agent: str = ""
     session: str = ""
+    trace: str = ""  # a W3C trace id: 32 lowercase hex digits (``trace_id_of`` checks one)
     user: str = ""
     tool: str = ""
 
@@ -96,13 +101,39 @@ class Scope:
                 raise ControlError(
                     f"{name} must be printable text of at most {MAX_VALUE_LENGTH} characters"
                 )
+        if self.trace and trace_id_of(self.trace) != self.trace:
+            raise ControlError(f"trace must be 32 lowercase hex digits, got {self.trace!r}")
+
+
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def trace_id_of(value: str) -> str:
+    """A trace id as the spans store it (32 lowercase hex digits), or a ``ControlError``.
+
+    An id of another shape would never match a span, so the control would stop nothing.
+
+    >>> trace_id_of("4BF92F3577B34DA6A3CE929D0E0E4736")
+    '4bf92f3577b34da6a3ce929d0e0e4736'
+    >>> trace_id_of("4bf92f35")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    analyzer.containment.control.ControlError: trace id must be 32 hex digits ..., got '4bf92f35'
+    """
+    text = value.strip().lower() if isinstance(value, str) else ""
+    if not _TRACE_ID.fullmatch(text) or text == "0" * 32:
+        raise ControlError(
+            "trace id must be 32 hex digits (W3C trace-id, as OpenTelemetry formats it:"
+            f' format(span_context.trace_id, "032x")), got {value!r}'
+        )
+    return text
 
 
 @dataclass(frozen=True, slots=True)
 class Context(Scope):
     """What a check is about: the agent asking (its tenant, service and name), and the session,
-    user and tool in question (the fields of a scope; a control applies when its named fields
-    equal these)."""
+    trace, user and tool in question (the fields of a scope; a control applies when its named
+    fields equal these)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +198,10 @@ def check_mode(scope: Scope, mode: str) -> None:
             f"a scope with a tool opens that tool's circuit (kill or pause --tool); {mode} applies"
             " to agents, sessions and users"
         )
-    if mode == "quarantined" and not (scope.user or scope.session):
-        raise ControlError("quarantine takes a user or a session (--user ID or --session ID)")
+    if mode == "quarantined" and not (scope.user or scope.session or scope.trace):
+        raise ControlError(
+            "quarantine takes a user, a session or a trace (--user ID, --session ID or --trace ID)"
+        )
 
 
 @dataclass(slots=True)
@@ -369,6 +402,8 @@ def scope_from(values: dict) -> Scope:
     for name, value in values.items():
         if not isinstance(value, str):
             raise ControlError(f"scope field {name!r} must be a string")
+    if values.get("trace"):
+        values = {**values, "trace": trace_id_of(values["trace"])}
     return Scope(**values)
 
 
