@@ -19,6 +19,7 @@ from agentwatch.api.incidents import add_incident_routes
 from agentwatch.api.paging import add_paging_routes
 from agentwatch.api.web import COLLECTOR, PRINCIPAL
 from agentwatch.api.web import error as _error
+from agentwatch.console import add_console
 from agentwatch.sql.gate import ReadOnlyViolation, new_tag, run_read_only
 from collector.auth import ADMIN, INGEST, READER, SQL, Tokens, bearer
 from collector.store import StoreError, StoreUnavailable
@@ -43,6 +44,7 @@ def build_api_app(collector) -> web.Application:
     add_incident_routes(app)  # /v1/incidents, /v1/incidents/{id}, …/ack, …/resolve
     add_control_routes(app)  # /v1/control…, /ofrep/v1/evaluate/flags…
     add_paging_routes(app)  # /v1/alerts/outbox, /v1/alerts/test, /v1/silences
+    add_console(app, collector.tokens)  # /, /incidents/{id}, /login, /static/: the web console
     return app
 
 
