@@ -128,6 +128,26 @@ def test_derived_loop_label_needs_four_identical_calls_with_the_same_result():
     assert derive_labels(_run(repeats=4)) == {"loop"}
 
 
+def test_derived_loop_label_counts_a_repeated_cycle_of_calls():
+    """A B A B ... with the same results is no progress too (AutoCodeRover re-issues a pair of
+    searches that find nothing); with a new result in the cycle it is progress."""
+
+    def cycle(rounds: int, results: list[str]) -> Run:
+        run = _run(repeats=0)
+        calls = []
+        for k in range(rounds):
+            calls.append(Step("tool", k, k + 0.1, tool="search_method", arguments='{"m":"f"}',
+                              result="Could not find method f"))  # fmt: skip
+            calls.append(Step("tool", k + 0.1, k + 0.2, tool="search_class", arguments='{"c":"C"}',
+                              result=results[k % len(results)]))  # fmt: skip
+        run.steps[1:1] = calls
+        return run
+
+    assert derive_labels(cycle(3, ["Could not find class C"])) == set()
+    assert derive_labels(cycle(4, ["Could not find class C"])) == {"loop"}
+    assert derive_labels(cycle(4, ["Found C in a.py", "Found C in b.py"])) == set()
+
+
 def test_plan_schedules_by_event_time_and_request_groups_by_convention():
     runs = [_run(), _run()]
     runs[1].session_id = "sess-2"
@@ -242,3 +262,61 @@ def test_score_per_detector():
     assert rows["loop"]["per_100_normal"] == 0.0
     assert rows["token_ratio"]["per_100_normal"] == 100.0  # attributed through the trace id
     assert "token_ratio" in table(list(rows.values()))
+
+
+def test_auto_code_rover_loader_keeps_real_times_and_token_usage(tmp_path):
+    task = tmp_path / "acr-run-1" / "applicable_patch" / "demo__demo-1_2024-04-06_13-19-51"
+    task.mkdir(parents=True)
+    found = ("Found 1 classes with name Pool in the codebase.\nSearch result 1: <file>pool.py</file>"
+             " <code>raise OSError('Connection reset by peer')</code>")  # fmt: skip
+    log = [
+        "2024-04-06 13:19:51 ========== Running task demo__demo-1 (relative counter: 1/300) ==========",
+        "2024-04-06 13:21:15 [32mCurrent message thread:[0m",
+        "[{'role': 'system',",
+        "  'content': 'You are a software developer.'}]",
+        "2024-04-06 13:21:24 Model API request cost info: input_tokens=491, output_tokens=66, cost=0.01",
+        "2024-04-06 13:21:24 Raw model response: ChatCompletionMessage(content='{\"API_calls\": "
+        "[\"search_class(\\\\\"Pool\\\\\")\"]}', role='assistant', function_call=None, tool_calls=None)",
+        "2024-04-06 13:21:26 Result of dispatch_intent: " + repr((found, "Found Pool", True)),
+        "2024-04-06 13:21:40 Model API request cost info: input_tokens=1585, output_tokens=566, cost=0.03",
+        "2024-04-06 13:21:40 Raw model response: ChatCompletionMessage(content='# modification 1', role='assistant')",
+        "2024-04-06 13:21:40 [Validation] Applied patch. Going to run test suite.",
+        "2024-04-06 13:21:40 Running command: pytest tests/test_pool.py",
+        "2024-04-06 13:21:43 [Run test-suite] Eval status: {'test_pool': 'PASSED'}",
+        "2024-04-06 13:21:43 [Validation] Finishing. Result is True.",
+        "2024-04-06 13:21:44 Result of dispatch_intent: ('Extracted a patch.', 'Extracted a patch.', True)",
+        "2024-04-06 13:21:44 Task demo__demo-1 completed successfully.",
+    ]  # fmt: skip
+    (task / "info.log").write_text("\n".join(log) + "\n")
+    (task / "cost.json").write_text(json.dumps({"model": "gpt-4-0125-preview", "total_cost": 0.04}))
+    sequence = [
+        {"func_name": "search_class", "arguments": {"class_name": "Pool"}, "call_ok": True},
+        {"func_name": "write_patch", "arguments": {}, "call_ok": True},
+    ]
+    (task / "tool_call_sequence.json").write_text(json.dumps(sequence))
+
+    (run,) = load(tmp_path)
+    assert run.session_id == "acr-run-1-demo__demo-1" and run.timed
+    assert run.model == "gpt-4-0125-preview" and run.meta["outcome"] == "applicable_patch"
+    assert [(s.kind, s.start_s, s.end_s) for s in run.steps] == [
+        ("llm", 84.0, 93.0),  # from the log line before it to its usage line
+        ("tool", 93.0, 95.0),
+        ("llm", 95.0, 109.0),
+        ("tool", 109.0, 112.0),  # a command lasts until the next log line
+        ("tool", 112.0, 113.0),
+    ]
+    first, search, second, command, patch = run.steps
+    assert (first.input_tokens, first.output_tokens) == (491, 66) and not first.tokens_estimated
+    assert first.output_text == '{"API_calls": ["search_class(\\"Pool\\")"]}'
+    assert (second.input_tokens, second.output_tokens) == (1585, 566)
+    assert search.tool == "search_class" and search.arguments == '{"class_name":"Pool"}'
+    assert search.result == found and search.error == ""
+    assert (
+        command.tool == "run_command"
+        and command.arguments == '{"command":"pytest tests/test_pool.py"}'
+    )
+    assert command.result == "[Run test-suite] Eval status: {'test_pool': 'PASSED'}"
+    assert patch.tool == "write_patch" and patch.result == "Extracted a patch."
+    # "Connection reset by peer" in searched source code is content, not an infrastructure failure
+    assert run.labels == set()
+    assert derive_labels(run) == {"infrastructure"}

@@ -4,20 +4,25 @@
 
 - tau-bench historical trajectories (``historical_trajectories/*.json``: a list of
   ``{task_id, reward, info, traj, trial}``, ``traj`` in OpenAI chat format with ``tool_calls``);
-- SWE-agent trajectories (``*.traj``: ``{trajectory, history, info}``).
+- SWE-agent trajectories (``*.traj``: ``{trajectory, history, info}``);
+- AutoCodeRover runs (``info.log`` beside ``cost.json`` in a task's output directory).
 
-Neither records per-call timestamps or per-call token usage, so times are synthesised (stated in
-``Run.timed``) and tokens estimated from text length (``Step.tokens_estimated``); SWE-agent's
-``info.model_stats.tokens_sent/tokens_received`` totals, when non-zero, rescale the estimates so
-the session's totals are the recorded ones.
+The first two record no per-call timestamps or per-call token usage, so times are synthesised
+(stated in ``Run.timed``) and tokens estimated from text length (``Step.tokens_estimated``);
+SWE-agent's ``info.model_stats.tokens_sent/tokens_received`` totals, when non-zero, rescale the
+estimates so the session's totals are the recorded ones. AutoCodeRover's log records both: every
+model call's real token usage and every line's wall-clock time (to the second).
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import random
+import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.replay.model import Run, Step, canonical_args, derive_labels, estimate_tokens
@@ -237,6 +242,134 @@ def load_swe_agent(path: Path, root: Path) -> Run | None:
     return run
 
 
+# --- AutoCodeRover -------------------------------------------------------------------------------
+
+_ACR_ENTRY = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) ", re.MULTILINE)
+_ACR_USAGE = re.compile(r"Model API request cost info: input_tokens=(\d+), output_tokens=(\d+)")
+_ACR_CONTENT = re.compile(r"ChatCompletionMessage\(content=('.*?'|\".*?\"), role=", re.DOTALL)
+
+
+def _acr_entries(text: str) -> list[tuple[float, str]]:
+    """``info.log`` as (epoch seconds, message) entries; a message runs to the next time stamp."""
+    marks = list(_ACR_ENTRY.finditer(text))
+    entries = []
+    for k, mark in enumerate(marks):
+        end = marks[k + 1].start() if k + 1 < len(marks) else len(text)
+        when = datetime.strptime(mark.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+        entries.append((when.timestamp(), text[mark.end() : end].rstrip("\n")))
+    return entries
+
+
+def _literal(text: str, default):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return default
+
+
+def load_auto_code_rover(log: Path, root: Path) -> Run | None:
+    """One run per task directory of an AutoCodeRover output (``acr-run-1/<outcome>/<task>_<time>/``).
+
+    Every step has its real times from the log (to the second: a step starts at the log line
+    before it) and every model call its real token usage (``Model API request cost info``).
+    ``Result of dispatch_intent`` lines are the agent's tool calls, in the order of
+    ``tool_call_sequence.json``, which names each call's function and arguments; a search that
+    finds nothing (``call_ok`` false) is a normal result, not a failed call. ``Running command``
+    lines (installs and test runs of the validating configurations) are ``run_command`` calls.
+    """
+    entries = _acr_entries(log.read_text(errors="replace"))
+    if not entries:
+        return None
+    task_dir = log.parent
+    cost = json.loads((task_dir / "cost.json").read_text())
+    sequence_file = task_dir / "tool_call_sequence.json"
+    sequence = json.loads(sequence_file.read_text()) if sequence_file.exists() else []
+    first = re.search(r"Running task (\S+)", entries[0][1])
+    task = first.group(1) if first else task_dir.name.rsplit("_", 2)[0]
+    rel = task_dir.relative_to(root) if task_dir.is_relative_to(root) else Path(task_dir.name)
+    run_name = task_dir.parent.parent.name or "acr"  # acr-run-1/<outcome>/<task dir>
+    model = cost.get("model") or "unknown"
+    start, previous = entries[0][0], entries[0][0]
+    steps: list[Step] = []
+    searches = 0  # dispatch results so far: their index in tool_call_sequence.json
+    for k, (at, message) in enumerate(entries):
+        usage = _ACR_USAGE.match(message)
+        if usage:
+            reply = entries[k + 1][1] if k + 1 < len(entries) else ""
+            content = _ACR_CONTENT.search(reply)
+            text = _literal(content.group(1), "") if content else ""
+            steps.append(
+                Step(
+                    "llm",
+                    previous - start,
+                    at - start,
+                    model=model,
+                    input_tokens=int(usage.group(1)),
+                    output_tokens=int(usage.group(2)),
+                    output_text=str(text)[:4000],
+                    finish_reason="stop",
+                )
+            )
+        elif message.startswith("Result of dispatch_intent: "):
+            raw = message.removeprefix("Result of dispatch_intent: ")
+            outcome = _literal(raw, None)
+            result = str(outcome[0]) if isinstance(outcome, tuple) and outcome else raw
+            call = sequence[searches] if searches < len(sequence) else {}
+            steps.append(
+                Step(
+                    "tool",
+                    previous - start,
+                    at - start,
+                    tool=call.get("func_name") or "dispatch_intent",
+                    call_id=f"call_{len(steps)}",
+                    arguments=canonical_args(call.get("arguments") or {}),
+                    result=result,
+                )
+            )
+            searches += 1
+        elif message.startswith("Running command: "):
+            # a shell command (installing, running the tests): it lasts until the next line; its
+            # outcome is in the test-suite and fault-localisation lines that follow it
+            after = entries[k + 1 :]
+            ends = after[0][0] if after else at
+            outcome = []
+            for _, line in after:
+                if not line.startswith(("[Run test-suite]", "SBFL result")):
+                    break
+                outcome.append(line)
+            steps.append(
+                Step(
+                    "tool",
+                    at - start,
+                    ends - start,
+                    tool="run_command",
+                    call_id=f"call_{len(steps)}",
+                    arguments=canonical_args(
+                        {"command": message.removeprefix("Running command: ")}
+                    ),
+                    result="\n".join(outcome),
+                )
+            )
+        previous = at
+    if not steps:
+        return None
+    run = Run(
+        dataset=f"auto-code-rover/{run_name}",
+        session_id=f"acr-{run_name.removeprefix('acr-')}-{task}",
+        service="auto-code-rover",
+        agent="auto-code-rover",
+        provider="openai",
+        model=model,
+        steps=steps,
+        timed=True,
+        meta={"path": str(rel), "outcome": task_dir.parent.name},
+    )
+    # the tools are code searches: their text is source code, where "connection reset" or
+    # "timed out" is content, not a failed backend
+    run.labels = derive_labels(run, scan_results=False)
+    return run
+
+
 # --- dispatch -----------------------------------------------------------------------------------
 
 
@@ -246,6 +379,10 @@ def load(data_dir: Path, limit: int = 0) -> list[Run]:
     for path in sorted(p for p in Path(data_dir).rglob("*") if p.is_file()):
         if path.suffix == ".traj":
             run = load_swe_agent(path, Path(data_dir))
+            if run:
+                runs.append(run)
+        elif path.name == "info.log" and (path.parent / "cost.json").is_file():
+            run = load_auto_code_rover(path, Path(data_dir))
             if run:
                 runs.append(run)
         elif path.suffix == ".json" and path.stat().st_size > 0:

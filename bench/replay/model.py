@@ -70,6 +70,7 @@ class Run:
 # --- derived labels ------------------------------------------------------------------------------
 
 LOOP_RUN = 4  # the same call, the same arguments and the same result this many times in a row
+LOOP_MAX_PERIOD = 3  # ... or the same cycle of up to this many calls (A B A B ...), likewise
 
 # Tool results or errors that say the tool's backend (not the agent) failed. Conservative: phrases
 # that only an infrastructure failure writes.
@@ -83,23 +84,28 @@ INFRA_PATTERNS = re.compile(
 )
 
 
-def derive_labels(run: Run) -> set[str]:
+def derive_labels(run: Run, scan_results: bool = True) -> set[str]:
     """Stated, conservative rules (see bench/README.md):
 
     - ``loop``: ``LOOP_RUN`` consecutive tool calls with the same tool, the same canonical
-      arguments and the same result (nothing changed between them: no progress);
-    - ``infrastructure``: a tool result or error matching ``INFRA_PATTERNS``.
+      arguments and the same result (nothing changed between them: no progress), or the same
+      cycle of up to ``LOOP_MAX_PERIOD`` such calls repeated ``LOOP_RUN`` times in a row;
+    - ``infrastructure``: a tool error, or (``scan_results``) a tool result, matching
+      ``INFRA_PATTERNS``. Pass ``scan_results=False`` when results are file or code text (a code
+      search), where such a phrase is content, not a failure.
     """
     labels: set[str] = set()
-    streak, last = 0, None
+    calls: list[tuple[str, str, str, str]] = []
     for step in run.steps:
         if step.kind != "tool":
             continue
-        key = (step.tool, step.arguments, step.result, step.error)
-        streak = streak + 1 if key == last else 1
-        last = key
-        if streak >= LOOP_RUN:
-            labels.add("loop")
-        if INFRA_PATTERNS.search(step.error or "") or INFRA_PATTERNS.search(step.result[:4000]):
+        calls.append((step.tool, step.arguments, step.result, step.error))
+        for period in range(1, LOOP_MAX_PERIOD + 1):
+            tail = calls[-period * LOOP_RUN :]
+            if len(tail) == period * LOOP_RUN and tail == tail[-period:] * LOOP_RUN:
+                labels.add("loop")
+        if INFRA_PATTERNS.search(step.error or "") or (
+            scan_results and INFRA_PATTERNS.search(step.result[:4000])
+        ):
             labels.add("infrastructure")
     return labels
