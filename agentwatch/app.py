@@ -17,6 +17,7 @@ from aiohttp import web
 from agentwatch.api.server import build_api_app
 from agentwatch.config import Config
 from agentwatch.sql.port import build_sql_app
+from analyzer.baselines import seed_baselines
 from analyzer.containment.actions import Containment
 from analyzer.containment.control import ControlBoard
 from analyzer.engine import Analyzer, Detection, IncidentDesk, default_detectors
@@ -149,6 +150,7 @@ class Collector:
             self.analyzer = self.incident_desk = await self._build_analyzer()
             await restore(self.analyzer, self.store, self.run_store)
             self._tasks.append(asyncio.get_running_loop().create_task(self._tick_analyzer()))
+            self._tasks.append(asyncio.get_running_loop().create_task(self._refresh_baselines()))
         else:
             self.incident_desk = IncidentDesk(
                 self._incident_manager(),
@@ -310,6 +312,12 @@ class Collector:
         while True:
             await asyncio.sleep(every_s)
             await self.analyzer.tick()
+
+    async def _refresh_baselines(self, every_s: float = 300.0) -> None:
+        """Baselines from the store every few minutes: collectors sharing it converge."""
+        while True:
+            await asyncio.sleep(every_s)
+            await seed_baselines(self.analyzer.detection, self.store, self.run_store)
 
     async def _serve(self, app: web.Application, port: int, cancel: bool = False) -> int:
         # lingering_time=0: after an early answer (a 413 past the body limit, a 401) the rest of

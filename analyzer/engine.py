@@ -23,12 +23,14 @@ import time
 from collections.abc import Awaitable, Callable
 
 from analyzer.detectors import REGISTRY, Detector
+from analyzer.detectors.seeding import StoredSession
 from analyzer.finding import Finding
 from analyzer.incidents.lifecycle import IncidentManager
 from analyzer.incidents.model import IncidentRecord, IncidentRows
 from analyzer.policy import DEFAULT_POLICY, AgentPolicy
 from analyzer.session import SessionTable
 from analyzer.step import STEP_COLUMNS, Step, steps_from_columns
+from analyzer.tool_calls import ToolCallSteps
 from collector.consumer import SpanBatch
 from collector.conventions import STEP_KINDS
 from collector.store import StoreError, StoreUnavailable
@@ -49,7 +51,22 @@ log = logging.getLogger("agentwatch.analyzer")
 
 class Detection:
     """Sessions and detectors: steps in, findings out. No I/O and no clock of its own, so the same
-    code runs inside the collector or in the detection process (``analyzer.worker``)."""
+    code runs inside the collector or in the detection process (``analyzer.worker``).
+
+    **Event time.** Detectors judge by the spans' own timestamps, not by when they arrived: their
+    clock (the ``now_ns`` they are given) is the tenant's *watermark*, the latest span end seen
+    from that tenant, never more than ``MAX_AHEAD_NS`` past the collector's clock (a skewed or
+    hostile exporter cannot push the windows into the future; the watermark is per tenant, so one
+    tenant's clock cannot move another's). A replay, a backlog drained after an outage or a slow
+    exporter thus gets the verdicts live traffic would. A late span (ending before the watermark)
+    is judged at the watermark: windows count it in their oldest live bucket
+    (``analyzer.detectors.infrastructure``). The session table's TTL stays on the collector's
+    clock: it bounds memory, which is spent in real time.
+    """
+
+    #: how far a tenant's watermark may run ahead of the collector's clock
+    MAX_AHEAD_NS = 60 * 1_000_000_000
+    _MAX_TENANTS = 10_000
 
     def __init__(self, detectors: list[Detector], sessions: SessionTable) -> None:
         self.detectors = detectors
@@ -59,17 +76,37 @@ class Detection:
             for kind in STEP_KINDS
         }
         self.sessions = sessions
+        self.watermarks: dict[str, int] = {}  # tenant -> latest span end seen (event time)
+        # tool calls asked for in LLM output become tool steps where no tool spans are sent
+        self.tool_call_steps = ToolCallSteps()
 
     def observe(self, steps: list[Step], now: int, replay: bool = False) -> list[Finding]:
-        """Feed steps through the detectors; ``replay`` (restart) keeps the state, drops findings."""
+        """Feed steps through the detectors; ``replay`` (restart) keeps the state, drops findings.
+
+        ``now``: the collector's clock (the session TTL, and the bound on the watermarks)."""
+        steps = self.tool_call_steps(steps)
         findings = []
         by_kind, sessions, everyone = self._by_kind, self.sessions, self.detectors
+        watermarks, ahead = self.watermarks, now + self.MAX_AHEAD_NS
+        tenant, mark = None, 0
         for step in steps:
+            if step.tenant != tenant:  # a batch is usually one tenant's: one lookup per batch
+                if tenant is not None:
+                    watermarks[tenant] = mark
+                tenant = step.tenant
+                mark = watermarks.get(tenant, 0)
+            end = step.time_ns + step.duration_ns
+            if end > mark:
+                mark = end if end < ahead else max(mark, ahead)
             session = sessions.for_step(step, now)
             for detector in by_kind.get(step.kind, everyone):
-                finding = detector.observe(step, session, now)
+                finding = detector.observe(step, session, mark)
                 if finding is not None:
                     findings.append(finding)
+        if tenant is not None:
+            watermarks[tenant] = mark
+            if len(watermarks) > self._MAX_TENANTS:  # tenants are few; a flood of names is not
+                del watermarks[next(iter(watermarks))]
         return [] if replay else findings
 
     async def observe_columns(self, columns: dict, now: int, replay: bool = False) -> list[Finding]:
@@ -81,6 +118,16 @@ class Detection:
         except Exception as exc:
             log.exception("detection failed on a batch; its findings are lost")
             raise DetectionUnavailable(f"detection failed on it: {type(exc).__name__}") from exc
+
+    def seed(self, sessions: list[StoredSession], now: int) -> None:
+        """Stored sessions into the detectors that keep baselines (``analyzer.baselines``)."""
+        for detector in self.detectors:
+            if hasattr(detector, "seed"):
+                detector.seed(sessions, now)
+
+    async def seed_baselines(self, sessions: list[StoredSession], now: int) -> None:
+        """The interface ``analyzer.baselines`` calls (``DetectionProcess`` has the same)."""
+        self.seed(sessions, now)
 
     async def close(self) -> None:
         pass
@@ -113,9 +160,10 @@ class IncidentDesk:
         self.read_record = read_record
 
     async def set_status(
-        self, incident_id: str, status: str, actor: str, reason: str = ""
+        self, incident_id: str, status: str, actor: str, reason: str = "", resolution: str = ""
     ) -> IncidentRecord:
         """Acknowledge or resolve, for a person; the incident's new version once it is stored.
+        A resolve's ``resolution`` is ``fixed`` (the default) or ``false_alarm``.
 
         Goes through ``IncidentManager.set_status`` whether the manager holds the incident or it
         is only in the store (read with ``read_record``), so the version, the event and the
@@ -126,7 +174,9 @@ class IncidentDesk:
         stored = None
         if self.incidents.held(incident_id) is None and self.read_record is not None:
             stored = await self.read_record(incident_id)
-        change = self.incidents.set_status(incident_id, status, actor, self.clock(), reason, stored)
+        change = self.incidents.set_status(
+            incident_id, status, actor, self.clock(), reason, stored, resolution
+        )
         if change.queued:
             if not await self.flush():
                 raise IncidentNotStored(
@@ -256,13 +306,29 @@ class Analyzer(IncidentDesk):
             return
         for finding in findings:
             self.incidents.on_finding(finding, now)
-        if not findings:
+        attributed = self.incidents.awaiting and self._attribute(batch.columns, now)
+        if not findings and not attributed:
             return
         if self.flush_delay_s <= 0:
             await self.flush()  # quiet-period resolution is the periodic tick's job, not ingest's
         elif self._flush_timer is None:
             loop = asyncio.get_running_loop()
             self._flush_timer = loop.call_later(self.flush_delay_s, self._flush_later)
+
+    def _attribute(self, columns: dict, now: int) -> bool:
+        """Session and user from this batch for incidents opened on a trace without them (the
+        root span, which names them, is often exported last); True when an incident changed."""
+        awaiting = self.incidents.awaiting
+        sessions, users = columns["SessionId"], columns["UserId"]
+        learned: dict[str, tuple[str, str]] = {}
+        for i, trace in enumerate(columns["TraceId"]):
+            if trace in awaiting and (sessions[i] or users[i]):
+                session, user = learned.get(trace, ("", ""))
+                learned[trace] = (session or sessions[i], user or users[i])
+        changed = False
+        for trace, (session, user) in learned.items():
+            changed |= bool(self.incidents.attribute(trace, session, user, now))
+        return changed
 
     def _flush_later(self) -> None:
         self._flush_timer = None

@@ -2,13 +2,16 @@
 
 1. Open (and acknowledged) incidents are adopted, so a repeat after a restart updates the incident
    already open instead of opening a second one.
-2. Recent steps (by arrival, ``IngestedAt``, within ``lookback_s``, at most ``max_steps`` of the
+2. The baselines (token ratio, spend) are seeded from the recent sessions in the store
+   (``analyzer.baselines``, days of them, not just the look-back), so an agent warm before the
+   restart is judged against its baseline at once.
+3. Recent steps (by arrival, ``IngestedAt``, within ``lookback_s``, at most ``max_steps`` of the
    newest) are replayed through the detectors with their findings discarded: a half-seen loop is
    remembered, and a loop already reported is not reported again.
 
-What is not rebuilt: baselines learned from sessions older than the look-back (token ratio, spend)
-start again from their warm-up defaults; the infrastructure detector's windows are refilled at
-the current time (a burst just before the restart counts as now).
+What is not rebuilt: the infrastructure detector's windows are refilled at the current time (a
+burst just before the restart counts as now); a session running across the restart is judged on
+the steps of the look-back only (its own running totals are not seeded).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 
+from analyzer.baselines import seed_baselines
 from analyzer.engine import DetectionUnavailable
 from analyzer.incidents.repository import IncidentRepository
 from analyzer.step import STEP_COLUMNS
@@ -28,7 +32,14 @@ SELECT * FROM (
     SELECT toUnixTimestamp64Nano(Timestamp) AS t, Duration, Tenant, ServiceName, AgentName,
            SessionId, UserId, TraceId, SpanId, ParentSpanId, StepKind, Model, ToolName, ToolArgs,
            ToolArgsHash, ToolResultHash, InputTokens, OutputTokens, CostUsd, StatusCode, ErrorType, HttpStatus,
-           FinishReason, StatusMessage, IngestedAt
+           FinishReason,
+           -- ErrorText is not stored: a failed span's status and exception messages stand in
+           if(StatusCode = 'Error', substringUTF8(arrayStringConcat(arrayFilter(x -> x != '',
+               arrayConcat([StatusMessage], arrayMap((n, a) -> if(n = 'exception',
+                   concat(a['exception.type'], ': ', a['exception.message']), ''),
+                   `Events.Name`, `Events.Attributes`))), '\n'), 1, 512), '') AS ErrorText,
+           OutputToolCalls,
+           IngestedAt
     FROM agent_spans
     WHERE IngestedAt > now64(3) - toIntervalSecond({lookback:UInt32})
       AND StepKind IN ('llm', 'tool', 'embedding', 'retrieval')
@@ -49,6 +60,7 @@ async def restore(
     records = await IncidentRepository(store, run_store).unresolved()
     for record in records:
         analyzer.incidents.adopt(record)
+    await seed_baselines(analyzer.detection, store, run_store)  # never fails start-up
     params = {"lookback": str(lookback_s), "max_steps": str(max_steps)}
     steps = await run_store(query_rows, store, _RECENT_STEPS, params, "JSONCompactEachRow")
     now = time.time_ns()

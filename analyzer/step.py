@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from analyzer.failure_text import text_cause
+
 # batch column -> Step field, in Step's field order
 _COLUMNS = {
     "TimestampNs": "time_ns",
@@ -32,7 +34,8 @@ _COLUMNS = {
     "ErrorType": "error_type",
     "HttpStatus": "http_status",
     "FinishReason": "finish_reason",
-    "StatusMessage": "status_message",
+    "ErrorText": "error_text",
+    "OutputToolCalls": "output_tool_calls",
 }
 
 
@@ -45,6 +48,10 @@ _SYSTEMS_ERROR_WORDS = (
     "unreachable",
     "ratelimit",
 )
+
+
+# what a provider answered about the request itself: its content or its size
+_NOT_SYSTEMS = ("", "content_filter", "context_length")
 
 
 @dataclass(slots=True)
@@ -72,7 +79,13 @@ class Step:
     error_type: str = ""
     http_status: int = 0
     finish_reason: str = ""
-    status_message: str = ""  # the span status's description: where a failure's cause often is
+    # where a failure's cause is told: a failed call's status message, exception events and (tools)
+    # result start, or a tool's result its framework worded as an error ("Error: …") on a span not
+    # marked failed; ≤ 512 chars, empty for a healthy call (collector/normalize.py error_text_of)
+    error_text: str = ""
+    # an LLM step's requested tool calls, JSON (collector/normalize.py output_tool_calls): made
+    # into tool steps where no tool spans are sent (analyzer/tool_calls.py)
+    output_tool_calls: str = ""
 
     @property
     def failed(self) -> bool:
@@ -82,14 +95,19 @@ class Step:
     def systems_failure(self) -> bool:
         """Failed because a system failed (429, 5xx, timeout, unreachable), not the agent's call.
 
-        A 4xx other than 408/429 is the agent's misuse (bad arguments): semantic, not this.
+        A 4xx other than 408/429 is the agent's misuse (bad arguments): semantic, not this. With
+        no status, the error type's words, else an unambiguous phrase of the error text
+        (``analyzer.failure_text``: a framework's class such as ToolRetryError whose message says
+        "Connection refused").
         """
         if not self.failed:
             return False
         if self.http_status:
             return self.http_status in (408, 429) or self.http_status >= 500
         lowered = self.error_type.lower()
-        return any(word in lowered for word in _SYSTEMS_ERROR_WORDS)
+        if any(word in lowered for word in _SYSTEMS_ERROR_WORDS):
+            return True
+        return bool(self.error_text) and text_cause(self.error_text) not in _NOT_SYSTEMS
 
     @property
     def end_ns(self) -> int:
@@ -113,6 +131,8 @@ class Step:
             out["status"] = self.status
         if self.error_type:
             out.update(error_type=self.error_type, http_status=self.http_status)
+        if self.error_text:  # where the cause is told (≤ 512 chars)
+            out["error_text"] = self.error_text
         return out
 
 

@@ -20,7 +20,10 @@ is the protocol; ``print`` goes to stderr, where logging goes too).
 Frames: 4-byte big-endian length, 1-byte kind, payload. ``B`` batch (8-byte batch id, 8-byte
 clock, 1-byte replay flag, orjson of the step columns) -> ``F`` findings (8-byte batch id, pickle
 of the findings: a trusted pipe to our own child) or ``E`` error (8-byte batch id, UTF-8 text);
-``P`` policy (orjson of the policy file's data, or ``null`` for none), not answered.
+``P`` policy (orjson of the policy file's data, or ``null`` for none), not answered. ``S`` seed
+(8-byte clock, orjson of the ``StoredSession`` rows ``analyzer.baselines`` read), not answered:
+the parent keeps the latest and sends it again to a restarted child, after the policy, so the
+new child's baselines start from the store's last reading instead of cold.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import sys
 
 import orjson
 
+from analyzer.detectors.seeding import StoredSession
 from analyzer.engine import Detection, DetectionUnavailable, default_detectors
 from analyzer.finding import Finding
 from analyzer.policy import DEFAULT_POLICY, parse_policy
@@ -81,6 +85,7 @@ class DetectionProcess:
         self._ids = itertools.count(1)
         self._reader: asyncio.Task | None = None
         self._starting: asyncio.Lock | None = None
+        self._seed: bytes | None = None  # the latest seed frame, for a restarted child
         self.restarts = 0
 
     async def start(self) -> None:
@@ -101,6 +106,8 @@ class DetectionProcess:
             self._read_replies(proc, self._pending)
         )
         self._send(_frame(b"P", orjson.dumps(self.policy_data)))
+        if self._seed is not None:
+            self._send(self._seed)
 
     def _send(self, frame: bytes) -> None:
         self._proc.stdin.write(frame)
@@ -148,6 +155,14 @@ class DetectionProcess:
         self.policy_data = policy_data
         if self._proc is not None and self._proc.returncode is None:
             self._send(_frame(b"P", orjson.dumps(policy_data)))
+            await self._proc.stdin.drain()
+
+    async def seed_baselines(self, sessions: list[StoredSession], now: int) -> None:
+        """Seed the child's baselines (``Detection.seed``); kept for a child started later."""
+        rows = orjson.dumps([tuple(session) for session in sessions])
+        self._seed = _frame(b"S", _ID.pack(now) + rows)
+        if self._alive():
+            self._send(self._seed)
             await self._proc.stdin.drain()
 
     async def _read_replies(self, proc: asyncio.subprocess.Process, pending: dict) -> None:
@@ -228,6 +243,14 @@ def main() -> None:
         if kind == ord("P"):
             data = orjson.loads(payload)
             current["policy"] = None if data is None else parse_policy(data, "<collector policy>")
+            continue
+        if kind == ord("S"):
+            (now,) = _ID.unpack_from(payload)
+            rows = orjson.loads(memoryview(payload)[_ID.size :])
+            try:
+                detection.seed([StoredSession(*row) for row in rows], now)
+            except Exception:  # the baselines carry on unseeded; detection must not stop
+                log.exception("baselines not seeded from %d stored sessions", len(rows))
             continue
         if kind != ord("B") or length < _BATCH.size:
             sys.exit(f"detection process: unexpected frame {kind} of {length} bytes")

@@ -54,6 +54,11 @@ class Rejections:
         return f"{text}; and {more} more" if more > 0 and self.messages else text
 
 
+#: Columns the detectors read that no table has (``ErrorText``: collector/normalize.py): the store
+#: is never sent them (``SpanBatch.to_json``).
+DETECTION_ONLY_COLUMNS = frozenset({"ErrorText"})
+
+
 class SpanBatch:
     """Normalised spans as columns: the unit that flows from receivers to the store and analyzer.
 
@@ -76,7 +81,13 @@ class SpanBatch:
         return list(zip(*(self.columns[n] for n in names), strict=True))
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self.columns)
+        """The stored columns as one ``JSONColumns`` block (``DETECTION_ONLY_COLUMNS`` left out)."""
+        columns = self.columns
+        if not DETECTION_ONLY_COLUMNS.isdisjoint(columns):
+            columns = dict(columns)
+            for name in DETECTION_ONLY_COLUMNS:
+                columns.pop(name, None)
+        return orjson.dumps(columns)
 
 
 class Consumer(Protocol):

@@ -164,3 +164,17 @@ FINISH_REASON_ALIASES = {
 # so queries written for that exporter work unchanged.
 SPAN_KIND_NAMES = ("Unspecified", "Internal", "Server", "Client", "Producer", "Consumer")
 STATUS_CODE_NAMES = ("Unset", "Ok", "Error")
+
+#: Tool calls the model asked for, read from an LLM span's output messages (the ``OutputToolCalls``
+#: column), for frameworks that send no tool spans (bare OpenLLMetry, OpenInference's LLM-only
+#: instrumentations). ``gen_ai.output.messages`` is a JSON list of messages whose ``parts`` of
+#: ``"type": "tool_call"`` carry ``name`` and ``arguments`` (OTel GenAI, OpenLLMetry from 0.4x), on
+#: the span or on its ``gen_ai.client.inference.operation.details`` event (Strands); each
+#: indexed convention names one call per key, ``<prefix>N<middle>M<suffix>name|arguments``.
+OUTPUT_MESSAGES_KEY = "gen_ai.output.messages"
+OUTPUT_TOOL_CALL_KEYS = (
+    # OpenLLMetry before gen_ai.output.messages: gen_ai.completion.0.tool_calls.0.name
+    ("gen_ai.completion.", ".tool_calls.", "."),
+    # OpenInference: llm.output_messages.0.message.tool_calls.0.tool_call.function.name
+    ("llm.output_messages.", ".message.tool_calls.", ".tool_call.function."),
+)

@@ -37,6 +37,8 @@ from collector.conventions import (
     JSON_SCHEMA_KEYWORDS,
     OPENINFERENCE_STEP,
     OPERATION_STEP,
+    OUTPUT_MESSAGES_KEY,
+    OUTPUT_TOOL_CALL_KEYS,
     REQUEST_TYPE_STEP,
     SPAN_KIND_NAMES,
     STATUS_CODE_NAMES,
@@ -68,8 +70,14 @@ COLUMNS = (
     "Tenant", "SessionId", "UserId", "AgentName", "StepKind", "Model", "Provider", "ToolName",
     "ToolArgs", "ToolArgsHash", "ToolResultHash", "InputTokens", "OutputTokens",
     "CacheReadTokens", "CacheWriteTokens", "ReasoningTokens", "FinishReason", "ErrorType",
-    "HttpStatus", "CostUsd", "Convention",
+    "HttpStatus", "ErrorText", "CostUsd", "Convention",
 )  # fmt: skip
+#: ``ErrorText`` is for the detectors only (``error_text``), not a table column: never stored
+#: (``collector.consumer.DETECTION_ONLY_COLUMNS``).
+_SPAN_COLUMNS = COLUMNS  # one value per span from the readers and ``_agent_fields``
+#: ``OutputToolCalls`` is filled afterwards from the LLM spans' attribute text
+#: (``_add_output_tool_calls``).
+COLUMNS = (*_SPAN_COLUMNS, "OutputToolCalls")
 
 # Exception class names (last dotted part) of the common model SDKs, and the HTTP status they mean.
 _EXCEPTION_HTTP_STATUS = {
@@ -133,6 +141,7 @@ class Normalizer:
             cols.update(zip(_AGENT_COLUMNS, map(list, zip(*agent_rows, strict=True)), strict=True))
         else:
             cols.update((name, []) for name in _AGENT_COLUMNS)
+        _add_output_tool_calls(cols)
         _inherit_along_trace(cols)
         return SpanBatch(cols, len(agent_rows))
 
@@ -221,9 +230,10 @@ class Normalizer:
                         )
                     )
         if rows:
-            cols = dict(zip(COLUMNS, map(list, zip(*rows, strict=True)), strict=True))
+            cols = dict(zip(_SPAN_COLUMNS, map(list, zip(*rows, strict=True)), strict=True))
         else:
-            cols = {name: [] for name in COLUMNS}
+            cols = {name: [] for name in _SPAN_COLUMNS}
+        _add_output_tool_calls(cols)
         _inherit_along_trace(cols)
         return SpanBatch(cols, len(rows)), rejections
 
@@ -343,6 +353,17 @@ class Normalizer:
             result_hash = result_hash_of(
                 result, is_error, error_type, status_message, exception_pairs
             )
+        error_text = (
+            error_text_of(status_message, exception_pairs, result)
+            if is_error
+            or (
+                result
+                and step == "tool"
+                and result[0] in _MARKER_FIRST
+                and _is_tool_error_result(result)
+            )
+            else ""
+        )
 
         if "oi_kind" in own:
             convention = "openinference"
@@ -373,6 +394,7 @@ class Normalizer:
             finish,
             error_type,
             http_status if 100 <= http_status <= 599 else 0,
+            error_text,
             cost,
             convention,
         )
@@ -633,6 +655,73 @@ def _error_details(
     return error_type, http_status
 
 
+#: ``ErrorText``'s bound: a failure's cause is at the start of its messages, not in a stack trace
+ERROR_TEXT_MAX_CHARS = 512
+_ERROR_PART_MAX_CHARS = 256  # of each part, so the status message leaves room for the exception's
+#: How tool frameworks word a tool's failure when they hand it to the model as the call's result
+#: instead of failing the span (lower-cased prefixes of the result text):
+#: the OpenAI Agents SDK's ``default_tool_error_function`` ("An error occurred while running the
+#: tool. Please try again. Error: …"); LangGraph's ToolNode (``TOOL_CALL_ERROR_TEMPLATE`` "Error:
+#: {error}\n Please fix your mistakes.", ``TOOL_EXECUTION_ERROR_TEMPLATE`` "Error executing tool
+#: '…'"), FastMCP and MCP servers ("Error executing tool …"), tau-bench's environments ("Error:
+#: …"); smolagents (``AgentToolExecutionError``: "Error when executing tool …"); CrewAI ("I
+#: encountered an error while trying to use the tool"). LangChain's ``handle_tool_error=True``
+#: returns the exception's bare message: no marker, so it counts only on a failed span.
+_TOOL_ERROR_MARKERS = (
+    "an error occurred while running the tool",
+    "error:",
+    "error executing tool",
+    "error when executing tool",
+    "i encountered an error while trying to use the tool",
+)
+_MARKER_PADDING = ' \t\n"'  # a JSON string's quote, a leading newline
+#: the first characters a marked result can start with: most results fail this one test
+_MARKER_FIRST = frozenset("aAeEiI" + _MARKER_PADDING)
+
+
+def _is_tool_error_result(result: str) -> bool:
+    """Whether a tool's result is a framework's report of the call failing (a marker at its start).
+
+    >>> _is_tool_error_result("Error: ConnectionRefusedError(111, 'Connection refused')")
+    True
+    >>> _is_tool_error_result("FAILED tests/test_db.py - psycopg.OperationalError: connection refused")
+    False
+    """
+    return result[:64].lstrip(_MARKER_PADDING).lower().startswith(_TOOL_ERROR_MARKERS)
+
+
+def error_text_of(status_message: str, exception_pairs, result: str) -> str:
+    """The ``ErrorText`` of a failed call: its status message, its exception events ("type:
+    message") and the start of its result (a tool's error as handed to the model), each part cut
+    to ``_ERROR_PART_MAX_CHARS``, a part already said left out, at most ``ERROR_TEXT_MAX_CHARS``.
+
+    >>> error_text_of("ConnectionRefusedError: [Errno 111] Connection refused",
+    ...               [("exception.type", "ConnectionRefusedError"),
+    ...                ("exception.message", "[Errno 111] Connection refused")], "")
+    'ConnectionRefusedError: [Errno 111] Connection refused'
+    >>> error_text_of("", [("exception.message", "upstream gone")], "Error: bad gateway")
+    'upstream gone\\nError: bad gateway'
+    """
+    parts = [status_message[:_ERROR_PART_MAX_CHARS]] if status_message else []
+    kind = ""
+    for key, text in exception_pairs or ():
+        if key == "exception.type":
+            kind = text
+        else:
+            told = f"{kind}: {text}" if kind and text else kind or text
+            parts.append(told[:_ERROR_PART_MAX_CHARS])
+            kind = ""
+    if kind:
+        parts.append(kind[:_ERROR_PART_MAX_CHARS])
+    if result:
+        parts.append(result[:_ERROR_PART_MAX_CHARS])
+    text = ""
+    for part in parts:
+        if part and part not in text:
+            text = f"{text}\n{part}" if text else part
+    return text[:ERROR_TEXT_MAX_CHARS]
+
+
 def canonical_tool_args(raw: str) -> str:
     """Tool arguments in a canonical form, so the same call compares equal however it was spelled.
 
@@ -693,8 +782,155 @@ def result_hash_of(
     return args_hash_of(result)
 
 
+#: Bounds of ``OutputToolCalls`` (a model's output can be huge, and a span is hostile input):
+#: calls kept per LLM span, characters of a tool name and of its arguments kept. The arguments'
+#: hash is of all of them, so two long calls differing only at their end are still two calls.
+MAX_OUTPUT_TOOL_CALLS = 32
+_MAX_TOOL_NAME_CHARS = 256
+MAX_OUTPUT_TOOL_ARGS_CHARS = 4096
+
+_JSON_STRING = rb'"[^"\\]*(?:\\.[^"\\]*)*"'  # one JSON string, escapes included
+_OUTPUT_MESSAGES_AT = b'"' + OUTPUT_MESSAGES_KEY.encode() + b'":'
+_OUTPUT_MESSAGES_VALUE = re.compile(re.escape(_OUTPUT_MESSAGES_AT) + b"(" + _JSON_STRING + b")")
+_INDEXED_TOOL_CALLS = tuple(
+    (
+        prefix.encode(),
+        re.compile(
+            b'"'
+            + re.escape(prefix.encode())
+            + rb"(\d{1,4})"
+            + re.escape(middle.encode())
+            + rb"(\d{1,4})"
+            + re.escape(suffix.encode())
+            + b'(name|arguments)":('
+            + _JSON_STRING
+            + b")"
+        ),
+    )
+    for prefix, middle, suffix in OUTPUT_TOOL_CALL_KEYS
+)
+
+
+def _add_output_tool_calls(cols: dict) -> None:
+    """``OutputToolCalls`` of a batch: for each LLM span, the tool calls its output asked for.
+
+    Read from the attribute maps as JSON text (the C reader's fragments, or the reference
+    reader's dicts serialised), so both readers give the same column. Most spans pay one list
+    lookup; an LLM span one copy of its attribute text and a substring test before any parse.
+    """
+    kinds = cols["StepKind"]
+    column = [""] * len(kinds)
+    if "llm" in kinds:
+        attributes, events = cols["SpanAttributes"], cols["EventsAttributes"]
+        dumps = orjson.dumps
+        for i, kind in enumerate(kinds):
+            if kind == "llm":
+                column[i] = output_tool_calls(
+                    dumps(attributes[i]), dumps(events[i]) if events[i] else b""
+                )
+    cols["OutputToolCalls"] = column
+
+
+def output_tool_calls(attributes: bytes, events: bytes = b"") -> str:
+    """The tool calls an LLM span's output asked for, as the ``OutputToolCalls`` JSON text
+    (``[{"name", "arguments", "args_hash"}, ...]``, arguments canonical as ``ToolArgs``), or "".
+
+    ``attributes``: the span's attribute map as JSON text; ``events``: its events' attribute
+    maps (a JSON list), where Strands puts ``gen_ai.output.messages``. Conventions:
+    ``conventions.OUTPUT_MESSAGES_KEY`` and ``OUTPUT_TOOL_CALL_KEYS``. Malformed values are
+    skipped; nothing here raises.
+
+    >>> key = "llm.output_messages.0.message.tool_calls.0.tool_call.function."
+    >>> span = {key + "name": "search", key + "arguments": '{"q": "refunds",  "n": 3}'}
+    >>> [(c["name"], c["arguments"]) for c in orjson.loads(output_tool_calls(orjson.dumps(span)))]
+    [('search', '{"n":3,"q":"refunds"}')]
+    >>> output_tool_calls(orjson.dumps({"gen_ai.output.messages": "[{no json"}))
+    ''
+    """
+    if b"tool_call" not in attributes and b"tool_call" not in events:
+        return ""  # the common case: no tool call anywhere in the span
+    calls: list[dict] = []
+    for text in (attributes, events):
+        at = text.find(_OUTPUT_MESSAGES_AT)
+        while at > 0 and not calls:
+            if text[at - 1] in b"{,":  # a key, not text inside another value
+                match = _OUTPUT_MESSAGES_VALUE.match(text, at)
+                if match:
+                    _calls_from_messages(match.group(1), calls)
+            at = text.find(_OUTPUT_MESSAGES_AT, at + 1)
+        if calls:
+            break
+    if not calls:
+        for prefix, pattern in _INDEXED_TOOL_CALLS:
+            if prefix in attributes:
+                _calls_from_indexed_keys(prefix, pattern, attributes, calls)
+                if calls:
+                    break
+    return orjson.dumps(calls).decode() if calls else ""
+
+
+def _calls_from_messages(quoted: bytes, calls: list) -> None:
+    """Tool-call parts of a ``gen_ai.output.messages`` value (a JSON string of JSON)."""
+    try:
+        messages = orjson.loads(orjson.loads(quoted))
+    except (orjson.JSONDecodeError, TypeError):  # not JSON, or not a string of it
+        return
+    if type(messages) is dict:
+        messages = [messages]
+    if type(messages) is not list:
+        return
+    for message in messages:
+        parts = message.get("parts") if type(message) is dict else None
+        if type(parts) is list:
+            for part in parts:
+                if type(part) is dict and part.get("type") == "tool_call":
+                    _add_call(calls, part.get("name"), part.get("arguments"))
+
+
+def _calls_from_indexed_keys(prefix: bytes, pattern: re.Pattern, text: bytes, calls: list) -> None:
+    """Tool calls spread over indexed keys (``...N...M...name`` and ``...arguments``), in order."""
+    found: dict[tuple[int, int], list] = {}
+    key = b'"' + prefix
+    at = text.find(key)
+    while at > 0:  # bytes.find, then a match there: cheaper than a regex scan of a long prompt
+        match = pattern.match(text, at) if text[at - 1] in b"{," else None  # not inside a value
+        at = text.find(key, at + 1)
+        if match is None:
+            continue
+        message, call, which, quoted = match.groups()
+        try:
+            value = orjson.loads(quoted)
+        except orjson.JSONDecodeError:
+            continue
+        found.setdefault((int(message), int(call)), [None, None])[which == b"arguments"] = value
+    for key in sorted(found):
+        _add_call(calls, *found[key])
+
+
+def _add_call(calls: list, name, arguments) -> None:
+    """One call, its arguments canonical (an object, or the text of one) and bounded."""
+    if type(name) is not str or not name.strip() or len(calls) >= MAX_OUTPUT_TOOL_CALLS:
+        return
+    if type(arguments) is str:
+        args = canonical_tool_args(arguments) if arguments.strip() else ""
+    elif arguments is None:
+        args = ""
+    else:
+        try:
+            args = orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS).decode()
+        except orjson.JSONEncodeError:  # nested beyond orjson's depth
+            args = ""
+    calls.append(
+        {
+            "name": name.strip()[:_MAX_TOOL_NAME_CHARS],
+            "arguments": args[:MAX_OUTPUT_TOOL_ARGS_CHARS],
+            "args_hash": args_hash_of(args) if args else 0,
+        }
+    )
+
+
 _RAW_COLUMNS = COLUMNS[: COLUMNS.index("Tenant")]  # what the C reader builds
-_AGENT_COLUMNS = COLUMNS[len(_RAW_COLUMNS) :]
+_AGENT_COLUMNS = _SPAN_COLUMNS[len(_RAW_COLUMNS) :]
 
 
 def _load_reader():

@@ -11,6 +11,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Status, StatusCode
 
+from analyzer.restore import _RECENT_STEPS
+
 
 def agent_tracer(collector, service: str = "support-svc", token: str | None = None):
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
@@ -124,3 +126,50 @@ def test_detection_runs_in_its_own_process_and_survives_its_death(collector):
     [incident] = wait_for_incidents(collector, "detector = 'loop'")
     assert incident["session_id"] == "after-crash-2"
     assert detection.restarts == 1 and detection._proc.pid != pid
+
+
+def test_a_tool_backend_refusing_connections_opens_an_infrastructure_incident_not_a_loop(
+    collector,
+):
+    """Issue 13, point 4: the cause is only in the exception event (error.type names the
+    framework's class); three identical failing calls are the backend down, not the agent
+    repeating a rejected call (the loop detector's repeated_failure)."""
+    provider, tracer = agent_tracer(collector, "crm-svc")
+    attrs = {
+        "gen_ai.operation.name": "invoke_agent",
+        "gen_ai.agent.name": "support",
+        "gen_ai.conversation.id": "refused-1",
+    }
+    span_ids = []
+    with tracer.start_as_current_span("invoke_agent support", attributes=attrs):
+        for _ in range(3):
+            tool_attrs = {
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": "crm_lookup",
+                "gen_ai.tool.call.arguments": json.dumps({"order_id": 42}),
+                "error.type": "ToolRetryError",
+            }
+            try:  # the SDK records the exception event; the status says only "Error"
+                with tracer.start_as_current_span(
+                    "execute_tool crm_lookup", attributes=tool_attrs, set_status_on_exception=False
+                ) as span:
+                    span_ids.append(format(span.get_span_context().span_id, "016x"))
+                    span.set_status(Status(StatusCode.ERROR))
+                    raise ConnectionRefusedError(111, "Connection refused")
+            except ConnectionRefusedError:
+                pass
+    provider.shutdown()
+
+    [incident] = wait_for_incidents(collector, "detector = 'infrastructure'")
+    assert (incident["kind"], incident["class"], incident["severity"]) == (
+        "tool_backend", "infrastructure", "SEV3",
+    )  # fmt: skip
+    assert incident["span_id"] == span_ids[0]  # one refused connection is enough evidence
+    summary, step = json.loads(incident["evidence"])[:2]
+    assert (summary["cause"], summary["error_type"]) == ("connection_refused", "ToolRetryError")
+    assert step["error_text"] == "ConnectionRefusedError: [Errno 111] Connection refused"
+    assert collector.query("SELECT * FROM incidents_current WHERE detector = 'loop'") == []
+    # after a restart the replay (analyzer/restore.py) rebuilds the text from the stored span
+    replayed = collector.query(_RECENT_STEPS, {"lookback": "3600", "max_steps": "1000"})
+    texts = {row["ErrorText"] for row in replayed if row["SessionId"] == "refused-1"}
+    assert texts == {"ConnectionRefusedError: [Errno 111] Connection refused"}

@@ -67,7 +67,9 @@ def test_list_show_acknowledge_and_resolve_over_the_api(collector):
     assert listed.status_code == 200, listed.text
     [row] = listed.json()
     assert (row["incident_id"], row["severity"], row["status"]) == (iid, "SEV2", "open")
-    assert row["evidence"][0]["span_id"] == incident["span_id"]  # decoded JSON
+    why, flagged = row["evidence"][:2]  # decoded JSON: why it fired, then the flagged step
+    assert (why["rule"], why["threshold"], why["observed"]) == ("repeated_call", 4, 4)
+    assert "lookup_order called 4 times" in why["why"] and flagged["span_id"] == incident["span_id"]
     assert row["first_seen"].endswith("Z") and isinstance(row["occurrences"], int)
     assert requests.get(url, params={"severity": "SEV1"}).json() == []
     assert requests.get(url, params={"detector": "cost_runaway"}).json() == []
@@ -227,6 +229,64 @@ def test_cli_list_show_ack_resolve(collector):
     assert unknown.returncode != 0 and "404" in unknown.stderr
 
 
+def test_false_alarms_over_the_api_and_the_cli_give_field_precision(collector):
+    """People's verdicts, through the real API and the CLI, end up in ``detector_precision``."""
+    api, url = collector.api_url, f"{collector.api_url}/v1/incidents"
+    first = loop_incident(collector, "loop-1", "u-1")["incident_id"]
+    for bad, error in (
+        ({"false_alarm": "yes"}, "true or false"),
+        ({"false_alarm": True, "reason": "x"}, "only a resolve"),
+    ):
+        path = "resolve" if bad["false_alarm"] == "yes" else "ack"
+        response = requests.post(f"{url}/{first}/{path}", json=bad)
+        assert response.status_code == 400 and error in response.json()["error"], response.text
+    assert current(collector, first)["status"] == "open"
+
+    response = requests.post(
+        f"{url}/{first}/resolve",
+        json={"actor": "alice", "reason": "a retry by design", "false_alarm": True},
+    )
+    assert response.status_code == 200, response.text
+    assert (response.json()["status"], response.json()["resolution"]) == ("resolved", "false_alarm")
+    assert events(collector, first)[-1] == ("resolved", "alice", "false alarm: a retry by design")
+
+    # the same loop again: new incidents (recurrences), resolved from the CLI
+    second = loop_incident(collector, "loop-2", "u-2")["incident_id"]
+    fixed = agentwatch("incidents", "resolve", second, "--actor", "bob", api_url=api)
+    assert fixed.returncode == 0 and f"{second} resolved by bob" in fixed.stdout, fixed.stderr
+    third = loop_incident(collector, "loop-3", "u-3")["incident_id"]
+    noise = agentwatch("incidents", "resolve", third, "--false-alarm", "--actor", "carol",
+                       api_url=api)  # fmt: skip
+    assert noise.returncode == 0, noise.stderr
+    assert f"{third} resolved as a false alarm by carol" in noise.stdout
+    assert [current(collector, i)["resolution"] for i in (first, second, third)] == [
+        "false_alarm", "fixed", "false_alarm",
+    ]  # fmt: skip
+    assert events(collector, third)[-1] == ("resolved", "carol", "false alarm")
+    shown = agentwatch("incidents", "show", third, api_url=api)
+    assert "resolution  false_alarm" in shown.stdout, shown.stderr
+    assert re.search(r"why\s+lookup_order called 4 times", shown.stdout), shown.stdout
+    false_alarms = collector.query(readme_query("false alarms"))
+    assert [(r["incident_id"], r["rule"]) for r in false_alarms] == [
+        (third, "repeated_call"), (first, "repeated_call"),
+    ]  # fmt: skip
+    assert all("(the rule fires at 4)" in r["why"] for r in false_alarms)
+
+    [row] = collector.query("SELECT * FROM detector_precision")
+    assert (row["detector"], row["kind"], row["tenant"]) == ("loop", "repeated_call", "default")
+    assert (row["resolved_by_people"], row["false_alarms"], row["resolved_quietly"]) == (3, 2, 0)
+    assert row["field_precision"] == pytest.approx(1 / 3, abs=1e-4)
+    assert requests.get(f"{url}/precision").json() == [row]
+
+    table = agentwatch("incidents", "precision", api_url=api)
+    assert table.returncode == 0, table.stderr
+    header, line = table.stdout.splitlines()
+    assert "PRECISION" in header and "FALSE ALARMS" in header
+    assert line.split() == ["default", "loop/repeated_call", "3", "2", "33%", "0"]
+    as_json = agentwatch("incidents", "precision", "--format", "json", api_url=api)
+    assert json.loads(as_json.stdout) == [row]
+
+
 # --- SQL views ----------------------------------------------------------------------------------
 
 
@@ -317,7 +377,9 @@ def test_readme_on_call_queries(collector):
     assert calls[-1]["SpanId"] == incident["span_id"]
 
 
-@pytest.mark.parametrize("view", ["open_incidents", "incident_recurrence", "incident_mttr"])
+@pytest.mark.parametrize(
+    "view", ["open_incidents", "incident_recurrence", "incident_mttr", "detector_precision"]
+)
 def test_views_exist_on_an_empty_store(collector, view):
     assert collector.query(f"SELECT * FROM {view}") == []
 

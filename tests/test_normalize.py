@@ -568,3 +568,92 @@ def test_the_result_hash_is_only_for_tool_calls():
         ).SerializeToString()
     )
     assert row["StepKind"] == "llm" and row["ToolResultHash"] == 0
+
+
+# --- ErrorText: where a failure's cause is told (issue 13, point 4) -----------------------------
+
+TOOL = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "crm_lookup"}
+
+
+def _error_texts(*spans) -> list[str]:
+    """``ErrorText`` of each span, after checking the C reader (when built) gives the same."""
+    from collector.decode import decode_protobuf
+
+    body = request(*spans).SerializeToString()
+    reference, _ = Normalizer().normalize(decode_protobuf(body, Rejections()))
+    native = Normalizer().read_wire(body, Rejections())
+    if native is not None:
+        assert native.columns["ErrorText"] == reference.columns["ErrorText"]
+    return reference.columns["ErrorText"]
+
+
+def test_the_exception_message_and_the_tool_result_reach_the_error_text():
+    refused = ("exception", {
+        "exception.type": "ConnectionRefusedError",
+        "exception.message": "[Errno 111] Connection refused",
+    })  # fmt: skip
+    texts = _error_texts(
+        # a framework class in error.type: the cause is only in the exception event
+        span("t", {**TOOL, "error.type": "ToolRetryError"}, error="", events=[refused]),
+        # the status message says it already: not repeated
+        span(
+            "t",
+            TOOL,
+            error="ConnectionRefusedError: [Errno 111] Connection refused",
+            events=[refused],
+        ),  # fmt: skip
+        # a failed tool's result: what its framework handed the model
+        span("t", {**TOOL, "gen_ai.tool.call.result": "upstream: 502 Bad Gateway"}, error="x"),
+        # a failed model call: status message only
+        span("c", {"gen_ai.operation.name": "chat"}, error="Error code: 503 - overloaded"),
+    )
+    assert texts == [
+        "ConnectionRefusedError: [Errno 111] Connection refused",
+        "ConnectionRefusedError: [Errno 111] Connection refused",
+        "x\nupstream: 502 Bad Gateway",
+        "Error code: 503 - overloaded",
+    ]
+
+
+def test_a_tool_result_is_error_text_only_when_its_framework_worded_it_as_an_error():
+    def result(text: str) -> dict:
+        return {**TOOL, "gen_ai.tool.call.result": text}
+
+    marked = [
+        # the OpenAI Agents SDK's default_tool_error_function
+        "An error occurred while running the tool. Please try again. Error: [Errno 111] "
+        "Connection refused",
+        "Error: ConnectError('[Errno -2] Name or service not known')\n Please fix your mistakes.",
+        "Error executing tool crm_lookup: 503 Service Unavailable",  # LangGraph, MCP servers
+        "Error when executing tool crm_lookup with arguments {}: TimeoutError: timed out",
+        '"Error: connection reset by peer"',  # a JSON string as some exporters send it
+    ]
+    ordinary = [
+        # a coding agent reading a test log, or running curl: the tool worked
+        "===== FAILURES =====\nE   psycopg.OperationalError: connection refused\n1 failed",
+        "curl: (7) Failed to connect to localhost port 8080: Connection refused",
+        '{"orders": [], "note": "Error: none found"}',
+    ]
+    texts = _error_texts(*(span("t", result(text)) for text in marked + ordinary))
+    assert texts == marked + [""] * len(ordinary)
+
+
+def test_a_healthy_call_has_no_error_text_and_the_store_never_gets_the_column():
+    batch, _ = Normalizer().normalize(
+        request(
+            span("t", {**TOOL, "gen_ai.tool.call.result": "3 orders"}),
+            span("c", {"gen_ai.operation.name": "chat"}),
+            span("t", TOOL, error="[Errno 111] Connection refused"),
+        )
+    )
+    assert batch.columns["ErrorText"] == ["", "", "[Errno 111] Connection refused"]
+    assert "ErrorText" not in orjson.loads(batch.to_json())  # detection only, not a table column
+
+
+def test_the_error_text_is_bounded():
+    long = "Connection refused " + "x" * 5000
+    [text] = _error_texts(
+        span("t", TOOL, error=long, events=[("exception", {"exception.message": "y" * 5000})])
+    )
+    assert text.startswith("Connection refused") and len(text) <= 512
+    assert "y" * 100 in text  # the exception's part is kept: the status message has only its share

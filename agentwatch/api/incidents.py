@@ -7,7 +7,12 @@
 - ``GET  /v1/incidents/{id}``: one incident and its ``timeline`` (``incident_events`` in order).
 - ``POST /v1/incidents/{id}/ack`` and ``/resolve``, body ``{"actor": "...", "reason": "..."}``
   (both optional; the actor defaults to ``api``): the incident as it is now, with its timeline.
-  404 for an unknown id, 409 when it is resolved already (or already acknowledged, for ``ack``).
+  A resolve may add ``"false_alarm": true``: a person's verdict that it should not have fired,
+  kept as the incident's ``resolution`` (``false_alarm``; otherwise ``fixed``) and counted in
+  ``detector_precision``. 404 for an unknown id, 409 when it is resolved already (or already
+  acknowledged, for ``ack``).
+- ``GET  /v1/incidents/precision``: rows of ``detector_precision``, each detector's field
+  precision (1 - false alarms / incidents resolved by people), per tenant, detector and kind.
 
 Every change goes through the collector's incident desk (``analyzer.engine.IncidentDesk``: the
 analyzer, or a desk of its own with detection off) and so through
@@ -55,6 +60,7 @@ LOCK = web.AppKey("incidents_lock", asyncio.Lock)
 def add_incident_routes(app: web.Application) -> None:
     app[LOCK] = asyncio.Lock()  # one status change at a time: no double "resolved" events
     app.router.add_get("/v1/incidents", list_incidents)
+    app.router.add_get("/v1/incidents/precision", detector_precision)  # before {id}
     app.router.add_get("/v1/incidents/{id}", show_incident)
     app.router.add_post("/v1/incidents/{id}/ack", acknowledge_incident)
     app.router.add_post("/v1/incidents/{id}/resolve", resolve_incident)
@@ -118,6 +124,15 @@ async def list_incidents(request: web.Request) -> web.Response:
     return web.json_response([_for_people(r) for r in rows], dumps=_dumps)
 
 
+async def detector_precision(request: web.Request) -> web.Response:
+    reader_tenant = request[PRINCIPAL].tenant if PRINCIPAL in request else None
+    try:
+        rows = await _stored(_repository(request).precision(reader_tenant))
+    except _Failed as failed:
+        return failed.response
+    return web.json_response(rows, dumps=_dumps)
+
+
 async def _load(repository: IncidentRepository, incident_id: str) -> dict | None:
     row = await _stored(repository.current(incident_id))
     if row is None:
@@ -161,13 +176,21 @@ async def _change_status(request: web.Request, status: str) -> web.Response:
     actor, reason = body.get("actor") or "api", body.get("reason") or ""
     if not isinstance(actor, str) or not isinstance(reason, str):
         return _error(400, "'actor' and 'reason' must be strings")
+    false_alarm = body.get("false_alarm", False)
+    if not isinstance(false_alarm, bool):
+        return _error(400, "'false_alarm' must be true or false")
+    if false_alarm and status != "resolved":
+        return _error(400, "only a resolve can be a false alarm ('false_alarm' with /resolve)")
+    resolution = ("false_alarm" if false_alarm else "fixed") if status == "resolved" else ""
     if not _ID.match(incident_id):
         return _error(404, f"no incident {incident_id!r}")
     collector = _collector(request)
     desk = collector.incident_desk  # the analyzer, or a desk of its own with detection off
     try:
         async with request.app[LOCK]:
-            await _stored(desk.set_status(incident_id, status, actor[:200], reason[:2000]))
+            await _stored(
+                desk.set_status(incident_id, status, actor[:200], reason[:2000], resolution)
+            )
             incident = await _load(collector.incident_repository, incident_id)
     except _Failed as failed:
         return failed.response

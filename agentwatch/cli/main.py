@@ -237,6 +237,8 @@ def incidents() -> None:
       agentwatch incidents show inc-3f2a9c1b7d4e
       agentwatch incidents ack inc-3f2a9c1b7d4e --reason "looking"
       agentwatch incidents resolve inc-3f2a9c1b7d4e --reason "tool fixed"
+      agentwatch incidents resolve inc-3f2a9c1b7d4e --false-alarm --reason "a normal retry"
+      agentwatch incidents precision                 # each detector's field precision
     """
 
 
@@ -348,8 +350,12 @@ def incidents_show(incident_id, fmt, api_url, token) -> None:
     ]
     if i.get("link"):
         out.append(f"  link        {i['link']}")
-    out.append("evidence:")
+    if i.get("resolution"):
+        out.append(f"  resolution  {i['resolution']}")
     evidence = i["evidence"] if isinstance(i["evidence"], list) else [i["evidence"]]
+    if evidence and isinstance(evidence[0], dict) and evidence[0].get("why"):
+        out.append(f"  why         {evidence[0]['why']}")  # analyzer.finding.explain
+    out.append("evidence:")
     out += [f"  {json.dumps(item, sort_keys=True)}" for item in evidence]
     out.append("timeline:")
     for e in i.get("timeline", []):
@@ -358,7 +364,9 @@ def incidents_show(incident_id, fmt, api_url, token) -> None:
     click.echo("\n".join(out))
 
 
-def _set_status(action: str, incident_id, reason, actor, api_url, token) -> None:
+def _set_status(
+    action: str, incident_id, reason, actor, api_url, token, false_alarm: bool = False
+) -> None:
     import getpass
 
     if not actor:
@@ -371,9 +379,10 @@ def _set_status(action: str, incident_id, reason, actor, api_url, token) -> None
         token,
         "POST",
         _incident_path(incident_id, action),
-        json={"actor": actor, "reason": reason or ""},
+        json={"actor": actor, "reason": reason or "", "false_alarm": false_alarm},
     ).json()
-    click.echo(f"{i['incident_id']} {i['status']} by {actor}: {i['title']}")
+    status = f"{i['status']} as a false alarm" if false_alarm else i["status"]
+    click.echo(f"{i['incident_id']} {status} by {actor}: {i['title']}")
 
 
 def _status_options(fn):
@@ -393,10 +402,42 @@ def incidents_ack(incident_id, reason, actor, api_url, token) -> None:
 
 @incidents.command("resolve")
 @_status_options
+@click.option(
+    "--false-alarm",
+    is_flag=True,
+    help="It should not have fired (counted against its detector's field precision).",
+)
 @_client_options
-def incidents_resolve(incident_id, reason, actor, api_url, token) -> None:
+def incidents_resolve(incident_id, reason, actor, false_alarm, api_url, token) -> None:
     """Resolve incident ID (the same problem again opens a new incident)."""
-    _set_status("resolve", incident_id, reason, actor, api_url, token)
+    _set_status("resolve", incident_id, reason, actor, api_url, token, false_alarm)
+
+
+def _precision_table(rows: list[dict]) -> str:
+    header = ("TENANT", "DETECTOR/KIND", "RESOLVED BY PEOPLE", "FALSE ALARMS", "PRECISION")
+    header += ("RESOLVED QUIETLY",)
+    lines = [
+        (
+            r["tenant"],
+            f"{r['detector']}/{r['kind']}",
+            str(r["resolved_by_people"]),
+            str(r["false_alarms"]),
+            "-" if r["field_precision"] is None else f"{r['field_precision']:.0%}",
+            str(r["resolved_quietly"]),
+        )
+        for r in rows
+    ]
+    return text_table(header, lines)
+
+
+@incidents.command("precision")
+@format_option
+@_client_options
+def incidents_precision(fmt, api_url, token) -> None:
+    """Each detector's field precision: 1 - false alarms / incidents resolved by people
+    (the SQL view detector_precision). Incidents the quiet-period timer resolved do not count."""
+    rows = api_call(api_url, token, "GET", "/v1/incidents/precision").json()
+    echo_rows(rows, fmt, "no incidents resolved yet", _precision_table)
 
 
 @main.group()

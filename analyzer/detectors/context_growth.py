@@ -20,7 +20,8 @@ A policy ``severity`` override for ``context_growth`` wins over both. Each kind 
 per session. When both fire on the same step the spiral is reported (it is the cause and the
 higher severity) and the limit stays armed for the next step. Signature: the model family
 (``gpt-4o``, ``claude-sonnet-4``), so one model's spirals of one agent are one incident. Evidence:
-the last few steps' input tokens and span ids (oldest first), then the flagged step.
+why it fired (``analyzer.finding.explain``), the last few steps' input tokens and span ids (oldest
+first), then the flagged step.
 
 Thresholds (``growth_factor``, ``steps``, ``min_input_tokens``, ``context_share``,
 ``context_window``): ``ContextGrowthThresholds`` (defaults there; the constructor takes them as
@@ -49,8 +50,10 @@ whatever the session's length (``tests/analyzer/test_context_growth.py`` checks 
 >>> finding = prompt(3, 17_000)
 >>> finding.kind, finding.severity, finding.signature, finding.step.span_id
 ('spiral', 'SEV2', 'gpt-4o', 'span3')
->>> [e["input_tokens"] for e in finding.evidence[:-1]]
+>>> [e["input_tokens"] for e in finding.evidence[1:-1]]
 [2000, 4100, 8300, 17000]
+>>> finding.evidence[0]["why"]
+'3 LLM steps in a row each sent ×2 or more the input tokens of the one before, to 17,000 (the rule fires at 3 steps over 8,000 tokens)'
 >>> finding = prompt(4, 110_000)
 >>> finding.kind, finding.severity
 ('near_context_limit', 'SEV3')
@@ -63,7 +66,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from analyzer.detectors.base import DetectorThresholds, ResolvedThresholds
-from analyzer.finding import Finding
+from analyzer.finding import Finding, explain
 from analyzer.models import context_window, model_family
 from analyzer.step import Step
 
@@ -140,13 +143,35 @@ class ContextGrowthDetector:
                     f"input tokens grew ×{factor:g} or more on {state.run} LLM steps in a row, "
                     f"to {tokens:,}"
                 )
-                return self._flag(state, _SPIRAL, "spiral", "SEV2", step, session, title)
+                why = explain(
+                    why=f"{state.run} LLM steps in a row each sent ×{factor:g} or more the input"
+                    f" tokens of the one before, to {tokens:,} (the rule fires at"
+                    f" {limits['steps']:g} steps over {limits['min_input_tokens']:,} tokens)",
+                    rule="spiral",
+                    threshold={
+                        "steps": limits["steps"],
+                        "growth_factor": factor,
+                        "min_input_tokens": limits["min_input_tokens"],
+                    },
+                    observed={"steps": state.run, "input_tokens": tokens},
+                )
+                return self._flag(state, _SPIRAL, "spiral", "SEV2", step, session, title, why)
         if not state.flagged & _NEAR_LIMIT:
             window = int(limits["context_window"] or 0) or context_window(step.model)
             if window and tokens >= limits["context_share"] * window:
                 title = f"input tokens {tokens:,} reached {tokens / window:.0%} of the {window:,}-token context window"
+                share = limits["context_share"]
+                why = explain(
+                    why=f"one LLM step sent {tokens:,} input tokens, {tokens / window:.0%} of the"
+                    f" model's {window:,}-token context window (the rule fires at {share:.0%})",
+                    rule="near_context_limit",
+                    threshold=int(share * window),
+                    observed=tokens,
+                    context_window=window,
+                    context_share=share,
+                )
                 return self._flag(
-                    state, _NEAR_LIMIT, "near_context_limit", "SEV3", step, session, title
+                    state, _NEAR_LIMIT, "near_context_limit", "SEV3", step, session, title, why
                 )
         return None
 
@@ -159,6 +184,7 @@ class ContextGrowthDetector:
         step: Step,
         session: SessionState,
         title: str,
+        why: dict,
     ) -> Finding:
         state.flagged |= bit
         override = session.policy.severity.get(self.name)
@@ -175,5 +201,5 @@ class ContextGrowthDetector:
             title=f"{step.agent or session.agent or step.service}: {title}",
             step=step,
             signature=model_family(step.model) or "unknown",
-            evidence=(*growth, step.evidence()),
+            evidence=(why, *growth, step.evidence()),
         )

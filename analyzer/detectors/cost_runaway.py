@@ -17,15 +17,24 @@ spans, which would count it twice. Two kinds:
 ``factor``, ``min_sessions`` and ``default_session_cost_usd`` are ``CostRunawayThresholds``
 (defaults there; the constructor takes them as keywords), overridden per agent by policy
 ``thresholds.cost_runaway``; a policy ``severity`` override for ``cost_runaway`` wins.
-Signature: ``<agent>:<kind>``; each kind is reported once per session.
+Signature: ``<agent>:<kind>``; each kind is reported once per session. Evidence: why it fired
+(``analyzer.finding.explain``; ``rule`` ``budget_cost``, ``budget_tokens``, ``baseline`` or
+``cold_start``, the default guard), the flagged step, then the session's spend.
 
 A session is finished, and its cost joins its agent's baseline, once no LLM step of it was seen
-for ``session_idle_s`` on the injected clock (checked on every step observed). State:
+for ``session_idle_s`` on the injected clock (checked on every step observed). Only finished
+sessions count, unlike the token ratio's running ones: a running session's cost is a part of its
+final cost (a ratio is not), so counting it would pull the median down and flag normal sessions.
+The median is robust (a few runaways in the window do not move it); there is no spread term, the
+rule is a multiple of it. ``seed(sessions, now_ns)`` adds the store's finished sessions
+(``analyzer.baselines``: at start-up and every few minutes, so a restart or a second collector
+starts warm); a session both seeded and seen here counts once, with the larger cost. State:
 
 - per session: cost, tokens, LLM step count, flagged kinds (a few fields);
 - per detector: the sessions not yet folded into a baseline, at most ``max_open`` (the least
   recently active is folded early beyond that), and one baseline of at most ``window`` costs for
-  each of at most ``max_agents`` agents (the least recently used agent's is dropped beyond that).
+  each of at most ``max_agents`` agents (the least recently used agent's is dropped beyond that),
+  16 bytes a session: 3.2 KB an agent at the default 200.
 
 >>> from analyzer.policy import AgentPolicy
 >>> from analyzer.session import SessionTable
@@ -49,28 +58,34 @@ True
 from __future__ import annotations
 
 import statistics
-from collections import OrderedDict, deque
+from array import array
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from pydantic import Field
 
 from analyzer.detectors.base import DetectorThresholds, ResolvedThresholds
-from analyzer.finding import Finding
+from analyzer.detectors.seeding import StoredSession
+from analyzer.finding import Finding, explain
 from analyzer.step import Step
 
 if TYPE_CHECKING:
     from analyzer.session import SessionState
 
 _SEVERITIES = ("SEV1", "SEV2", "SEV3")
+_U32, _SECOND = 0xFFFF_FFFF, 1_000_000_000
 
 AgentKey = tuple[str, str, str]  # tenant, service, agent
 
 
 class _CostState:
-    __slots__ = ("agent_key", "cost_usd", "tokens", "llm_steps", "last_ns", "folded", "flagged")
+    __slots__ = (
+        "agent_key", "serial", "cost_usd", "tokens", "llm_steps", "last_ns", "folded", "flagged"
+    )  # fmt: skip
 
     def __init__(self, agent_key: AgentKey) -> None:
         self.agent_key = agent_key
+        self.serial = 0  # hash of the session's key (its identity in the baseline)
         self.cost_usd = 0.0
         self.tokens = 0
         self.llm_steps = 0
@@ -80,17 +95,51 @@ class _CostState:
 
 
 class _Baseline:
-    """The recent finished sessions' costs of one agent, and their median (kept up to date)."""
+    """The recent finished sessions' costs of one agent, and their median (kept up to date).
 
-    __slots__ = ("costs", "median")
+    One entry per session (``serials``): a session counted here and also in a seed from the store
+    keeps its larger cost (cost only grows, so the larger is the more complete count). 16 bytes a
+    session: its key's hash and its last activity (seconds) in 32 bits each are enough to tell
+    200 sessions apart and to order them."""
+
+    __slots__ = ("serials", "costs", "stamps", "median", "window")
 
     def __init__(self, window: int) -> None:
-        self.costs: deque[float] = deque(maxlen=window)
+        self.serials = array("I")  # the sessions' key hashes (32 bits)
+        self.costs = array("d")
+        self.stamps = array("I")  # when each session was last active, in s (to merge a seed)
         self.median = 0.0
+        self.window = window
 
-    def add(self, cost_usd: float) -> None:
-        self.costs.append(cost_usd)
+    def add(self, serial: int, cost_usd: float, stamp: int) -> None:
+        serial, stamp = serial & _U32, stamp // _SECOND
+        try:
+            i = self.serials.index(serial)  # O(window), once per finished session
+        except ValueError:
+            self.serials.append(serial)
+            self.costs.append(cost_usd)
+            self.stamps.append(stamp)
+            if len(self.costs) > self.window:
+                del self.serials[0], self.costs[0], self.stamps[0]
+        else:
+            self.costs[i] = max(self.costs[i], cost_usd)
         self.median = statistics.median(self.costs)  # once per finished session, not per step
+
+    def seed(self, stored: list[tuple[int, float, int]]) -> None:
+        """Merge stored finished sessions (serial, cost, stamp); keep the ``window`` latest."""
+        merged = {
+            serial: (stamp, cost)
+            for serial, cost, stamp in zip(self.serials, self.costs, self.stamps, strict=True)
+        }
+        for serial, cost, stamp in stored:
+            serial, stamp = serial & _U32, stamp // _SECOND
+            known = merged.get(serial, (stamp, cost))
+            merged[serial] = (max(stamp, known[0]), max(cost, known[1]))
+        latest = sorted(merged.items(), key=lambda item: item[1][0])[-self.window :]
+        self.serials = array("I", (serial for serial, _ in latest))
+        self.costs = array("d", (cost for _, (_, cost) in latest))
+        self.stamps = array("I", (stamp for _, (stamp, _) in latest))
+        self.median = statistics.median(self.costs) if self.costs else 0.0
 
 
 class CostRunawayThresholds(DetectorThresholds):
@@ -141,6 +190,7 @@ class CostRunawayDetector:
         state.tokens += step.input_tokens + step.output_tokens
         state.llm_steps += 1
         state.last_ns = max(state.last_ns, step.time_ns, now_ns)
+        state.serial = hash(session.key)  # the key may change (its session id arrived late)
         self._track(session.key, state)
 
         policy = session.policy
@@ -151,14 +201,26 @@ class CostRunawayDetector:
             if policy.session_cost_usd is not None and state.cost_usd > policy.session_cost_usd:
                 title = f"session cost ${state.cost_usd:.2f} over its ${policy.session_cost_usd:.2f} budget"
                 limit = {"budget": "cost", "budget_usd": policy.session_cost_usd}
+                why = explain(
+                    why=f"{title} (policy session_cost_usd)",
+                    rule="budget_cost",
+                    threshold=policy.session_cost_usd,
+                    observed=round(state.cost_usd, 6),
+                )
             elif policy.session_tokens is not None and state.tokens > policy.session_tokens:
                 title = (
                     f"session used {state.tokens} tokens, over its {policy.session_tokens} budget"
                 )
                 limit = {"budget": "tokens", "budget_tokens": policy.session_tokens}
+                why = explain(
+                    why=f"{title} (policy session_tokens)",
+                    rule="budget_tokens",
+                    threshold=policy.session_tokens,
+                    observed=state.tokens,
+                )
             else:
                 return None
-            return self._flag(session, state, "budget_exceeded", "SEV1", step, title, limit)
+            return self._flag(session, state, "budget_exceeded", "SEV1", step, title, limit, why)
 
         if "spend_anomaly" in state.flagged:
             return None
@@ -176,13 +238,31 @@ class CostRunawayDetector:
                 "factor": factor,
                 "baseline_sessions": len(baseline.costs),
             }
+            why = explain(
+                why=f"{title} over {len(baseline.costs)} sessions (the rule fires above"
+                f" {factor:g}×: ${factor * base:.2f})",
+                rule="baseline",
+                threshold=round(factor * base, 6),
+                observed=round(state.cost_usd, 6),
+                baseline=round(base, 6),
+            )
         else:
             guard = limits["default_session_cost_usd"]
             if state.cost_usd <= guard:
                 return None
             title = f"session cost ${state.cost_usd:.2f}, over the default ${guard:.2f} guard (no baseline yet)"
             limit = {"default_session_cost_usd": guard}
-        return self._flag(session, state, "spend_anomaly", "SEV2", step, title, limit)
+            finished = len(baseline.costs) if baseline is not None else 0
+            why = explain(
+                why=f"session cost ${state.cost_usd:.2f} passed the default ${guard:.2f} guard,"
+                f" judged without a baseline ({finished} of {limits['min_sessions']:g} finished"
+                " sessions)",
+                rule="cold_start",
+                threshold=guard,
+                observed=round(state.cost_usd, 6),
+                cold_start=True,
+            )
+        return self._flag(session, state, "spend_anomaly", "SEV2", step, title, limit, why)
 
     def _new_state(self, session: SessionState) -> _CostState:
         key = (session.key[0], session.service, session.agent)
@@ -220,14 +300,31 @@ class CostRunawayDetector:
         if state.folded:
             return
         state.folded = True
-        baseline = self._baselines.get(state.agent_key)
+        self._baseline(state.agent_key).add(state.serial, state.cost_usd, state.last_ns)
+
+    def _baseline(self, key: AgentKey) -> _Baseline:
+        baseline = self._baselines.get(key)
         if baseline is None:
-            baseline = self._baselines[state.agent_key] = _Baseline(self.window)
+            baseline = self._baselines[key] = _Baseline(self.window)
             while len(self._baselines) > self.max_agents:
                 self._baselines.popitem(last=False)
         else:
-            self._baselines.move_to_end(state.agent_key)
-        baseline.add(state.cost_usd)
+            self._baselines.move_to_end(key)
+        return baseline
+
+    def seed(self, sessions: list[StoredSession], now_ns: int) -> None:
+        """Warm the baselines with stored sessions (``analyzer.baselines``), oldest first: those
+        finished (no LLM step for ``session_idle_s`` before ``now_ns``), by agent, merged with the
+        sessions this process folded (``_Baseline.seed``)."""
+        by_agent: dict[AgentKey, list[tuple[int, float, int]]] = {}
+        cutoff = now_ns - self.idle_ns
+        for s in sessions:
+            if s.last_seen_ns < cutoff:
+                key = (s.tenant, s.service, s.agent)
+                by_agent.setdefault(key, []).append((hash(s.key), s.cost_usd, s.last_seen_ns))
+        for key, stored in by_agent.items():
+            key = self._agent_keys.setdefault(key, key) if len(self._agent_keys) < 10_000 else key
+            self._baseline(key).seed(stored[-self.window :])
 
     def _flag(
         self,
@@ -238,6 +335,7 @@ class CostRunawayDetector:
         step: Step,
         title: str,
         limit: dict,
+        why: dict,
     ) -> Finding:
         state.flagged += (kind,)
         override = session.policy.severity.get(self.name)
@@ -256,5 +354,5 @@ class CostRunawayDetector:
             title=f"{agent}: {title}",
             step=step,
             signature=f"{agent}:{kind}",
-            evidence=(step.evidence(), spend),
+            evidence=(why, step.evidence(), spend),
         )

@@ -1,25 +1,38 @@
 """Infrastructure: the systems an agent depends on are failing (infrastructure class, SEV1–3).
 
 **Evidence.** A failed llm/embedding or tool/retrieval step is classified (``classify``: a
-``kind``, the incident's, and a finer ``cause``, the evidence's) from every field the ``Step``
-carries: ``http_status`` and ``error_type``. The collector fills both from every place a span
-keeps its error (``collector/normalize.py`` ``_error_details``): ``error.type``, else the
-exception event's ``exception.type``, else the HTTP status code; ``http_status`` from the HTTP
-attributes, else a status code named in the error type (``openai.RateLimitError`` → 429), else
-one named in the *status message or exception message* ("Error code: 503", "status 502").
-The phrases below are matched in the lower-cased ``error_type`` as class names *and* as message
-text. The span's **status message** (``Step.status_message``) is read too, for a framework class
-in ``error.type`` (``ToolRetryError``, a tool's own exception class, ``_OTHER``) with no HTTP
-status whose cause is only in its message: there only unambiguous phrases count
-(``_MESSAGE_CAUSES``: "connection refused", "timed out", "name or service not known", "bad
-gateway" …), never single words such as "timeout" or "connect", which an agent's own error text
-("invalid timeout value") may contain. Exception-event messages are not on the step.
+``kind``, the incident's, and a finer ``cause``, the evidence's) from every place a span keeps its
+error, as the collector folds them into three ``Step`` fields (``collector/normalize.py``):
+
+- ``error_type``: ``error.type``, else the exception event's ``exception.type``, else the HTTP
+  status code; matched lower-cased, as class names *and* as message text (the table below);
+- ``http_status``: the HTTP status attributes, else a status code named in the error type
+  (``openai.RateLimitError`` → 429), else one named in the status or exception message ("Error
+  code: 503", "status 502");
+- ``error_text`` (``error_text_of``, ≤ 512 characters, not stored): the span's status message,
+  its exception events ("ConnectionRefusedError: [Errno 111] Connection refused") and, for a tool,
+  the start of its result text. It is read where the type and status say nothing (a framework's
+  class in ``error.type``: ``ToolRetryError``, a tool's own exception class, ``_OTHER``), and for
+  a provider's answer about the request itself (a content filter, the context window, a rate
+  limit, even under a 400/403). Free text: only unambiguous phrases count
+  (``analyzer.failure_text``: "connection refused", "timed out", "name or service not known",
+  "certificate verify failed", "bad gateway", "too many requests" …), never single words such as
+  "timeout" or "connect", which an agent's own error ("invalid timeout value") may contain.
+
+A tool span **not marked failed** counts only when its result is a tool framework's report of
+the call failing (the collector's ``_TOOL_ERROR_MARKERS`` at the result's start: the OpenAI Agents
+SDK's "An error occurred while running the tool", LangGraph's and MCP servers' "Error: …" / "Error
+executing tool", smolagents' "Error when executing tool", CrewAI's "I encountered an error while
+trying to use the tool") *and* the text names an infrastructure cause: then it is judged as a
+failure with that cause. A coding agent's ordinary output that mentions "Connection refused" (a
+test log it reads, a curl it ran) carries no marker and is never read. LangChain's
+``handle_tool_error`` hands over the bare message: only a span marked failed is read there.
 
 | kind (signature) | cause (evidence) | when |
 |---|---|---|
-| none: not infrastructure | content filter | ``content_filter``, ContentPolicyViolation, "content policy", ResponsibleAIPolicy in the type. **Decision**: a content filter is the provider *enforcing its policy* on this content; the provider is up and answered as designed, and retrying will not help, so it is neither an outage nor the agent's loop: it is left to the semantic detectors (and ``finish_reason``), never paged as infrastructure |
-| ``context_length`` | context_length | llm/embedding: the type names the context window (``context_length_exceeded``, ContextWindowExceeded, "maximum context length"); a bare ``BadRequestError``/400 is not (its message is not on the Step) |
-| ``rate_limit`` | rate_limit | HTTP 429, or RateLimit / TooManyRequests / "rate limit" in the type (llm or tool) |
+| none: not infrastructure | content filter | ``content_filter``, ContentPolicyViolation, "content policy", ResponsibleAIPolicy in the type, or "content management policy" (Azure), "content_filter", "content filter" in the error text. **Decision**: a content filter is the provider *enforcing its policy* on this content, a judgement about the agent's input; the provider is up and answered as designed, and retrying will not help, so it is not an outage (nor the agent's loop): it is left to the semantic detectors (and ``finish_reason`` ``content_filter``), never paged as infrastructure |
+| ``context_length`` | context_length | llm/embedding: the type or error text names the context window (``context_length_exceeded``, ContextWindowExceeded, "maximum context length"), even under a ``BadRequestError``/400 |
+| ``rate_limit`` | rate_limit | HTTP 429, or RateLimit / TooManyRequests / "rate limit" in the type, or "rate limit exceeded/reached", "too many requests", "resource has been exhausted" in the error text, even under a 403 (GitHub's) (llm or tool) |
 | ``auth`` | auth | llm/embedding: 401/403, or Authentication / PermissionDenied / Unauthorized. A tool's bare 401/403 is left to the semantic detectors: it cannot be told from the agent reaching for something it may not touch |
 | none: the agent's misuse | — | any other 4xx (400 invalid argument, 404, 409, 422, …): the request was refused as such; the loop detector's ``repeated_failure`` (semantic) judges repeats |
 | ``timeout`` | timeout | 408, or Timeout / TimedOut / "timed out" / DeadlineExceeded (``httpx.ReadTimeout``, ``CommandTimeoutError``, ``ConnectTimeout``, "EXECUTION TIMED OUT") |
@@ -30,7 +43,8 @@ gateway" …), never single words such as "timeout" or "connect", which an agent
 | 〃 | connection_reset | ConnectionReset / Aborted, ECONNRESET, BrokenPipe, RemoteDisconnected, RemoteProtocolError |
 | 〃 | connection | any other Connect… (``APIConnectionError``, ``httpx.ConnectError``), Unreachable, NetworkError |
 
-Anything else (``_OTHER``, ``ValueError``, a framework class alone) is not infrastructure.
+Anything else (``_OTHER``, ``ValueError``, a framework class alone, with no cause in its error
+text) is not infrastructure.
 
 **Rules.** Three rules judge the classified failures, in this order (the first that holds):
 
@@ -60,9 +74,10 @@ detector, kind, signature) makes a flaky backend *one* incident however many ses
 Each signature is reported at most once per window (cooldown ``window_s``) whichever rule fires,
 so a flaky or down backend updates that incident at most once a minute instead of paging again;
 only an escalation (SEV3→SEV2→SEV1) is reported within the cooldown. Every finding's evidence says
-why: ``rule``, ``kind``, ``cause``, the window's ``failures``/``calls``/``rate``/``window_s``,
-``sessions_affected``, the session's ``session_streak`` and ``session_failures``, the
-``error_type``/``http_status`` seen, and up to three recent samples (ids, type, status, cause).
+why (``analyzer.finding.explain``: ``why``, ``threshold``, ``observed``): ``rule``, ``kind``,
+``cause``, the window's ``failures``/``calls``/``rate``/``window_s``, ``sessions_affected``, the
+session's ``session_streak`` and ``session_failures``, the ``error_type``/``http_status`` seen,
+and up to three recent samples (ids, type, status, cause).
 
 Clock: the window advances with ``now_ns``; a step counts in the bucket of its own time clamped to
 the live window (a late span counts in the oldest live bucket, a span from a skewed clock in the
@@ -121,7 +136,8 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from analyzer.detectors.base import DetectorThresholds, ResolvedThresholds
-from analyzer.finding import Finding
+from analyzer.failure_text import text_cause
+from analyzer.finding import Finding, explain
 from analyzer.step import Step
 
 if TYPE_CHECKING:
@@ -228,40 +244,16 @@ _UNREACHABLE_CAUSES = (
         ),
     ),
 )
-#: phrases that name a cause in a status message (free text: only unambiguous phrases)
-_MESSAGE_CAUSES = (
-    ("timeout", ("timed out", "deadline exceeded", "read timeout", "connect timeout")),
-    ("tls", ("certificate verify failed", "ssl handshake", "tls handshake")),
-    (
-        "dns",
-        (
-            "name or service not known",
-            "temporary failure in name resolution",
-            "nodename nor servname",
-            "getaddrinfo failed",
-            "nxdomain",
-        ),
-    ),
-    ("connection_refused", ("connection refused", "econnrefused")),
-    (
-        "connection_reset",
-        ("connection reset", "econnreset", "broken pipe", "remote end closed connection"),
-    ),
-    (
-        "connection",
-        ("no route to host", "network is unreachable", "failed to establish a new connection"),
-    ),
-    (
-        "http_5xx",
-        ("internal server error", "service unavailable", "bad gateway", "gateway timeout"),
-    ),
-)
-_MESSAGE_RATE_LIMIT = ("rate limit exceeded", "too many requests")
-_MESSAGE_MAX_CHARS = 4000  # the cause is at the start of a message; a stack trace is not read
 #: the causes whose evidence is unambiguous: one such failure of a tool backend is a finding
 UNAMBIGUOUS_CAUSES = frozenset(
     {"timeout", "tls", "dns", "connection_refused", "connection_reset", "connection", "http_5xx"}
 )
+#: a cause the error text tells (``analyzer.failure_text``) -> the kind of a tool's failure
+_TOLD_KIND = {
+    "rate_limit": "rate_limit",
+    "timeout": "timeout",
+    **{cause: "tool_backend" for cause in UNAMBIGUOUS_CAUSES - {"timeout"}},
+}
 
 
 def _cause_in(text: str, causes: tuple) -> str:
@@ -285,18 +277,24 @@ def classify(step: Step) -> tuple[str, str] | None:
     >>> failed("llm", "content_filter", 400), failed("tool", "ToolRetryError")
     (None, None)
     """
-    if not step.failed:
+    failed = step.failed
+    if not failed and not step.error_text:
         return None
     model_side = step.kind in _MODEL_STEPS
     if not model_side and step.kind not in _BACKEND_STEPS:
         return None
     et = step.error_type.lower()
     status = step.http_status
-    if any(word in et for word in _CONTENT_FILTER_WORDS):
+    told = text_cause(step.error_text) if step.error_text else ""
+    if told == "content_filter" or any(word in et for word in _CONTENT_FILTER_WORDS):
         return None  # the provider's policy refused the content: it works as designed
-    if model_side and any(word in et for word in _CONTEXT_WORDS):
+    if not failed:  # a tool's result its framework worded as an error: the text is all there is
+        if model_side or told not in _TOLD_KIND:
+            return None
+        return _TOLD_KIND[told], told
+    if model_side and (told == "context_length" or any(word in et for word in _CONTEXT_WORDS)):
         return "context_length", "context_length"
-    if status == 429 or any(word in et for word in _RATE_LIMIT_WORDS):
+    if status == 429 or told == "rate_limit" or any(word in et for word in _RATE_LIMIT_WORDS):
         return "rate_limit", "rate_limit"
     if model_side and (status in (401, 403) or any(word in et for word in _AUTH_WORDS)):
         return "auth", "auth"
@@ -305,13 +303,8 @@ def classify(step: Step) -> tuple[str, str] | None:
     if status == 408 or _cause_in(et, _TIMEOUT_CAUSES):
         return "timeout", "timeout"
     cause = "http_5xx" if 500 <= status < 600 else _cause_in(et, _UNREACHABLE_CAUSES)
-    if not cause and step.status_message:
-        message = step.status_message[:_MESSAGE_MAX_CHARS].lower()
-        if any(phrase in message for phrase in _MESSAGE_RATE_LIMIT):
-            return "rate_limit", "rate_limit"
-        cause = _cause_in(message, _MESSAGE_CAUSES)
-        if cause == "timeout":
-            return "timeout", "timeout"
+    if not cause and told in _TOLD_KIND:
+        return ("provider_5xx" if model_side and told != "timeout" else _TOLD_KIND[told]), told
     if cause:
         return ("provider_5xx" if model_side else "tool_backend"), cause
     return None
@@ -454,7 +447,8 @@ class InfrastructureDetector:
         slot = at % self.buckets
         window.calls[slot] += 1
 
-        found = classify(step) if step.status == "Error" else None
+        # a failure, or a tool's result worded as an error (error_text): most steps are neither
+        found = classify(step) if step.status == "Error" or step.error_text else None
         subject = (group, label)
         if found is None:
             # a session gets a streak only once something fails (most sessions: never)
@@ -535,10 +529,36 @@ class InfrastructureDetector:
         else:
             title = (
                 f"{step.agent or step.service}: tool {label} failed ({cause}: "
-                f"{step.error_type[:80] or step.http_status}), {in_session} in this session"
+                f"{step.error_type[:80] or step.http_status or step.error_text[:80]}), "
+                f"{in_session} in this session"
+            )
+        if rule == "rate":
+            why = (
+                f"{failed} of {calls} calls to {label} failed ({cause}) in"
+                f" {self.window_ns / 1e9:g}s across {spread} sessions (the rule fires at"
+                f" {limits['min_failures']:g} failures, {limits['min_rate']:.0%} of calls and"
+                f" {limits['min_sessions']:g} sessions)"
+            )
+            threshold = {
+                "failures": limits["min_failures"],
+                "rate": limits["min_rate"],
+                "sessions": limits["min_sessions"],
+            }
+            observed = {"failures": failed, "rate": round(rate, 4), "sessions": spread}
+        elif rule == "streak":
+            threshold, observed = limits["session_failures"], streak.count
+            why = (
+                f"{streak.count} {cause} failures in a row on {label} in one session"
+                f" (the rule fires at {threshold:g})"
+            )
+        else:
+            threshold, observed = limits["isolated_failures"], in_session
+            why = (
+                f"tool {label} failed with unambiguous infrastructure evidence ({cause}:"
+                f" {step.error_type[:80] or step.http_status}), {in_session} in this session"
+                f" (the rule fires at {threshold:g})"
             )
         summary = {
-            "rule": rule,
             "kind": kind,
             "cause": cause,
             subject_field: label,
@@ -573,7 +593,10 @@ class InfrastructureDetector:
             title=title,
             step=step,
             signature=signature,
-            evidence=(summary, step.evidence()),
+            evidence=(
+                explain(why=why, rule=rule, threshold=threshold, observed=observed, **summary),
+                step.evidence(),
+            ),
         )
 
     def _window(self, key: tuple, epoch: int) -> _Window:

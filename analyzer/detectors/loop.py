@@ -19,9 +19,10 @@ records neither). Three shapes, over a session's recent tool calls:
   the infrastructure detector's business when the backend fails (5xx, timeouts), this one's when
   the agent keeps sending calls the tool rejects.
 
-Each loop is reported once per session (its incident counts what follows); its evidence is the
-flagged step, then why it fired (``rule``, the repeated call, ``count``, ``threshold`` and whether
-the outcome was ``identical`` or ``not recorded``). The four numbers are ``LoopThresholds``
+Each loop is reported once per session (its incident counts what follows); its evidence is why it
+fired (``analyzer.finding.explain``: ``rule``, ``threshold`` and ``observed`` counts, with the
+repeated call and whether the outcome was ``identical`` or ``not recorded``), then the flagged
+step. The four numbers are ``LoopThresholds``
 (defaults there; the constructor takes them as keywords), overridden per agent by policy
 ``thresholds.loop``; they are read when the session's loop state is created. A policy
 ``severity`` for ``loop`` replaces SEV2.
@@ -40,8 +41,10 @@ the outcome was ``identical`` or ``not recorded``). The four numbers are ``LoopT
 >>> finding = call(9, "search", 7, result_hash=99)  # the fourth identical call and result
 >>> finding.kind, finding.signature, finding.step.span_id
 ('repeated_call', 'search', 'span9')
->>> {k: finding.evidence[1][k] for k in ("rule", "count", "threshold", "outcome")}
-{'rule': 'repeated_call', 'count': 4, 'threshold': 4, 'outcome': 'identical'}
+>>> {k: finding.evidence[0][k] for k in ("rule", "observed", "threshold", "outcome")}
+{'rule': 'repeated_call', 'observed': 4, 'threshold': 4, 'outcome': 'identical'}
+>>> finding.evidence[0]["why"]
+'search called 4 times with the same arguments and the same result (the rule fires at 4)'
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from analyzer.detectors.base import DetectorThresholds, ResolvedThresholds
-from analyzer.finding import Finding
+from analyzer.finding import Finding, explain
 from analyzer.step import Step
 
 if TYPE_CHECKING:
@@ -130,7 +133,7 @@ class LoopDetector:
             return None  # one loop, one finding: the incident counts what follows
         if state.failures >= state.max_failures:
             title = f"{tool} failed {state.failures} times in a row with the same error"
-            why = self._why("repeated_failure", step, state.failures, state.max_failures)
+            why = self._why("repeated_failure", title, step, state.failures, state.max_failures)
             return self._flag(state, "repeated_failure", step, (tool,), title, why)
         # an upper bound in C first; the calls are walked only when it is over the threshold
         if calls[1::3].count(args_hash) > state.repeats:
@@ -139,13 +142,13 @@ class LoopDetector:
                 title = f"{tool} called {repeats} times with the same arguments"
                 if outcome:
                     title += " and the same result"
-                why = self._why("repeated_call", step, repeats, state.repeats + 1)
+                why = self._why("repeated_call", title, step, repeats, state.repeats + 1)
                 return self._flag(state, "repeated_call", step, (tool,), title, why)
         cycle = self._cycle(calls, state.cycles)
         if cycle:
             tools = tuple(call[0] for call in cycle)
             title = f"tool calls cycling {'→'.join(tools)} ×{state.cycles}"
-            why = self._why("cycle", step, state.cycles, state.cycles)
+            why = self._why("cycle", title, step, state.cycles, state.cycles)
             why["sequence"] = [
                 {"tool": c[0], "args_hash": c[1], "result_hash": c[2]} for c in cycle
             ]
@@ -166,18 +169,20 @@ class LoopDetector:
         return count
 
     @staticmethod
-    def _why(rule: str, step: Step, count: int, threshold: int) -> dict:
-        """The evidence summary: which rule, the repeated call, how often, and its outcome."""
-        return {
-            "rule": rule,
-            "tool": step.tool,
-            "tool_args": step.tool_args,
-            "args_hash": step.args_hash,
-            "result_hash": step.result_hash,
-            "count": count,
-            "threshold": threshold,  # the count at which the rule fires
-            "outcome": "identical" if step.result_hash else "not recorded",
-        }
+    def _why(rule: str, title: str, step: Step, count: int, threshold: int) -> dict:
+        """Why it fired: the rule, how often against the count at which it fires, the repeated
+        call and its outcome."""
+        return explain(
+            why=f"{title} (the rule fires at {threshold})",
+            rule=rule,
+            threshold=threshold,
+            observed=count,
+            tool=step.tool,
+            tool_args=step.tool_args,
+            args_hash=step.args_hash,
+            result_hash=step.result_hash,
+            outcome="identical" if step.result_hash else "not recorded",
+        )
 
     def _new_state(self, session: SessionState) -> _LoopState:
         """The session's loop state, with its agent's thresholds (read once per session)."""
@@ -220,5 +225,5 @@ class LoopDetector:
             title=f"{step.agent or step.service}: {title}",
             step=step,
             signature="→".join(tools),
-            evidence=(step.evidence(), why),
+            evidence=(why, step.evidence()),
         )

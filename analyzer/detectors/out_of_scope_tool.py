@@ -31,9 +31,12 @@ outside scope), else SEV2; a policy ``severity`` override for ``out_of_scope_too
 is flagged whether or not it succeeded: the attempt is the finding.
 
 Signature: the tool name, plus ``:path``/``:host``/``:sql`` for argument violations. Each signature
-is reported once per session (its incident counts what follows). State per session: the set of
-signatures already reported, at most ``max_signatures`` (beyond that a session has opened enough
-incidents and new signatures are not reported). The clock is not used.
+is reported once per session (its incident counts what follows). Evidence: why it fired
+(``analyzer.finding.explain``: ``rule`` is ``unlisted_tool`` or the constraint, ``path``, ``host``
+or ``sql``; ``threshold`` the allowed scope, ``observed`` what the call used), the flagged step,
+then the policy's details. State per session: the set of signatures already reported, at most
+``max_signatures`` (beyond that a session has opened enough incidents and new signatures are not
+reported). The clock is not used.
 
 >>> from analyzer.policy import AgentPolicy, ToolConstraint
 >>> from analyzer.session import SessionTable
@@ -72,7 +75,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from analyzer.detectors.base import DetectorThresholds, ResolvedThresholds
-from analyzer.finding import Finding
+from analyzer.finding import Finding, explain
 from analyzer.step import Step
 
 if TYPE_CHECKING:
@@ -166,8 +169,35 @@ class OutOfScopeToolDetector:
             title=f"{session.agent or step.agent or session.service}: {title}",
             step=step,
             signature=signature,
-            evidence=(step.evidence(), {"consequential": consequential, **detail}),
+            evidence=(
+                _why(kind, step.tool, detail),
+                step.evidence(),
+                {"consequential": consequential, **detail},
+            ),
         )
+
+
+def _why(kind: str, tool: str, detail: dict) -> dict:
+    """Why it fired: the scope declared (the threshold) and what the call did (observed)."""
+    if kind == "unlisted_tool":
+        allowed = detail["allowed_tools"]
+        listed = ", ".join(allowed[:10]) + (", …" if len(allowed) > 10 else "")
+        return explain(
+            why=f"{tool} matches none of the tools policy rule {detail['rule']!r} allows"
+            f" ({listed or 'none'})",
+            rule="unlisted_tool",
+            threshold=allowed,
+            observed=tool,
+        )
+    constraint, allowed = detail["constraint"], detail["allowed"]
+    observed = detail.get("verbs") or detail.get("host") or detail.get("normalised")
+    return explain(
+        why=f"{tool} argument {detail['argument'] or '(whole)'} = {detail['value']!r} is outside"
+        f" its allowed {constraint} scope ({', '.join(allowed)})",
+        rule=constraint,
+        threshold=allowed,
+        observed=observed if observed is not None else detail["value"],
+    )
 
 
 def _constraint_for(policy: AgentPolicy, tool: str) -> ToolConstraint | None:

@@ -38,22 +38,32 @@ Only a ratio far *above* the baseline is flagged: that is the field failure (rea
 progress). Far below (writing a lot for what it reads) is a long generation; its cost is the
 ``cost_runaway`` detector's concern and it is not a reliability failure on its own.
 
-The evidence says why it fired: the rule (``baseline`` or ``cold_start``), the observed ratio,
-the baseline's median ratio, σ of log(ratio) and the spread as a factor, the ratio that would
+The evidence says why it fired (``analyzer.finding.explain``: ``why``, ``threshold``,
+``observed``, ``baseline``, ``cold_start``): the rule (``baseline`` or ``cold_start``), the
+observed ratio, the baseline's median ratio, σ of log(ratio) and the spread as a factor, the ratio that would
 have fired, the multiple, the deviations, the sessions in the baseline, warm or not, and the
 session's tokens and LLM steps.
 
 **Event time, restarts**: the detector reads no clock; its verdicts depend only on the steps'
 order and content, so a replay, a backlog or a slow exporter gets the same verdicts as live
-traffic. ``analyzer/restore.py`` replays recent stored steps into the detectors at start
-(``replay=True``, findings dropped): since the baseline is learned from steps, the replay
-rebuilds it warm. The baselines live in one process; a second collector learns its own.
+traffic. A session's slot in the window is the hash of its session key, so the same session
+seen again (after the session table forgot it, or once its late session id moves it from its
+trace) replaces its value instead of counting twice.
+
+**Seeded from the store**: ``seed(sessions, now_ns)`` takes the recent sessions
+``analyzer.baselines`` sums from ClickHouse (the same ratio, key and ``min_llm_steps``), at
+start-up and every few minutes, so a restarted collector, or a second one on the same store,
+judges against the baseline warm at once (the evidence then says ``baseline``, not
+``cold_start``). A stored session and the one seen here merge by the time of their latest LLM
+step: the later wins, a tie the stored value (complete, where the restart replay saw part of it).
+``analyzer/restore.py`` then replays the look-back's steps (``replay=True``, findings dropped).
 
 **Memory** (measured with ``sys.getsizeof``; the tests check these bounds): per session
 (``_RatioState``) under 300 bytes, held by the session table (nothing here outlives it); per
-baseline key (``_Baseline``) two arrays of ≤ ``window`` session serials and their log-ratios,
-under 1.3 KB at the default 64; at most ``max_keys`` (default 1,024) keys, least recently used
-forgotten first (that key is cold again): ~1.5 MB with the key tuples. Judging a step costs a
+baseline key (``_Baseline``) three arrays of ≤ ``window`` session serials, their log-ratios and
+their latest step's time, under 1.9 KB at the default 64; at most ``max_keys`` (default 1,024)
+keys, least recently used forgotten first (that key is cold again until the next seed): ~2 MB
+with the key tuples. Judging a step costs a
 median of ≤ 64 floats (a few µs).
 
 >>> from analyzer.session import SessionTable
@@ -74,7 +84,6 @@ median of ≤ 64 floats (a few µs).
 
 from __future__ import annotations
 
-import itertools
 import math
 from array import array
 from collections import OrderedDict
@@ -84,7 +93,8 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from analyzer.detectors.base import DetectorThresholds, ResolvedThresholds
-from analyzer.finding import Finding
+from analyzer.detectors.seeding import StoredSession
+from analyzer.finding import Finding, explain
 from analyzer.models import model_family
 from analyzer.step import Step
 
@@ -102,28 +112,50 @@ BaselineKey = tuple[str, str, str, str]  # tenant, service, agent, model family
 class _Baseline:
     """The log-ratios of the most recently active sessions of one agent+model, one per session."""
 
-    __slots__ = ("serials", "values")
+    __slots__ = ("serials", "values", "stamps")
 
     def __init__(self) -> None:
         self.serials = array("q")  # session serials, least recently active first
         self.values = array("d")  # their log(ratio), in the same order
+        self.stamps = array("q")  # their latest LLM step's span time (to merge a seed)
 
-    def put(self, serial: int, x: float, size: int) -> None:
+    def put(self, serial: int, x: float, stamp: int, size: int) -> None:
         """Set (or replace) a session's contribution; keep the ``size`` most recent (O(size))."""
-        serials, values = self.serials, self.values
+        serials, values, stamps = self.serials, self.values, self.stamps
         if serials and serials[-1] == serial:
             values[-1] = x  # the usual case: the same session's next step
+            stamps[-1] = max(stamps[-1], stamp)
             return
-        try:
-            i = serials.index(serial)
-        except ValueError:
-            pass
-        else:
-            del serials[i], values[i]
+        self.drop(serial)
         serials.append(serial)
         values.append(x)
+        stamps.append(stamp)
         if len(serials) > size:
-            del serials[0], values[0]
+            del serials[0], values[0], stamps[0]
+
+    def drop(self, serial: int) -> None:
+        try:
+            i = self.serials.index(serial)
+        except ValueError:
+            return
+        del self.serials[i], self.values[i], self.stamps[i]
+
+    def seed(self, stored: list[tuple[int, float, int]], size: int) -> None:
+        """Merge stored sessions' (serial, log-ratio, stamp): per session the later stamp wins, a
+        tie the stored value (complete, where a replay saw only the steps of the look-back); the
+        ``size`` latest are kept, in stamp order."""
+        merged = {
+            serial: (stamp, x)
+            for serial, x, stamp in zip(self.serials, self.values, self.stamps, strict=True)
+        }
+        for serial, x, stamp in stored:
+            known = merged.get(serial)
+            if known is None or stamp >= known[0]:
+                merged[serial] = (stamp, x)
+        latest = sorted(merged.items(), key=lambda item: item[1][0])[-size:]
+        self.serials = array("q", (serial for serial, _ in latest))
+        self.values = array("d", (x for _, (_, x) in latest))
+        self.stamps = array("q", (stamp for _, (stamp, _) in latest))
 
     def stats(self, exclude: int) -> tuple[float, float, int]:
         """(median, σ, n) of log(ratio) over the window without session ``exclude``."""
@@ -143,7 +175,7 @@ class _RatioState:
     def __init__(self, key: BaselineKey, policy: AgentPolicy, serial: int) -> None:
         self.key = key
         self.policy = policy  # shared with the session
-        self.serial = serial  # this session's slot in its key's baseline window
+        self.serial = serial  # hash of the session's key: its slot in the baseline window
         self.input = 0
         self.output = 0
         self.llm_steps = 0
@@ -188,7 +220,6 @@ class TokenRatioDetector:
         self.max_keys = max_keys
         self.baselines: OrderedDict[BaselineKey, _Baseline] = OrderedDict()
         self._keys: dict[BaselineKey, BaselineKey] = {}
-        self._serials = itertools.count(1)
 
     def observe(self, step: Step, session: SessionState, now_ns: int) -> Finding | None:
         if step.kind != "llm" or step.input_tokens <= 0:
@@ -202,11 +233,30 @@ class TokenRatioDetector:
             return None
         ratio = state.input / state.output
         baseline = self._baseline(state.key)
+        serial = hash(session.key)
+        if serial != state.serial:  # its session id arrived after its trace: still one entry
+            baseline.drop(state.serial)
+            state.serial = serial
         finding = None
         if not state.flagged and state.input >= limits["min_input_tokens"]:
             finding = self._judge(state, step, ratio, baseline, limits)
-        baseline.put(state.serial, math.log(ratio), self.window)
+        baseline.put(state.serial, math.log(ratio), step.time_ns, self.window)
         return finding
+
+    def seed(self, sessions: list[StoredSession], now_ns: int) -> None:
+        """Warm the baselines with stored sessions (``analyzer.baselines``), oldest first: those
+        with ``min_llm_steps`` LLM steps and output (the defaults: a seed has no policy), merged
+        with what this process saw (``_Baseline.seed``); a seeded key counts as recently used."""
+        by_key: dict[BaselineKey, list[tuple[int, float, int]]] = {}
+        min_steps = self.thresholds.min_llm_steps
+        for s in sessions:
+            if s.llm_steps < min_steps or s.output_tokens <= 0 or s.input_tokens <= 0:
+                continue
+            key = (s.tenant, s.llm_service, s.llm_agent, model_family(s.model))
+            ratio = math.log(s.input_tokens / s.output_tokens)
+            by_key.setdefault(key, []).append((hash(s.key), ratio, s.last_seen_ns))
+        for key, stored in by_key.items():
+            self._baseline(self._intern(key)).seed(stored[-self.window :], self.window)
 
     def baseline_ratio(self, key: BaselineKey) -> tuple[float, int] | None:
         """The key's median ratio and how many sessions its window holds (None: no baseline)."""
@@ -219,9 +269,12 @@ class TokenRatioDetector:
     def _new_state(self, step: Step, session: SessionState) -> _RatioState:
         agent = step.agent or session.agent
         key = (step.tenant, step.service, agent, model_family(step.model))
+        return _RatioState(self._intern(key), session.policy, hash(session.key))
+
+    def _intern(self, key: BaselineKey) -> BaselineKey:
         if len(self._keys) < 10_000:  # one tuple per agent and model, shared by its sessions
             key = self._keys.setdefault(key, key)
-        return _RatioState(key, session.policy, next(self._serials))
+        return key
 
     def _baseline(self, key: BaselineKey) -> _Baseline:
         baseline = self.baselines.get(key)
@@ -267,25 +320,40 @@ class TokenRatioDetector:
                 " rule)"
             )
         state.flagged = True
-        measures = {
-            "rule": "baseline" if warm else "cold_start",
-            "warm": warm,
-            "warm_up": not warm,
-            "ratio": round(ratio, 1),
-            "threshold_ratio": round(threshold, 1),
-            "baseline_ratio": None if normal is None else round(normal, 1),
-            "baseline_sigma_log": round(sigma, 3) if n else None,
-            "baseline_spread": round(math.exp(sigma), 2) if n else None,
-            "multiple": None if normal is None else round(ratio / normal, 1),
-            "deviations": round((math.log(ratio) - center) / max(sigma, _MIN_SCALE), 1)
-            if n
-            else None,
-            "baseline_sessions": n,
-            "min_sessions": limits["min_sessions"],
-            "input_tokens": state.input,
-            "output_tokens": state.output,
-            "llm_steps": state.llm_steps,
-        }
+        if warm:
+            why = (
+                f"input:output tokens {ratio:.0f}:1 is {ratio / normal:.0f}× this agent's normal"
+                f" {normal:.0f}:1 over {n} sessions (the rule fires above {threshold:.0f}:1)"
+            )
+        else:
+            why = (
+                f"input:output tokens {ratio:.0f}:1 over {state.input:,} input tokens, judged"
+                f" without a warm baseline ({n} of {limits['min_sessions']:g} sessions; the"
+                f" cold-start rule fires at {threshold:.0f}:1 over"
+                f" {limits['cold_min_input_tokens']:,} input tokens)"
+            )
+        measures = explain(
+            why=why,
+            rule="baseline" if warm else "cold_start",
+            threshold=round(threshold, 1),
+            observed=round(ratio, 1),
+            baseline=None if normal is None else round(normal, 1),
+            cold_start=not warm,
+            warm=warm,
+            warm_up=not warm,
+            ratio=round(ratio, 1),
+            threshold_ratio=round(threshold, 1),
+            baseline_ratio=None if normal is None else round(normal, 1),
+            baseline_sigma_log=round(sigma, 3) if n else None,
+            baseline_spread=round(math.exp(sigma), 2) if n else None,
+            multiple=None if normal is None else round(ratio / normal, 1),
+            deviations=round((math.log(ratio) - center) / max(sigma, _MIN_SCALE), 1) if n else None,
+            baseline_sessions=n,
+            min_sessions=limits["min_sessions"],
+            input_tokens=state.input,
+            output_tokens=state.output,
+            llm_steps=state.llm_steps,
+        )
         if not warm:
             measures["cold_min_input_tokens"] = limits["cold_min_input_tokens"]
         override = state.policy.severity.get(self.name)

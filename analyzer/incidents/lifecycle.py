@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 
 from analyzer.finding import Finding
 from analyzer.incidents.model import (
+    RESOLUTIONS,
     SEVERITY_RANK,
     IncidentEvent,
     IncidentRecord,
@@ -105,6 +106,10 @@ class Incident:
     # (``Analyzer.escalate_spreading``); the blast radius is the larger of this and our own count.
     spread_sessions: int = 0
     spread_users: int = 0
+    # The collector's clock at the latest finding: the quiet period runs on the later of this and
+    # ``last_seen_ns`` (event time), so a backlog's old spans do not resolve it on arrival.
+    touched_ns: int = 0
+    resolution: str = ""  # how it was resolved (``RESOLUTIONS``), once it is
 
     def record(self, link_template: str) -> IncidentRecord:
         """This version of the incident, as the store and every listener see it."""
@@ -137,6 +142,7 @@ class Incident:
             sessions_affected=sessions,
             users_affected=users,
             link=link_template.format(trace_id=s.trace_id, span_id=s.span_id, session_id=s.session),
+            resolution=self.resolution,
         )
 
 
@@ -154,6 +160,8 @@ class IncidentManager:
         self.quiet_ns = int(quiet_period_s * 1e9)
         self.open: dict[str, Incident] = {}  # fingerprint -> the incident not yet resolved
         self.rows = IncidentRows()
+        # trace id -> incidents opened on it with no session or no user yet (``attribute``)
+        self.awaiting: dict[str, list[Incident]] = {}
 
     def on_finding(self, finding: Finding, now_ns: int) -> Incident:
         fp = fingerprint_of(finding)
@@ -170,6 +178,8 @@ class IncidentManager:
             )
             self.open[fp] = incident
             event = "opened"
+            if not (step.session and step.user) and step.trace_id:
+                self._await(step.trace_id, incident)
         else:
             incident.occurrences += 1
             incident.last_seen_ns = max(incident.last_seen_ns, step.time_ns)
@@ -177,11 +187,52 @@ class IncidentManager:
             if SEVERITY_RANK[finding.severity] < SEVERITY_RANK[incident.severity]:
                 incident.severity = finding.severity
                 event = "escalated"
+        incident.touched_ns = now_ns
         for values, key in ((incident.sessions, step.session), (incident.users, step.user)):
             if key and len(values) < _MAX_TRACKED:
                 values.add(key)
         self._record(incident, event, now_ns, "agentwatch", finding.title, step)
         return incident
+
+    def _await(self, trace_id: str, incident: Incident) -> None:
+        waiting = self.awaiting.setdefault(trace_id, [])
+        if incident not in waiting:
+            waiting.append(incident)
+        if len(self.awaiting) > _MAX_TRACKED:  # oldest first: a trace's root comes within minutes
+            del self.awaiting[next(iter(self.awaiting))]
+
+    def attribute(self, trace_id: str, session: str, user: str, now_ns: int) -> list[Incident]:
+        """A later span of ``trace_id`` names its session and/or user: incidents opened on the
+        trace without them get them (``session_id``, ``user_id``, the affected counts), with an
+        ``attributed`` event, which containment reads to apply a policy action that waited for
+        the session. Returns the incidents changed."""
+        changed = []
+        still = []
+        for incident in self.awaiting.pop(trace_id, ()):
+            step = incident.finding.step
+            learned = []
+            if session and not step.session:
+                step.session = session
+                learned.append(f"session {session}")
+            if user and not step.user:
+                step.user = user
+                learned.append(f"user {user}")
+            if not learned:
+                if not (step.session and step.user):
+                    still.append(incident)
+                continue
+            for values, key in ((incident.sessions, step.session), (incident.users, step.user)):
+                if key and len(values) < _MAX_TRACKED:
+                    values.add(key)
+            if incident.status != "resolved":
+                detail = f"{' and '.join(learned)} learned from a later span of trace {trace_id}"
+                self._record(incident, "attributed", now_ns, "agentwatch", detail, step)
+                changed.append(incident)
+            if not (step.session and step.user):
+                still.append(incident)
+        if still:
+            self.awaiting[trace_id] = still
+        return changed
 
     def adopt(self, record: IncidentRecord) -> Incident:
         """Take over an open incident from the table (after a restart), so repeats update it.
@@ -231,8 +282,14 @@ class IncidentManager:
         now_ns: int,
         reason: str = "",
         stored: IncidentRecord | None = None,
+        resolution: str = "",
     ) -> StatusChange:
         """Acknowledge or resolve (by a person, or by the quiet-period timer).
+
+        A resolve records its ``resolution`` (``RESOLUTIONS``): ``fixed`` unless given (a person
+        saying it was real), ``false_alarm`` (a person saying it should not have fired: the
+        ``resolved`` event's detail starts with "false alarm"), ``quiet`` (the timer). Only a
+        resolve has one; a ``ValueError`` otherwise.
 
         An incident this manager does not hold (opened before a restart that did not adopt it,
         by another collector, or while detection was off) changes from ``stored``, its newest
@@ -241,6 +298,14 @@ class IncidentManager:
         a new incident). Raises ``UnknownIncident`` when neither has it and ``StatusConflict``
         when it is resolved already or already ``status``.
         """
+        if status == "resolved":
+            resolution = resolution or "fixed"
+            if resolution not in RESOLUTIONS:
+                raise ValueError(f"resolution must be one of {', '.join(RESOLUTIONS)}")
+            if resolution == "false_alarm":
+                reason = f"false alarm: {reason}" if reason else "false alarm"
+        elif resolution:
+            raise ValueError(f"only a resolve has a resolution, not {status!r}")
         incident = self.held(incident_id)
         current = incident.status if incident is not None else stored.status if stored else None
         if current is None:
@@ -248,9 +313,10 @@ class IncidentManager:
         if current == "resolved" or current == status:
             raise StatusConflict(f"incident {incident_id} is already {current}")
         if incident is None:
-            record = replace(stored, status=status, version=next_version(stored.version, now_ns))
+            version = next_version(stored.version, now_ns)
+            record = replace(stored, status=status, version=version, resolution=resolution)
             return StatusChange(record, _event(record, status, now_ns, actor, reason), False)
-        incident.status = status
+        incident.status, incident.resolution = status, resolution
         if status == "resolved":
             del self.open[incident.fingerprint]
         self._record(incident, status, now_ns, actor, reason)
@@ -266,11 +332,13 @@ class IncidentManager:
 
     def tick(self, now_ns: int) -> list[Incident]:
         """Resolve incidents quiet for longer than the quiet period."""
-        quiet = [i for i in self.open.values() if i.last_seen_ns < now_ns - self.quiet_ns]
+        cutoff = now_ns - self.quiet_ns
+        quiet = [i for i in self.open.values() if max(i.last_seen_ns, i.touched_ns) < cutoff]
         for incident in quiet:
             self.set_status(
-                incident.incident_id, "resolved", "agentwatch", now_ns, "quiet period elapsed"
-            )
+                incident.incident_id, "resolved", "agentwatch", now_ns, "quiet period elapsed",
+                resolution="quiet",
+            )  # fmt: skip
         return quiet
 
     def take_rows(self) -> IncidentRows:

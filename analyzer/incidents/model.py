@@ -16,6 +16,8 @@ in the code that reads the field, not as a ``KeyError`` in a notifier at 3 a.m.
 ('semantic', 3, ('a',), 1)
 >>> IncidentRecord.from_row(record.row()) == record
 True
+>>> record.resolution, IncidentRecord.from_row({**record.row(), "resolution": "false_alarm"}).resolution
+('', 'false_alarm')
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ import orjson
 SEVERITIES = ("SEV1", "SEV2", "SEV3")
 SEVERITY_RANK = {"SEV3": 3, "SEV2": 2, "SEV1": 1}  # lower is worse
 STATUSES = ("open", "acknowledged", "resolved")
+#: how a resolved incident was resolved (column ``resolution``; '' while it is not resolved, and on
+#: rows written before the column existed): by a person who found it real (``fixed``) or a false
+#: alarm (``false_alarm``: only a person says so), or by the quiet-period timer (``quiet``)
+RESOLUTIONS = ("fixed", "false_alarm", "quiet")
+BY_PEOPLE = ("fixed", "false_alarm")
 
 
 def utc_text(ns: int) -> str:
@@ -84,6 +91,7 @@ class IncidentRecord:
     sessions_affected: int
     users_affected: int
     link: str
+    resolution: str = ""  # '' | fixed | false_alarm | quiet (``RESOLUTIONS``)
 
     def row(self) -> dict:
         """The ``incidents`` row (JSONEachRow for the store)."""
@@ -124,6 +132,7 @@ class IncidentRecord:
             sessions_affected=int(row["sessions_affected"]),
             users_affected=int(row["users_affected"]),
             link=row.get("link", ""),
+            resolution=row.get("resolution", ""),  # '' on a row from before the column
         )
 
 

@@ -206,6 +206,16 @@ class IncidentRepository:
         )
         return rows[0] if rows else None
 
+    async def precision(self, reader_tenant: str | None = None) -> list[dict]:
+        """Rows of ``detector_precision`` (a read token's tenant only): each detector's field
+        precision from the incidents people resolved."""
+        if reader_tenant is None:
+            return await self._query("SELECT * FROM detector_precision" + _FOR_PEOPLE)
+        return await self._query(
+            "SELECT * FROM detector_precision WHERE tenant = {reader_tenant:String}" + _FOR_PEOPLE,
+            {"reader_tenant": reader_tenant},
+        )
+
     async def timeline(self, incident_id: str) -> list[dict]:
         """The incident's events in order: ``at``, ``event``, ``actor``, ``detail``."""
         return await self._query(

@@ -22,8 +22,10 @@ where non-zero, rescale the estimates). Sessions arrive as a Poisson process (--
 
 Each session is converted, round-robin, into the OTel GenAI conventions or OpenInference
 (bench/replay/convert.py), sent over OTLP/gRPC when each span ends, at event time / --speedup.
-Span timestamps keep the run's durations (start at the replay start); --compress-timestamps
-scales them by 1/speedup instead, so event time equals arrival time.
+Span timestamps keep the run's durations, starting in the past so that event time catches up
+with the clock as the replay ends (the collector judges by event time: a replay at --speedup 20
+gets the verdicts of live traffic); --compress-timestamps scales them by 1/speedup instead, so
+event time equals arrival time.
 
 Labels: only derived ones, by stated conservative rules (bench/replay/model.py): "loop" = 4
 consecutive tool calls with the same tool, arguments and result; "infrastructure" = a tool result
@@ -98,6 +100,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="wall seconds to wait after every span is stored, for detection",
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--policy",
+        type=Path,
+        help="policy file for the collector (bench/replay/policy.yaml: the data sets' tool scope"
+        " and budgets; default: none, so out_of_scope_tool and budgets stay silent)",
+    )
     ap.add_argument("--json-out", type=Path, help="write the results as JSON here")
     ap.add_argument("--results-dir", default="bench/results/replay", help="collector log")
     ap.add_argument("--startup-timeout", type=float, default=180.0)
@@ -131,13 +139,21 @@ def main(argv=None) -> int:
     logs = Path(args.results_dir)
     logs.mkdir(parents=True, exist_ok=True)
     settings = {"listen": "127.0.0.1"}
+    if args.policy:
+        settings["policy_file"] = str(args.policy.resolve())
     config = tmp / "config.yaml"
     config.write_text(yaml.safe_dump(settings))
     collector = CollectorProcess(tmp / "data", logs / "collector.log", str(config))
     try:
         collector.wait_healthy(args.startup_timeout)
         time_scale = 1.0 / args.speedup if args.compress_timestamps else 1.0
-        p = plan(runs, conventions, time.time_ns(), args.mean_gap_s, args.seed, time_scale)
+        # Event time starts in the past, so that it catches up with the clock as the replay ends:
+        # a span never ends later than it arrives (the detectors' watermark may not run ahead of
+        # the collector's clock), as in a backlog drained after an outage.
+        span_s = plan(runs, conventions, 0, args.mean_gap_s, args.seed, time_scale).event_span_s
+        lead_ns = 0 if args.compress_timestamps else int(span_s * (1 - 1 / args.speedup) * 1e9)
+        start_ns = time.time_ns() - lead_ns - 5 * 10**9
+        p = plan(runs, conventions, start_ns, args.mean_gap_s, args.seed, time_scale)
         print(
             f"{len(p.events)} spans over {p.event_span_s:.0f} s of event time; "
             f"~{p.event_span_s / args.speedup:.0f} s at speed-up {args.speedup:g}"
@@ -203,6 +219,7 @@ def main(argv=None) -> int:
                     "labels": dict(labels),
                     "conventions": conventions,
                     "speedup": args.speedup,
+                    "policy": str(args.policy) if args.policy else None,
                     "compress_timestamps": args.compress_timestamps,
                     "event_time_s": p.event_span_s,
                     "replay": stats,

@@ -3,6 +3,8 @@
 It honours the documented contract closely enough for the official ``openai`` SDK and its
 instrumentations: ``POST /v1/chat/completions`` returns a completion with ``usage``; a model name
 containing ``ratelimit`` answers 429 with ``Retry-After`` (as OpenAI does), ``servererror`` 500.
+Given tools, the model asks for the first one until a tool result is in the messages; a model name
+containing ``loop`` asks for it again after every result (an agent stuck in a loop).
 Requests are recorded so tests can assert what the agent sent.
 """
 
@@ -36,8 +38,8 @@ def build_app(calls: list) -> web.Application:
                 {"error": {"message": "The server had an error", "type": "server_error"}},
                 status=500,
             )
-        wants_tool = bool(body.get("tools")) and not any(
-            m.get("role") == "tool" for m in body.get("messages", [])
+        wants_tool = bool(body.get("tools")) and (
+            "loop" in model or not any(m.get("role") == "tool" for m in body.get("messages", []))
         )
         message = {
             "role": "assistant",

@@ -107,6 +107,13 @@ def main() -> None:
     parser.add_argument("--user", default="user-1")
     parser.add_argument("--service", default="support-agent")
     parser.add_argument("--model", default="gpt-4o")
+    parser.add_argument("--tool", default="lookup_order", help="the tool the agent offers")
+    parser.add_argument("--turns", type=int, default=1, help="tool calls run before the answer")
+    parser.add_argument(
+        "--no-tool-spans",
+        action="store_true",
+        help="no hand-written tool spans (as bare model-client instrumentations: LLM spans only)",
+    )
     args = parser.parse_args()
 
     provider = TracerProvider(resource=Resource.create({"service.name": args.service}))
@@ -120,25 +127,28 @@ def main() -> None:
 
     client = openai.OpenAI(base_url=args.openai_base_url, api_key="test-key", max_retries=0)
     tools = [
-        {"type": "function", "function": {"name": "lookup_order", "parameters": {"type": "object"}}}
+        {"type": "function", "function": {"name": args.tool, "parameters": {"type": "object"}}}
     ]
     messages = [{"role": "user", "content": "Where is my order 42?"}]
     with tracer.start_as_current_span(
         "support", attributes=agent_attributes(args.convention, args.session, args.user)
     ):
-        reply = client.chat.completions.create(model=args.model, messages=messages, tools=tools)
-        call = reply.choices[0].message.tool_calls[0]
-        with tracer.start_as_current_span(
-            f"execute_tool {call.function.name}",
-            attributes=tool_attributes(
-                args.convention, call.function.name, call.function.arguments
-            ),
-        ):
+        for _ in range(args.turns):
+            reply = client.chat.completions.create(model=args.model, messages=messages, tools=tools)
+            call = reply.choices[0].message.tool_calls[0]
             result = json.dumps({"status": "shipped"})
-        messages += [
-            reply.choices[0].message.model_dump(exclude_none=True),
-            {"role": "tool", "tool_call_id": call.id, "content": result},
-        ]
+            if not args.no_tool_spans:
+                with tracer.start_as_current_span(
+                    f"execute_tool {call.function.name}",
+                    attributes=tool_attributes(
+                        args.convention, call.function.name, call.function.arguments
+                    ),
+                ):
+                    pass
+            messages += [
+                reply.choices[0].message.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": call.id, "content": result},
+            ]
         client.chat.completions.create(model=args.model, messages=messages, tools=tools)
     provider.shutdown()
     print("done")

@@ -27,7 +27,7 @@ def test_context_doubling_three_steps_in_a_row_is_a_spiral():
         "gpt-4o",
     )
     assert f.step is steps[6]  # the third doubling
-    growth = [(e["span_id"], e["input_tokens"]) for e in f.evidence[:-1]]
+    growth = [(e["span_id"], e["input_tokens"]) for e in f.evidence[1:-1]]
     assert growth == [(s.span_id, s.input_tokens) for s in (steps[0], steps[2], steps[4], steps[6])]
     assert f.evidence[-1]["span_id"] == steps[6].span_id
 

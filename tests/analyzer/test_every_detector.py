@@ -10,6 +10,9 @@ run by hand against a deliberately broken detector. They need:
   moving on) leave the detector's pickled size flat after warm-up, and 20,000 steps of one session
   leave that session's state flat too;
 - picklable findings (the detection process pickles them to the collector, ``analyzer.worker``);
+- findings that explain themselves: the first evidence item is ``analyzer.finding.explain``'s
+  (``why`` a sentence, ``rule``, ``threshold``, ``observed``; ``cold_start`` only as ``True``), and
+  the evidence is JSON (the ``incidents`` table stores it so);
 - no shared mutable state: no mutable default argument or thresholds default, no mutable class
   attribute, nothing mutable reachable from two instances at once;
 - thresholds declared once: the model's defaults are what the constructor and ``limits`` use,
@@ -31,10 +34,12 @@ import sys
 import types
 from collections import deque
 
+import orjson
 import pytest
 from pydantic import BaseModel
 
 from analyzer.detectors import REGISTRY, DetectorThresholds
+from analyzer.finding import WHY_KEYS
 from analyzer.policy import DEFAULT_POLICY, DETECTORS, AgentPolicy, ToolConstraint, parse_policy
 from analyzer.session import SessionTable
 from analyzer.step import Step
@@ -218,6 +223,26 @@ def check_findings_picklable(cls) -> None:
         assert copy == finding, f"{cls.name}: a finding is not itself once unpickled"
 
 
+def check_findings_explain_themselves(cls) -> None:
+    findings = feed(cls(), workload())
+    rules = set()
+    for finding in findings:
+        why = finding.evidence[0] if finding.evidence else {}
+        assert tuple(why)[: len(WHY_KEYS)] == WHY_KEYS, (
+            f"{cls.name}: the first evidence item is not explain()'s: {why!r}"
+        )
+        assert isinstance(why["why"], str) and len(why["why"].split()) >= 4, (
+            f"{cls.name}: 'why' is not a sentence: {why['why']!r}"
+        )
+        assert why["rule"] and why["threshold"] is not None and why["observed"] is not None
+        assert why.get("cold_start", True) is True, f"{cls.name}: cold_start is only ever True"
+        assert orjson.loads(orjson.dumps(finding.evidence)) == list(finding.evidence), (
+            f"{cls.name}: the evidence does not survive JSON"
+        )
+        rules.add(why["rule"])
+    assert findings and rules, f"{cls.name}: nothing to check"
+
+
 def _mutables(root) -> dict[int, object]:
     """Every mutable object reachable from ``root`` through containers and attributes, but for
     the inputs every instance is given (policies, steps): those are shared by design."""
@@ -331,6 +356,7 @@ CHECKS = [
     check_bounded_across_sessions,
     check_bounded_within_a_session,
     check_findings_picklable,
+    check_findings_explain_themselves,
     check_no_shared_mutable_state,
     check_thresholds_declared_once,
     check_doctests,

@@ -6,16 +6,21 @@ import sys
 import uuid
 from collections import deque
 
+import pytest
+
 from analyzer.detectors.infrastructure import (
     KEY_BYTES_MAX,
     InfrastructureDetector,
     classify,
     failure_kind,
 )
+from analyzer.detectors.loop import LoopDetector
 from analyzer.policy import AgentPolicy
 from analyzer.session import SessionTable
-from analyzer.step import Step
+from analyzer.step import STEP_COLUMNS, Step, steps_from_columns
+from collector.normalize import Normalizer
 from tests.analyzer.timeline import SECOND, llm, run, tool
+from tests.otlp import request, span
 
 
 def rate_limited(t_s: float, session: str, model: str = "gpt-4o"):
@@ -339,13 +344,13 @@ def test_a_framework_error_type_is_classified_by_its_other_evidence():
     assert classify(unavailable) == ("tool_backend", "http_5xx")
 
 
-def test_the_status_message_names_the_cause_in_unambiguous_phrases_only():
-    """A framework class with the cause only in the span's status message (issue 13: "a tool
-    backend failing with 'connection refused'"); an agent's own error text that merely contains
-    a word like "timeout" or "connect" is not infrastructure."""
+def test_the_error_text_names_the_cause_in_unambiguous_phrases_only():
+    """A framework class with the cause only in the span's status or exception message (issue 13:
+    "a tool backend failing with 'connection refused'"); an agent's own error text that merely
+    contains a word like "timeout" or "connect" is not infrastructure."""
 
     def failed(message: str, error_type: str = "ToolRetryError") -> Step:
-        return tool(1, "crm", failed=True, error_type=error_type, status_message=message)
+        return tool(1, "crm", failed=True, error_type=error_type, error_text=message)
 
     assert classify(failed("[Errno 111] Connection refused")) == (
         "tool_backend", "connection_refused",
@@ -363,6 +368,157 @@ def test_the_status_message_names_the_cause_in_unambiguous_phrases_only():
         "SEV3",
         "connection_refused",
     )
+
+
+@pytest.mark.parametrize(
+    ("error_text", "http_status", "found"),
+    [
+        ("ConnectionRefusedError: [Errno 111] Connection refused", 0,
+         ("tool_backend", "connection_refused")),
+        ("ConnectionResetError: [Errno 104] Connection reset by peer", 0,
+         ("tool_backend", "connection_reset")),
+        ("httpx.ConnectError: [Errno -3] Temporary failure in name resolution", 0,
+         ("tool_backend", "dns")),
+        ("getaddrinfo ENOTFOUND crm.internal", 0, ("tool_backend", "dns")),
+        ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate", 0,
+         ("tool_backend", "tls")),
+        ("Failed to establish a new connection: [Errno 113] No route to host", 0,
+         ("tool_backend", "connection")),
+        ("ReadTimeout: The read operation timed out", 0, ("timeout", "timeout")),
+        ("upstream answered: Bad Gateway", 0, ("tool_backend", "http_5xx")),
+        ("crm says: Service Unavailable, try later", 0, ("tool_backend", "http_5xx")),
+        # GitHub answers its rate limit with a 403: the text says which
+        ("API rate limit exceeded for installation ID 4242", 403, ("rate_limit", "rate_limit")),
+        ("permission denied for table orders", 403, None),  # the agent's reach: semantic
+        ("order 12 not found", 404, None),
+    ],
+)  # fmt: skip
+def test_a_tool_failure_is_classified_by_its_error_text(error_text, http_status, found):
+    step = tool(1, "crm", failed=True, error_type="ToolRetryError", http_status=http_status,
+                error_text=error_text)  # fmt: skip
+    assert classify(step) == found
+
+
+def test_a_model_failure_is_classified_by_its_error_text():
+    def failed(error_text: str, error_type: str = "openai.BadRequestError", status: int = 400):
+        return classify(llm(1, 1, 0, status="Error", error_type=error_type, http_status=status,
+                            error_text=error_text))  # fmt: skip
+
+    assert failed("This model's maximum context length is 128000 tokens. However, you "
+                  "requested 130000 tokens") == ("context_length", "context_length")  # fmt: skip
+    assert failed("Rate limit reached for gpt-4o in organization org-1", "_OTHER", 0) == (
+        "rate_limit", "rate_limit",
+    )  # fmt: skip
+    assert failed("Server disconnected without sending a response.", "_OTHER", 0) == (
+        "provider_5xx", "connection_reset",
+    )  # fmt: skip
+    assert failed("Request timed out.", "_OTHER", 0) == ("timeout", "timeout")
+    assert failed("Invalid value for 'temperature'") is None
+
+
+def test_a_content_filter_is_the_providers_policy_not_an_outage():
+    """Decision (module docstring, README): the provider judged the agent's input and answered as
+    designed; retrying cannot help, so it is never infrastructure, whatever carries it."""
+    azure = (
+        "Error code: 400 - {'error': {'message': \"The response was filtered due to the prompt "
+        "triggering Azure OpenAI's content management policy.\", 'code': 'content_filter'}}"
+    )
+    steps = [
+        llm(t, 1, 0, session=f"s{t}", status="Error", error_type=error_type, http_status=status,
+            error_text=text)
+        for t, (error_type, status, text) in enumerate([
+            ("openai.BadRequestError", 400, azure),
+            ("_OTHER", 0, azure),  # no status at all: the text alone decides
+            ("_OTHER", 500, "blocked by the content filter"),
+        ] * 4)
+    ]  # fmt: skip
+    assert [classify(step) for step in steps[:3]] == [None, None, None]
+    # an answer cut by the filter is not even a failure: finish_reason content_filter
+    steps.append(llm(20, 1000, 3, session="s20", finish_reason="content_filter"))
+    assert run(InfrastructureDetector(), steps) == []
+
+
+def test_a_tool_result_worded_as_an_error_by_its_framework_is_judged_as_a_failure():
+    """The span is not marked failed, but the collector found a framework's error wording at the
+    start of the result (OpenAI Agents SDK) and put it in error_text: its cause counts."""
+    handed_over = (
+        "An error occurred while running the tool. Please try again. Error: [Errno 111] "
+        "Connection refused"
+    )
+    step = tool(2, "crm_lookup", error_text=handed_over)
+    assert not step.failed and classify(step) == ("tool_backend", "connection_refused")
+    [f] = run(InfrastructureDetector(), [tool(1, "crm_lookup"), step, tool(3, "crm_lookup")])
+    assert (f.kind, f.severity, f.evidence[0]["rule"], f.evidence[0]["cause"]) == (
+        "tool_backend", "SEV3", "isolated", "connection_refused",
+    )  # fmt: skip
+    # the same wording about the agent's own call is not infrastructure
+    assert classify(tool(2, "crm_lookup", error_text="Error: order 12 not found")) is None
+
+
+def _steps_through_the_collector(*spans) -> list[Step]:
+    """Steps as the detection process gets them: the real normaliser, then the step columns."""
+    batch, _ = Normalizer().normalize(request(*spans))
+    return steps_from_columns({name: batch.columns[name] for name in STEP_COLUMNS})
+
+
+def test_a_coding_agents_output_that_mentions_connection_refused_is_not_infrastructure():
+    bash = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "bash"}
+    outputs = [
+        "===== FAILURES =====\ntests/test_db.py::test_connect FAILED\nE   psycopg.Operational"
+        "Error: connection to server at 127.0.0.1, port 5432 failed: Connection refused\n",
+        "curl: (7) Failed to connect to localhost port 8080 after 0 ms: Connection refused",
+        "$ cat app.log\nERROR upstream timed out; 502 Bad Gateway; getaddrinfo failed",
+    ]
+    steps = _steps_through_the_collector(
+        *(span("bash", {**bash, "gen_ai.tool.call.result": out}) for out in outputs * 3)
+    )
+    assert [s.error_text for s in steps] == [""] * 9
+    assert run(InfrastructureDetector(), steps) == []
+    # the tool backend itself failing, as the OpenAI Agents SDK hands it to the model: it is
+    [worded] = _steps_through_the_collector(
+        span("bash", {**bash, "gen_ai.tool.call.result": "An error occurred while running the "
+                      "tool. Please try again. Error: [Errno 111] Connection refused"})
+    )  # fmt: skip
+    [f] = run(InfrastructureDetector(), [worded])
+    assert (f.kind, f.evidence[0]["cause"]) == ("tool_backend", "connection_refused")
+
+
+def test_a_few_failures_among_thousands_of_healthy_calls_show_when_they_cluster_in_one_tool():
+    """Rates are per tool (and model): 3,000 healthy searches do not dilute the CRM's failures."""
+    steps = [tool(i * 0.01, "search", args=i, session=f"h{i % 50}") for i in range(3000)]
+    for i in range(8):  # the CRM backend: 6 of 8 calls fail, from 3 sessions, within the window
+        steps.append(tool(30 + i, "crm_lookup", args=i, session=f"c{i % 3}", failed=i < 6,
+                          error_type="ToolRetryError",
+                          error_text="Bad Gateway" if i < 6 else ""))  # fmt: skip
+    findings = run(InfrastructureDetector(), steps)
+    assert [(f.severity, f.evidence[0]["rule"]) for f in findings] == [
+        ("SEV3", "isolated"),  # the first failure: unambiguous evidence in one session-run
+        ("SEV2", "rate"),  # the fifth: 5 of 5 crm_lookup calls, 3 sessions
+    ]
+    rate = findings[1].evidence[0]
+    assert (rate["tool"], rate["failures"], rate["calls"], rate["sessions_affected"]) == (
+        "crm_lookup", 5, 5, 3,
+    )  # fmt: skip
+    assert {f.signature for f in findings} == {"tool_backend:crm_lookup"}
+
+
+def test_a_framework_failure_whose_text_names_an_outage_is_not_the_agents_repeated_failure():
+    """Step.systems_failure reads the error text too: the loop detector's repeated_failure
+    (semantic) leaves a backend refusing connections to this detector."""
+    refused = [
+        tool(t, "crm_lookup", args=1, failed=True, error_type="ToolRetryError",
+             error_text="ConnectionRefusedError: [Errno 111] Connection refused")
+        for t in (1, 2, 3)
+    ]  # fmt: skip
+    assert all(step.systems_failure for step in refused)
+    assert [f.kind for f in run(LoopDetector(), refused)] == []
+    rejected = [
+        tool(t, "crm_lookup", args=1, failed=True, error_type="ToolRetryError",
+             error_text="invalid timeout value: -1")
+        for t in (1, 2, 3)
+    ]  # fmt: skip
+    assert not any(step.systems_failure for step in rejected)
+    assert [f.kind for f in run(LoopDetector(), rejected)] == ["repeated_failure"]
 
 
 def test_isolated_failures_on_one_tool_across_sessions_escalate_as_one_signature():

@@ -282,3 +282,43 @@ async def test_containment_reads_the_typed_records():
         ("contained", "policy", incident.incident_id)
     ] * 2
     assert notes[0].detail.startswith("paused tenant=acme;session=s1: policy")
+
+
+def test_a_resolve_records_how_it_was_resolved():
+    """A person's resolve is ``fixed`` unless they say ``false_alarm``; the timer's is ``quiet``;
+    only a resolve has a resolution."""
+    manager = IncidentManager(quiet_period_s=60)
+    real = manager.on_finding(finding("s1", "u1"), T0)
+    noise = manager.on_finding(replace(finding("s2", "u2"), signature="noise"), T0)
+    idle = manager.on_finding(replace(finding("s3", "u3"), signature="idle"), T0)
+    manager.take_rows()
+    with pytest.raises(ValueError, match="only a resolve"):
+        manager.set_status(real.incident_id, "acknowledged", "alice", T0 + 1, "", None,
+                           "false_alarm")  # fmt: skip
+    with pytest.raises(ValueError, match="resolution must be one of"):
+        manager.set_status(real.incident_id, "resolved", "alice", T0 + 1, "", None, "wontfix")
+    assert manager.held(real.incident_id) is real  # nothing changed
+
+    fixed = manager.set_status(real.incident_id, "resolved", "alice", T0 + 2, "tool fixed")
+    false_alarm = manager.set_status(noise.incident_id, "resolved", "bob", T0 + 3,
+                                     "a retry by design", resolution="false_alarm")  # fmt: skip
+    assert manager.tick(T0 + 120 * S) == [idle]
+    rows = manager.take_rows()
+    assert [(r.incident_id, r.resolution) for r in rows.incidents] == [
+        (real.incident_id, "fixed"),
+        (noise.incident_id, "false_alarm"),
+        (idle.incident_id, "quiet"),
+    ]
+    assert events(rows) == [
+        ("resolved", "alice", "tool fixed"),
+        ("resolved", "bob", "false alarm: a retry by design"),
+        ("resolved", "agentwatch", "quiet period elapsed"),
+    ]
+    assert (fixed.record.resolution, false_alarm.event.detail) == (
+        "fixed", "false alarm: a retry by design",
+    )  # fmt: skip
+    # an incident only in the store: its record carries the resolution too
+    stored = manager.set_status("inc-elsewhere01", "resolved", "carol", T0 + 5, "",
+                                stored_record(), "false_alarm")  # fmt: skip
+    assert (stored.record.resolution, stored.event.detail) == ("false_alarm", "false alarm")
+    assert IncidentRecord.from_row(stored.record.row()) == stored.record

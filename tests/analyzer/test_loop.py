@@ -90,12 +90,12 @@ def test_identical_call_and_identical_result_four_times_is_a_loop():
     steps = [tool(t, "lookup_order", args=42, result_hash=9) for t in (1, 2, 3, 4, 5)]
     [f] = run(LoopDetector(), steps)
     assert (f.kind, f.signature, f.step) == ("repeated_call", "lookup_order", steps[3])
-    why = f.evidence[1]
-    assert (why["rule"], why["tool"], why["count"], why["threshold"]) == (
+    why = f.evidence[0]
+    assert (why["rule"], why["tool"], why["observed"], why["threshold"]) == (
         "repeated_call", "lookup_order", 4, 4,
     )  # fmt: skip
     assert (why["outcome"], why["args_hash"], why["result_hash"]) == ("identical", 42, 9)
-    assert "same result" in f.title and f.evidence[0]["span_id"] == steps[3].span_id
+    assert "same result" in f.title and f.evidence[1]["span_id"] == steps[3].span_id
 
 
 def test_identical_results_count_across_other_calls_in_between():
@@ -116,7 +116,7 @@ def test_a_changed_result_restarts_the_count():
 def test_without_results_identical_back_to_back_calls_are_still_a_loop():
     steps = [tool(t, "lookup_order", args=42) for t in (1, 2, 3, 4)]
     [f] = run(LoopDetector(), steps)
-    assert f.evidence[1]["outcome"] == "not recorded" and "same result" not in f.title
+    assert f.evidence[0]["outcome"] == "not recorded" and "same result" not in f.title
 
 
 def test_a_cycle_whose_results_change_is_not_a_cycle():
@@ -132,8 +132,8 @@ def test_a_cycle_whose_results_repeat_is_a_cycle():
         for t in range(1, 8)
     ]
     [f] = run(LoopDetector(), steps)
-    assert f.kind == "cycle" and f.evidence[1]["count"] == 3
-    assert [c["result_hash"] for c in f.evidence[1]["sequence"]] in ([1, 2], [2, 1])
+    assert f.kind == "cycle" and f.evidence[0]["observed"] == 3
+    assert [c["result_hash"] for c in f.evidence[0]["sequence"]] in ([1, 2], [2, 1])
 
 
 def test_rejected_calls_with_changing_errors_are_not_a_repeated_failure():
@@ -148,4 +148,4 @@ def test_rejected_calls_with_the_same_error_are_a_repeated_failure():
         tool(t, "refund", args=t, failed=True, http_status=400, result_hash=5) for t in (1, 2, 3)
     ]
     [f] = run(LoopDetector(), steps)
-    assert f.kind == "repeated_failure" and f.evidence[1]["count"] == 3
+    assert f.kind == "repeated_failure" and f.evidence[0]["observed"] == 3

@@ -51,8 +51,8 @@ def test_unlisted_consequential_tool_is_sev1_at_the_call():
         "send_email",
     )
     assert f.step is steps[1]
-    assert f.evidence[0]["span_id"] == steps[1].span_id
-    assert f.evidence[1]["rule"] == "support" and f.evidence[1]["consequential"] is True
+    assert f.evidence[1]["span_id"] == steps[1].span_id
+    assert f.evidence[2]["rule"] == "support" and f.evidence[2]["consequential"] is True
 
 
 def test_unlisted_harmless_tool_is_sev2_and_reported_once_per_session():
@@ -99,7 +99,7 @@ def test_allowed_tools_may_be_globs():
 def test_path_outside_the_allowed_prefix(args):
     [f] = findings([tool_with_args(1, "read_file", args)])
     assert (f.kind, f.severity, f.signature) == ("argument_outside_scope", "SEV2", "read_file:path")
-    assert f.evidence[1]["constraint"] == "path" and f.evidence[1]["allowed"] == ["/srv/data"]
+    assert f.evidence[2]["constraint"] == "path" and f.evidence[2]["allowed"] == ["/srv/data"]
 
 
 @pytest.mark.parametrize(

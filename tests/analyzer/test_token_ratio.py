@@ -7,6 +7,9 @@ import pickle
 import sys
 from types import MappingProxyType
 
+import pytest
+
+from analyzer.detectors.seeding import StoredSession
 from analyzer.detectors.token_ratio import TokenRatioDetector, _Baseline, _RatioState
 from analyzer.policy import AgentPolicy
 from analyzer.session import SessionTable
@@ -240,9 +243,8 @@ def _state_bytes(state: _RatioState) -> int:
 
 
 def _baseline_bytes(baseline: _Baseline) -> int:
-    return (
-        sys.getsizeof(baseline) + sys.getsizeof(baseline.serials) + sys.getsizeof(baseline.values)
-    )
+    arrays = (baseline.serials, baseline.values, baseline.stamps)
+    return sys.getsizeof(baseline) + sum(sys.getsizeof(a) for a in arrays)
 
 
 def test_memory_stays_within_the_documented_caps():
@@ -259,7 +261,77 @@ def test_memory_stays_within_the_documented_caps():
     one = TokenRatioDetector()
     run(one, history([NORMAL[i % 10] for i in range(200)]))
     [baseline] = one.baselines.values()
-    assert len(baseline.values) == 64 and _baseline_bytes(baseline) <= 1_300
+    assert len(baseline.values) == 64 and _baseline_bytes(baseline) <= 1_900
     size = len(pickle.dumps(one.baselines))
     run(one, history([NORMAL[i % 10] for i in range(200)], start_s=1e6, prefix="more"))
     assert len(pickle.dumps(one.baselines)) <= size + 64  # flat: the window does not grow
+
+
+# --- seeded from the store (analyzer.baselines) -------------------------------------------------
+
+
+def stored(name: str, ratio: float, t_s: float, steps: int = 3, **kw) -> StoredSession:
+    """A session as the seed query sums it (``tenant`` and the key fields as in ``llm``)."""
+    out = kw.pop("output_tokens", 200)
+    return StoredSession(
+        "acme", name, "support-svc", "support", "support-svc", kw.pop("agent", "support"),
+        kw.pop("model", "gpt-4o-2024-08-06"), round(out * ratio), out, steps, 0.01,
+        int(t_s * 1e9),
+    )  # fmt: skip
+
+
+def test_a_seeded_baseline_is_warm_at_once():
+    """25 stored sessions at ~60:1: the first live session at 80:1 is normal, one at 4000:1 is
+    judged against the baseline (not the cold-start rule: 36k input tokens are far below its
+    200k), the only way it could fire."""
+    detector, sessions = TokenRatioDetector(), SessionTable()
+    detector.seed([stored(f"old{i}", 60.0 * (0.9 + 0.01 * i), i) for i in range(25)], 0)
+    ratio, n = detector.baseline_ratio(KEY)
+    assert n == 25 and 55 < ratio < 66
+    assert run(detector, session(1_000, "normal", 80.0, per_step=12_000), sessions) == []
+    [finding] = run(detector, session(2_000, "reader", 4000.0, per_step=12_000), sessions)
+    measures = finding.evidence[0]
+    assert (measures["rule"], measures["warm"], measures["baseline_sessions"]) == (
+        "baseline", True, 26,
+    )  # fmt: skip
+    assert "cold start" not in finding.title
+    cold = TokenRatioDetector()
+    assert run(cold, session(2_000, "reader", 4000.0, per_step=12_000)) == []  # unseeded: silent
+
+
+def test_a_session_seen_live_and_seeded_counts_once_however_often_seeded():
+    detector, sessions = TokenRatioDetector(), SessionTable()
+    run(detector, history([5.0] * 10, prefix="s"), sessions)  # s0..s9, live
+    both = [stored(f"s{i}", 5.0, i * 1_000 + 2) for i in range(10)]
+    others = [stored(f"o{i}", 5.0, 20_000 + i) for i in range(10)]
+    for _ in range(3):  # the periodic refresh: the same sessions again
+        detector.seed(both + others, 0)
+        assert detector.baseline_ratio(KEY)[1] == 20
+
+
+def test_a_seed_and_a_live_session_merge_by_their_latest_step():
+    """The later step wins; on a tie the stored value, complete where a replay saw a part."""
+    detector, sessions = TokenRatioDetector(), SessionTable()
+    run(detector, session(100, "partial", 5.0), sessions)  # LLM steps at 100, 102, 104 s
+    detector.seed([stored("partial", 50.0, 104)], 0)  # the whole session, up to the same step
+    assert detector.baseline_ratio(KEY)[0] == pytest.approx(50.0, rel=0.01)
+    detector.seed([stored("partial", 70.0, 90)], 0)  # an older reading: the later one stays
+    assert detector.baseline_ratio(KEY)[0] == pytest.approx(50.0, rel=0.01)
+    run(detector, [llm(106, 10_000, 2_000, session="partial")], sessions)  # a newer step: live
+    assert detector.baseline_ratio(KEY)[0] == pytest.approx(40_000 / 8_000, rel=0.01)
+
+
+def test_a_seed_keeps_the_window_newest_and_its_own_rules():
+    detector = TokenRatioDetector(window=8)
+    detector.seed(
+        [stored(f"s{i}", 5.0 if i < 90 else 9.0, i) for i in range(100)]
+        + [
+            stored("two-steps", 500.0, 200, steps=2),
+            stored("no-output", 1.0, 201, output_tokens=0),
+        ],
+        0,
+    )
+    ratio, n = detector.baseline_ratio(KEY)
+    assert n == 8 and ratio == pytest.approx(9.0, rel=0.01)  # the 8 newest, not the 2 unfit
+    detector.seed([stored("mini", 5.0, 1, model="gpt-4o-mini")], 0)
+    assert detector.baseline_ratio(("acme", "support-svc", "support", "gpt-4o-mini"))[1] == 1

@@ -8,8 +8,9 @@ import asyncio
 
 import pytest
 
+from analyzer.detectors.seeding import StoredSession
 from analyzer.engine import DetectionUnavailable
-from analyzer.step import STEP_COLUMNS
+from analyzer.step import _COLUMNS, STEP_COLUMNS, Step
 from analyzer.worker import _BATCH, DetectionProcess, _frame
 from collector.normalize import Normalizer
 from tests.analyzer.test_engine import T0, loop_request
@@ -132,6 +133,7 @@ async def test_a_replayed_batch_detection_fails_on_does_not_stop_start_up():
     from analyzer.engine import Detection
     from analyzer.restore import restore
     from analyzer.session import SessionTable
+    from collector.store import query_rows
 
     class Failing(Detection):
         async def observe_columns(self, columns, now, replay=False):
@@ -140,8 +142,56 @@ async def test_a_replayed_batch_detection_fails_on_does_not_stop_start_up():
     cols = columns("s-replayed", 4)
     steps = [[*row, "2025-11-13 00:00:00.000"] for row in zip(*cols.values(), strict=True)]
 
-    async def run_store(fn, store, sql, *args):
-        return steps if "agent_spans" in sql else []
+    async def run_store(fn, store, *args):
+        if fn is query_rows:  # the open incidents, then the recent steps
+            return steps if "StepKind IN" in args[0] else []
+        return []  # the baselines' seed query: no stored sessions
 
     analyzer = SimpleNamespace(detection=Failing([], SessionTable()), incidents=None)
     assert await restore(analyzer, None, run_store) == (0, 4)
+
+
+def llm_columns(session: str, ratio: float, **key: str) -> dict:
+    """Three LLM steps of ``session`` at ``ratio``:1, 36,000 input tokens in all (under the token
+    ratio's 200,000 cold-start bar: only a warm baseline can flag it); ``key``: ``tenant``,
+    ``service``, ``agent`` (default acme, svc, support)."""
+    tenant, service = key.get("tenant", "acme"), key.get("service", "svc")
+    agent = key.get("agent", "support")
+    out = max(round(12_000 / ratio), 1)
+    steps = [
+        Step(T0 + k, 1, tenant, service, agent, session, "u", f"t-{session}", f"{session}{k}",
+             "", "llm", model="gpt-4o", input_tokens=12_000, output_tokens=out, status="Ok")
+        for k in range(3)
+    ]  # fmt: skip
+    return {name: [getattr(s, field) for s in steps] for name, field in _COLUMNS.items()}
+
+
+SEEDED = [
+    StoredSession("acme", f"old{i}", "svc", "support", "svc", "support", "gpt-4o",
+                  200 * (55 + i % 10), 200, 3, 0.01, T0 - 10**12 + i)
+    for i in range(25)
+]  # fmt: skip
+
+
+async def test_a_seeded_child_judges_warm_and_so_does_its_replacement(detection):
+    """The seed frame is kept and sent again to a restarted child: its baselines start warm."""
+    await detection.seed_baselines(SEEDED, T0)
+    assert await observe(detection, llm_columns("normal", 80.0)) == []
+    [finding] = await observe(detection, llm_columns("reader", 4000.0))
+    assert finding.evidence[0]["rule"] == "baseline"
+    detection._proc.kill()
+    await detection._proc.wait()
+    [finding] = await observe(detection, llm_columns("reader-2", 4000.0))
+    assert detection.restarts == 1
+    assert finding.evidence[0]["rule"] == "baseline" and finding.evidence[0]["warm"]
+
+
+async def test_an_unseeded_child_stays_cold(detection):
+    """The same session without a seed: not flagged (the cold-start bar is 200,000 tokens)."""
+    assert await observe(detection, llm_columns("reader", 4000.0)) == []
+
+
+async def test_a_seed_the_child_cannot_use_is_logged_and_detection_carries_on(detection):
+    await detection.seed_baselines([StoredSession(*("x",) * 12)], T0)  # a ratio of strings
+    assert sessions(await observe(detection, columns("s-next", 4))) == {"s-next"}
+    assert detection.restarts == 0
