@@ -161,7 +161,7 @@ def test_ack_and_resolve_after_a_restart(tmp_path):
             (
                 "opened",
                 "agentwatch",
-                "support: lookup_order called 4 times with the same arguments",
+                "support: lookup_order called 4+ times with the same arguments",
             ),
             ("acknowledged", "carol", "after restart"),
             ("resolved", "carol", ""),

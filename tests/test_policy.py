@@ -246,7 +246,7 @@ def test_policy_check_shows_one_agents_resolved_policy():
     assert resolved["thresholds"]["loop"] == {
         "repeats": 2,
         "window": 12,
-        "cycles": 3,
+        "cycles": 4,
         "failures": 3,
     }
     assert resolved["session_cost_usd"] == 1.0

@@ -16,7 +16,7 @@ the policy file's ``thresholds``, ``severity`` and ``actions`` sections from it.
 >>> list(REGISTRY)
 ['loop', 'context_growth', 'token_ratio', 'out_of_scope_tool', 'cost_runaway', 'infrastructure']
 >>> REGISTRY["loop"](repeats=2).limits.defaults
-{'repeats': 2, 'window': 12, 'cycles': 3, 'failures': 3}
+{'repeats': 2, 'window': 12, 'cycles': 4, 'failures': 3}
 
 Adding a detector: write its file, ``analyzer/detectors/<name>.py``, holding its thresholds
 model (a ``DetectorThresholds``: each field with its default, bounds and a description), the class

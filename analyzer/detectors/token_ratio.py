@@ -24,9 +24,12 @@ incident, whatever the ratio) and some output tokens (no output usage reported: 
 
 - *warm* (``min_sessions``, default 20, other sessions in the baseline): flagged when
   log(ratio) > median + max(``z`` · σ, log ``min_factor``), i.e. more than ``z`` (default 4)
-  robust deviations above the agent's normal AND at least ``min_factor`` (default 3) times it.
+  robust deviations above the agent's normal AND at least ``min_factor`` (default 5) times it.
   The floor on the multiple matters for coding agents: a session's cumulative ratio grows with
-  its length (each call re-reads the history), so a long run is legitimately 2-3× a short one.
+  its length (each call re-reads the history), so a long run is legitimately 2-3× a short one;
+  on AutoCodeRover's 600 SWE-bench runs (real per-call usage) normal sessions reach 4.4× the
+  running median (3×: 5 of 594 normal sessions flagged, 4×: 1, 5×: none), while the field
+  failures this detector exists for are 15× and 35× (74:1 and 175:1 against an agent's 5:1).
 - *cold* (fewer sessions): a fixed limit would page on every agent whose normal is above it,
   so only an extreme, well-evidenced case fires: ratio ≥ ``cold_ratio`` (default 500:1) with
   ≥ ``cold_min_input_tokens`` (default 200,000) input tokens. 500:1 is ~7× the highest normal
@@ -198,7 +201,7 @@ class TokenRatioThresholds(DetectorThresholds):
         4.0, gt=0, description="robust deviations (1.4826 × MAD of log ratio) above the median"
     )
     min_factor: float = Field(
-        3.0, gt=1, description="warm: ratio at least this many times the baseline median ratio"
+        5.0, gt=1, description="warm: ratio at least this many times the baseline median ratio"
     )
     cold_ratio: float = Field(
         500.0, gt=0, description="cold start: input/output ratio (x:1) flagged without a baseline"

@@ -34,7 +34,8 @@ def test_normal_session_with_a_few_distinct_calls_opens_nothing():
 
 
 def test_a_b_a_b_cycle():
-    steps = [tool(t, "search" if t % 2 else "fetch_page", args=t % 2) for t in range(1, 8)]
+    steps = [tool(t, "search" if t % 2 else "fetch_page", args=t % 2) for t in range(1, 10)]
+    assert run(LoopDetector(), steps[:7]) == []  # each call 3-4 times: not yet (4 cycles)
     [f] = run(LoopDetector(), steps)
     assert f.kind == "cycle" and f.signature in ("search→fetch_page", "fetch_page→search")
 
@@ -129,11 +130,21 @@ def test_a_cycle_whose_results_change_is_not_a_cycle():
 def test_a_cycle_whose_results_repeat_is_a_cycle():
     steps = [
         tool(t, "search" if t % 2 else "fetch_page", args=t % 2, result_hash=t % 2 + 1)
-        for t in range(1, 8)
+        for t in range(1, 10)
     ]
+    # with results recorded, one finding for the loop: the 4th fetch_page since its first
+    # (new) result, whose search partner is flagged with it
     [f] = run(LoopDetector(), steps)
-    assert f.kind == "cycle" and f.evidence[0]["observed"] == 3
-    assert [c["result_hash"] for c in f.evidence[0]["sequence"]] in ([1, 2], [2, 1])
+    assert (f.kind, f.signature, f.step.span_id) == (
+        "repeated_call",
+        "fetch_page",
+        steps[7].span_id,
+    )
+    # with none recorded, the cycle rule catches it, at the 4th A→B
+    blind = [tool(t, "search" if t % 2 else "fetch_page", args=t % 2) for t in range(1, 10)]
+    [f] = run(LoopDetector(), blind)
+    assert f.kind == "cycle" and f.evidence[0]["observed"] == 4
+    assert f.step.span_id == blind[7].span_id
 
 
 def test_rejected_calls_with_changing_errors_are_not_a_repeated_failure():

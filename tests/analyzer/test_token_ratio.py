@@ -123,10 +123,10 @@ def test_field_report_74_and_175_to_1_against_their_own_5_to_1():
 
 
 def test_warm_needs_both_deviations_and_the_multiple():
-    # a very regular agent: the σ floor and the ×3 rule keep 12:1 quiet, 16:1 is flagged
+    # a very regular agent: the σ floor and the ×5 rule keep 20:1 quiet, 30:1 is flagged
     detector, sessions = warmed_up(30)
-    assert run(detector, session(40_000, "x12", 12.0), sessions) == []
-    assert len(run(detector, session(40_010, "x16", 16.0), sessions)) == 1
+    assert run(detector, session(40_000, "x20", 20.0), sessions) == []
+    assert len(run(detector, session(40_010, "x30", 30.0), sessions)) == 1
     # a spread-out agent (the coding one): 3× its median is within its spread, not flagged
     detector, sessions = TokenRatioDetector(), SessionTable()
     kw = {"agent": "coder", "model": "gpt-4", "per_step": 60_000, "steps": 6}
