@@ -44,9 +44,15 @@ _STEP = (
     " leftUTF8(StatusMessage, 1000) AS StatusMessage, ErrorType, HttpStatus, Duration,"
     f" {_INPUT} AS input, {_OUTPUT} AS output"
 )
-# the run: the incident's session, or its trace when it has no session
+# the run: the incident's session, or its trace when it has no session. Its traces come first,
+# from session_traces by its primary key (tenant, session): agent_spans resolves the session of
+# a span only after the join, so a filter on SessionId alone reads every span (issue 14.7).
+_TRACES = (
+    f"SELECT TraceId FROM session_traces WHERE Tenant = {text_param('tenant')}"
+    f" AND SessionId = {text_param('session')} UNION ALL SELECT {text_param('trace')}"
+)
 _RUN = (
-    f"Tenant = {text_param('tenant')} AND if({{by_session:UInt8}} = 1,"
+    f"Tenant = {text_param('tenant')} AND TraceId IN ({_TRACES}) AND if({{by_session:UInt8}} = 1,"
     f" SessionId = {text_param('session')}, TraceId = {text_param('trace')})"
 )
 _AT = "fromUnixTimestamp64Nano({at_ns:Int64})"
@@ -98,6 +104,8 @@ RECENT = f"""
 SELECT SessionId AS session, toUnixTimestamp64Nano(max(Timestamp)) AS last_ns
 FROM agent_spans
 WHERE Tenant = {text_param("tenant")}
+  AND TraceId IN (SELECT TraceId FROM session_traces WHERE Tenant = {text_param("tenant")}
+                  AND has(JSONExtract({text_param("sessions")}, 'Array(String)'), SessionId))
   AND has(JSONExtract({text_param("sessions")}, 'Array(String)'), SessionId)
   AND Timestamp > now64(9) - toIntervalMinute({{minutes:UInt32}})
 GROUP BY SessionId
