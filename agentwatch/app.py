@@ -7,8 +7,10 @@ inserts and queries never block request handling.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -37,6 +39,7 @@ from collector.metrics import Metrics
 from collector.normalize import READER, Normalizer
 from collector.pipeline import Pipeline
 from collector.pricing import PriceTable
+from collector.ratelog import RateLimitedLog
 from collector.receivers.grpc import GrpcReceiver
 from collector.receivers.http import build_otlp_http_app
 from collector.store import Store, StoreUnavailable
@@ -118,6 +121,7 @@ class Collector:
     async def start(self) -> None:
         config = self.config
         self._loop = asyncio.get_running_loop()
+        check_ports_free(config)  # in a second, before the store and the detection process
         self.store = await self.run_store(open_store, config)
         applied = await self.run_store(migrate, self.store)
         if applied:
@@ -127,7 +131,7 @@ class Collector:
             self.pager = Pager(
                 PagingSql(self.run_store, self.store),
                 config.paging,
-                notifiers=HttpNotifiers(),
+                notifiers=LoggedNotifiers(HttpNotifiers()),
                 metrics=self.metrics,
             )
             await self.pager.start()  # resumes the outbox before any incident arrives
@@ -182,18 +186,24 @@ class Collector:
             max_concurrent_requests=config.max_concurrent_requests,
             tokens=self.tokens,
         )
-        self.ports["otlp_grpc"] = await self._grpc.start(config.listen, config.otlp_grpc_port)
+        try:
+            grpc_port = await self._grpc.start(config.listen, config.otlp_grpc_port)
+        except RuntimeError as exc:  # grpc says only "Failed to bind"
+            raise PortInUse(config, "otlp_grpc_port", config.otlp_grpc_port) from exc
+        self.ports["otlp_grpc"] = grpc_port
         max_body = config.max_recv_msg_size_mib * 1024 * 1024
         self.ports["otlp_http"] = await self._serve(
             build_otlp_http_app(
                 self.pipeline, max_body, self.tokens, config.max_concurrent_requests
             ),
-            config.otlp_http_port,
+            "otlp_http_port",
         )
 
         # a client that goes away cancels its handler, and so its query
-        self.ports["sql"] = await self._serve(build_sql_app(self), config.sql_port, cancel=True)
-        self.ports["api"] = await self._serve(build_api_app(self), config.api_port, cancel=True)
+        self.ports["sql"] = await self._serve(build_sql_app(self), "sql_port", cancel=True)
+        self.ports["api"] = await self._serve(build_api_app(self), "api_port", cancel=True)
+        if not config.api_port:  # picked at random: the incident links learn it now
+            self.incident_desk.incidents.link_template = config.link_template(self.ports["api"])
         self._warn_if_open()
         if config.clickhouse_url is None and config.embedded_release_startup_pages:
             # lazy: only with the embedded store, whose module loads chDB
@@ -253,7 +263,7 @@ class Collector:
 
     def _incident_manager(self) -> IncidentManager:
         return IncidentManager(
-            self.config.incident_link_template, self.config.incident_quiet_period_s
+            self.config.link_template(self.config.api_port), self.config.incident_quiet_period_s
         )
 
     def _policy_data(self) -> dict | None:
@@ -269,6 +279,16 @@ class Collector:
         detection off) calls this after each write. A failing listener is logged, never raised:
         the incident is stored whatever a pager or policy does with it.
         """
+        latest = {record.incident_id: record for record in rows.incidents}
+        for event in rows.events:
+            record = latest.get(event.incident_id)
+            if event.event == "opened" and record is not None:
+                key = (record.tenant, record.service, record.agent, record.detector)
+                _EVENT_LOG.log(
+                    logging.WARNING, key, "incident %s opened: %s %s %s/%s in %s: %s  %s",
+                    record.incident_id, record.severity, record.incident_class, record.detector,
+                    record.kind, record.service, record.title, record.link,
+                )  # fmt: skip
         for listener in self.incident_listeners:
             try:
                 await listener(rows)
@@ -319,7 +339,9 @@ class Collector:
             await asyncio.sleep(every_s)
             await seed_baselines(self.analyzer.detection, self.store, self.run_store)
 
-    async def _serve(self, app: web.Application, port: int, cancel: bool = False) -> int:
+    async def _serve(self, app: web.Application, key: str, cancel: bool = False) -> int:
+        """Serve ``app`` on the port of config ``key``; returns the port bound."""
+        port = getattr(self.config, key)
         # lingering_time=0: after an early answer (a 413 past the body limit, a 401) the rest of
         # the body is not read, and so not decompressed on the loop (a compression bomb was, for
         # up to 10 s: bench/adversarial.py --scenarios bomb)
@@ -331,9 +353,14 @@ class Collector:
             lingering_time=0,
         )
         await runner.setup()
-        site = web.TCPSite(runner, self.config.listen, port, reuse_address=True)
-        await site.start()
         self._runners.append(runner)
+        site = web.TCPSite(runner, self.config.listen, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise PortInUse(self.config, key, port) from exc
         return site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked for
 
     async def stop(self) -> None:
@@ -359,11 +386,51 @@ class Collector:
         self._executor.shutdown(wait=True)
 
 
+#: incidents opened and pages sent: one line per kind per minute (the tables hold every one)
+_EVENT_LOG = RateLimitedLog(log)
+
+
+class LoggedNotifiers:
+    """The pager's notifiers, each page sent logged (rate-limited; a page not accepted is
+    logged by ``analyzer.paging.retry_stage``)."""
+
+    def __init__(self, factory) -> None:
+        self._factory = factory
+
+    def __call__(self, receiver):
+        return _LoggedNotifier(self._factory(receiver))
+
+    async def close(self) -> None:
+        await self._factory.close()
+
+
+class _LoggedNotifier:
+    def __init__(self, notifier) -> None:
+        self._notifier = notifier
+        self.name = notifier.name
+        self.actions = notifier.actions
+        self.resend_interval_s = notifier.resend_interval_s
+
+    async def notify(self, page):
+        delivery = await self._notifier.notify(page)
+        if delivery.ok:
+            incident = page.incident
+            _EVENT_LOG.log(
+                logging.INFO, ("page", self.name, page.action), "page %s of incident %s sent to %s: %s",
+                page.action, incident.incident_id, self.name, incident.title,
+            )  # fmt: skip
+        return delivery
+
+
 async def serve(config: Config, ready=None) -> None:
     """Run until SIGINT/SIGTERM (SIGHUP reloads the policy file). ``ready(collector)`` is called
     once every port is bound."""
     collector = Collector(config)
-    await collector.start()
+    try:
+        await collector.start()
+    except BaseException:
+        await collector.stop()  # the detection process and the store's threads end too
+        raise
     tune_gc()
     if ready:
         ready(collector)
@@ -377,6 +444,51 @@ async def serve(config: Config, ready=None) -> None:
         await stop.wait()
     finally:
         await collector.stop()
+
+
+#: the flag that changes each port (config key -> flag)
+PORT_FLAGS = {
+    "otlp_grpc_port": "--otlp-grpc-port",
+    "otlp_http_port": "--otlp-http-port",
+    "sql_port": "--sql-port",
+    "api_port": "--api-port",
+}
+
+
+class PortInUse(OSError):
+    """A port the config names is taken: which one, and the flag or key that changes it."""
+
+    def __init__(self, config: Config, key: str, port: int) -> None:
+        super().__init__(
+            errno.EADDRINUSE,
+            f"port {port} on {config.listen} ({key}) is already in use: stop what holds it, or"
+            f" choose another with {PORT_FLAGS[key]} (or `{key}:` in the config file)",
+        )
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def check_ports_free(config: Config) -> None:
+    """Raise ``PortInUse`` for the first port of the config another process listens on.
+
+    The listeners bind only after the store opens (seconds); this answers at once. A race with
+    another process is still caught when the listener binds.
+    """
+    host = config.listen
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for key in PORT_FLAGS:
+        port = getattr(config, key)
+        if not port:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the listeners do
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortInUse(config, key, port) from None
+                raise
 
 
 def open_store(config: Config) -> Store:

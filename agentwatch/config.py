@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +44,10 @@ ENV_SETTINGS = {
     "api_token": "AGENTWATCH_API_TOKEN",
     "sql_token": "AGENTWATCH_SQL_TOKEN",
 }
+
+
+#: What an incident link template may use (``analyzer.incidents.lifecycle.Incident.record``).
+LINK_FIELDS = ("incident_id", "trace_id", "span_id", "session_id")
 
 
 class ConfigError(ValueError):
@@ -310,9 +315,16 @@ class Config(_Section):
         description="run the detectors in a process of their own (the second core) instead of"
         " in the collector's process",
     )
+    public_url: str = Field(
+        default="",
+        description="how people reach the API port (the console) from elsewhere, e.g."
+        " http://agentwatch.internal:8080: incident links are {public_url}/incidents/{incident_id}"
+        " (default: http://<listen or this host's name>:<api_port>)",
+    )
     incident_link_template: str = Field(
         default="",
-        description="trace link of an incident, e.g. https://grafana/explore?trace={trace_id}",
+        description="overrides the incident link, e.g. https://grafana/explore?trace={trace_id}"
+        " ({incident_id}, {trace_id}, {span_id}, {session_id})",
     )
     incident_quiet_period_s: float = Field(
         default=1800.0, gt=0, description="auto-resolve after this quiet time"
@@ -330,12 +342,40 @@ class Config(_Section):
     @classmethod
     def _link_template(cls, value: str) -> str:
         try:
-            value.format(trace_id="t", span_id="s", session_id="x")
+            value.format(**{name: "x" for name in LINK_FIELDS})
         except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(
-                f"may use only {{trace_id}}, {{span_id}} and {{session_id}} ({exc})"
-            ) from None
+            fields = ", ".join(f"{{{name}}}" for name in LINK_FIELDS)
+            raise ValueError(f"may use only {fields} ({exc})") from None
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if value and (parsed.scheme not in ("http", "https") or not parsed.hostname):
+            raise ValueError("expected http(s)://host[:port][/path], e.g. http://agentwatch:8080")
+        return value.rstrip("/")
+
+    def link_template(self, api_port: int) -> str:
+        """The incident link as a template (``LINK_FIELDS``): ``incident_link_template`` if set,
+        else the console's incident page under ``public_url``, else under this host as seen from
+        the API's listen address (a wildcard address names the machine; loopback stays loopback,
+        so the link opens on this machine only: set public_url for pagers read elsewhere).
+
+        >>> Config(public_url="http://aw.internal:8080/").link_template(8080)
+        'http://aw.internal:8080/incidents/{incident_id}'
+        >>> Config().link_template(8080)
+        'http://127.0.0.1:8080/incidents/{incident_id}'
+        """
+        if self.incident_link_template:
+            return self.incident_link_template
+        base = self.public_url
+        if not base:
+            host = self.listen
+            if host in ("0.0.0.0", "::", ""):
+                host = socket.getfqdn()
+            base = f"http://{f'[{host}]' if ':' in host else host}:{api_port}"
+        return base.replace("{", "{{").replace("}", "}}") + "/incidents/{incident_id}"
 
     @field_validator("clickhouse_url")
     @classmethod

@@ -172,3 +172,35 @@ def test_serve_warns_that_a_password_flag_shows_in_ps(tmp_path):
     assert "visible to other users in `ps`" in serve("--clickhouse-url", "http://u:pw@db:8123")
     quiet = serve(AGENTWATCH_CLICKHOUSE_PASSWORD="pw")
     assert "`ps`" not in quiet and "pw" not in quiet.replace("port", "")
+
+
+def test_incident_links_default_to_the_console_page_under_public_url():
+    console = load_config(None, {"public_url": "https://aw.internal:8443/"})
+    assert console.link_template(8080) == "https://aw.internal:8443/incidents/{incident_id}"
+    assert console.link_template(8080).format(incident_id="inc-1") == (
+        "https://aw.internal:8443/incidents/inc-1"
+    )
+    # without public_url: where the API listens (loopback opens on this machine only)
+    assert load_config().link_template(8080) == "http://127.0.0.1:8080/incidents/{incident_id}"
+    anywhere = load_config(None, {"listen": "0.0.0.0", "api_token": "t"})
+    assert "0.0.0.0" not in anywhere.link_template(8080)  # the machine's name instead
+    assert anywhere.link_template(8080).endswith(":8080/incidents/{incident_id}")
+    # incident_link_template still wins, and may name the incident
+    grafana = load_config(
+        None,
+        {
+            "public_url": "http://aw:8080",
+            "incident_link_template": "https://g/d?var-id={incident_id}",
+        },
+    )
+    assert grafana.link_template(8080) == "https://g/d?var-id={incident_id}"
+
+
+def test_bad_public_url_or_link_template_names_the_key_and_what_is_allowed():
+    with pytest.raises(ConfigError) as bad_url:
+        load_config(None, {"public_url": "agentwatch.internal:8080"})
+    assert "public_url: expected http(s)://host[:port][/path]" in str(bad_url.value)
+    with pytest.raises(ConfigError) as bad_field:
+        load_config(None, {"incident_link_template": "https://g/{incident}"})
+    said = str(bad_field.value)
+    assert "incident_link_template: may use only {incident_id}, {trace_id}" in said

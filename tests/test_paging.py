@@ -116,7 +116,7 @@ def test_pagerduty_is_paged_once_per_incident_then_acknowledged_and_resolved(
         assert trigger["payload"]["severity"] == "error"  # SEV2
         assert "support" in trigger["payload"]["summary"]
         links = {link["text"]: link["href"] for link in trigger["links"]}
-        assert links["Trace"] == LINK.format(trace_id=incident["trace_id"])
+        assert links["Incident"] == LINK.format(trace_id=incident["trace_id"])
         assert links["Runbook"] == "https://runbooks.example/loop"
         assert "session(s)" in trigger["payload"]["custom_details"]["blast_radius"]
 

@@ -10,6 +10,10 @@ Two automatic paths, both listening to stored incident rows (``Collector.inciden
    distinct sessions within ``tool_circuit.window_s``, that tool's circuit opens for the agent,
    the service or everyone (``tool_circuit.scope``).
 
+Nothing is automatic without a policy file: with none (``DEFAULT_POLICY``) incidents open and
+page, and only a person stops anything. Stopping a tool in production is a decision its owners
+make in writing, not a default they discover at 2 am.
+
 **The run in progress.** With the OTel GenAI instrumentation the session id is on the root span,
 which is exported last, so an incident opened mid-run often has no session or user yet. A
 session- or user-scoped action (``pause_session``, ``freeze_session``, ``quarantine_user``) then
@@ -39,7 +43,7 @@ from analyzer.containment.control import (
     trace_id_of,
 )
 from analyzer.incidents.model import IncidentEvent, IncidentRecord, IncidentRows
-from analyzer.policy import AgentPolicy
+from analyzer.policy import DEFAULT_POLICY, AgentPolicy
 
 log = logging.getLogger("agentwatch.containment")
 
@@ -160,7 +164,7 @@ class Containment:
         self, record: IncidentRecord, session: str, policy: AgentPolicy
     ) -> IncidentEvent | None:
         needed = policy.tool_circuit_sessions
-        if needed <= 0:
+        if needed <= 0 or policy is DEFAULT_POLICY:  # no policy file: nothing automatic
             return None
         names = _CIRCUIT_SCOPE.get(policy.tool_circuit_scope, _CIRCUIT_SCOPE["agent"])
         scope = _scope(record, names)

@@ -141,7 +141,12 @@ class Incident:
             occurrences=self.occurrences,
             sessions_affected=sessions,
             users_affected=users,
-            link=link_template.format(trace_id=s.trace_id, span_id=s.span_id, session_id=s.session),
+            link=link_template.format(
+                incident_id=self.incident_id,
+                trace_id=s.trace_id,
+                span_id=s.span_id,
+                session_id=s.session,
+            ),
             resolution=self.resolution,
         )
 

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from collector.auth import ADMIN, INGEST, Tokens, bearer
 from collector.consumer import Rejections
 from collector.metrics import Metrics
+from collector.ratelog import RateLimitedLog
+
+#: spans refused or rejected: one line per protocol and outcome per minute (counts in /metrics)
+REFUSED_LOG = RateLimitedLog(logging.getLogger("agentwatch.receivers"))
+
+
+def log_refused(protocol: str, outcome: str, message: str) -> None:
+    """The log line of a refused request (none of its spans stored), rate-limited."""
+    REFUSED_LOG.log(
+        logging.WARNING, (protocol, outcome), "OTLP/%s request refused (%s), no span stored: %s",
+        protocol, outcome, message[:500],
+    )  # fmt: skip
 
 
 def export_response(
@@ -23,6 +37,10 @@ def export_response(
         response.partial_success.rejected_spans = rejections.count
         response.partial_success.error_message = rejections.summary()
         metrics.requests.labels(protocol, "partial").inc()
+        REFUSED_LOG.log(
+            logging.WARNING, (protocol, "partial"), "OTLP/%s: %d span(s) rejected, the rest stored: %s",
+            protocol, rejections.count, rejections.summary()[:500],
+        )  # fmt: skip
     else:
         metrics.requests.labels(protocol, "ok").inc()
     return response

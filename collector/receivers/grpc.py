@@ -14,7 +14,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from collector.pipeline import Pipeline
-from collector.receivers import export_response, sender_tenant
+from collector.receivers import export_response, log_refused, sender_tenant
 from collector.receivers.status import REFUSALS, Refusal, refusal
 
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
@@ -69,6 +69,7 @@ class GrpcReceiver:
         except REFUSALS as exc:
             answer = refusal(exc)
             metrics.requests.labels("grpc", answer.outcome).inc()
+            log_refused("grpc", answer.outcome, answer.message)
             trailers = _retry_info(answer) if answer.retry_after_s is not None else ()
             await context.abort(answer.grpc_code, answer.message, trailing_metadata=trailers)
         response = export_response(rejections, metrics, "grpc")

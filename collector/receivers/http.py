@@ -14,7 +14,7 @@ from google.protobuf import json_format
 from google.rpc import status_pb2
 
 from collector.pipeline import Pipeline
-from collector.receivers import Unauthenticated, export_response, sender_tenant
+from collector.receivers import Unauthenticated, export_response, log_refused, sender_tenant
 from collector.receivers.status import (
     REFUSALS,
     Refusal,
@@ -87,6 +87,7 @@ class _Receiver:
 
     def _refuse(self, answer: Refusal, content_type: str) -> web.Response:
         self._pipeline.metrics.requests.labels("http", answer.outcome).inc()
+        log_refused("http", answer.outcome, answer.message)
         status = status_pb2.Status(code=answer.rpc_code, message=answer.message)
         response = _encode(answer.http_status, content_type, status)
         if answer.retry_after_s is not None:

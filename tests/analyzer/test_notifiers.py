@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 
 import orjson
 import pytest
@@ -41,7 +42,7 @@ def test_pagerduty_maps_severity_and_carries_links_and_blast_radius():
     assert (event["event_action"], event["dedup_key"]) == ("trigger", "fp1")
     assert event["payload"]["severity"] == "critical"
     assert event["payload"]["timestamp"] == "2026-11-22T06:14:38.696Z"
-    assert event["links"] == [{"href": "https://g/t1", "text": "Trace"},
+    assert event["links"] == [{"href": "https://g/t1", "text": "Incident"},
                               {"href": "https://rb", "text": "Runbook"}]  # fmt: skip
     assert event["payload"]["custom_details"]["blast_radius"] == (
         "3 session(s), 2 user(s), 9 occurrence(s)"
@@ -136,11 +137,21 @@ def test_every_notifier_has_a_typed_config_and_declares_what_it_can_do(given):
     assert (resends is not None) == (given["type"] == "alertmanager")
 
 
-def test_the_webhook_sends_the_incident_row_as_stored():
+def test_the_webhook_sends_the_incident_as_the_api_shows_it():
+    why = {"why": "lookup_order called 4 times", "rule": "repeated_call", "threshold": 4}
+    incident = dataclasses.replace(INCIDENT, evidence=(why, {"span_id": "sp1"}))
     hook = receiver(name="h", type="webhook", url="http://h")
-    sent = orjson.loads(hook.request(Page("trigger", INCIDENT)).body)["incident"]
-    assert sent == INCIDENT.row() and sent["class"] == "semantic"
-    assert IncidentRecord.from_row(sent) == INCIDENT
+    doc = orjson.loads(hook.request(Page("trigger", incident)).body)
+    sent = doc["incident"]
+    # evidence is JSON a receiver can index, not a string of JSON
+    assert sent["evidence"] == [why, {"span_id": "sp1"}]
+    assert sent["evidence"][0]["rule"] == "repeated_call"
+    # times as the API writes them: ISO 8601 UTC, to the nanosecond
+    assert sent["first_seen"] == "2026-11-22T06:14:38.696914422Z"
+    assert sent["last_seen"] == "2026-11-22T06:15:00.000000000Z"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", doc["sent_at"])
+    assert (sent["class"], sent["link"], sent["tool"]) == ("semantic", "https://g/t1", "")
+    assert {k for k in sent if k.endswith("_ns")} == set()
 
 
 # One problem, one page: a loop (SEV2) with a token-ratio spike (SEV2) and a context spiral (SEV1)
@@ -200,3 +211,20 @@ def test_pagers_keep_the_first_incidents_dedup_key_and_take_the_worst_severity()
     assert alert["labels"] == alone["labels"]  # the same Alertmanager alert
     assert alert["annotations"]["page_severity"] == "SEV1"
     assert "token_ratio/ratio_spike" in alert["annotations"]["findings"]
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"name": "pd", "type": "pagerduty", "routing_key": "k" * 32},
+        {"name": "og", "type": "opsgenie", "api_key": "a"},
+        {"name": "sl", "type": "slack", "url": "https://hooks.slack.com/x"},
+        {"name": "am", "type": "alertmanager", "url": "http://am"},
+        {"name": "h", "type": "webhook", "url": "http://h"},
+    ],
+    ids=lambda given: given["type"],
+)
+def test_every_pager_carries_the_incident_link(given):
+    link = "http://agentwatch.internal:8080/incidents/inc-1"  # public_url's console page
+    page = receiver(**given).request(Page("trigger", dataclasses.replace(INCIDENT, link=link)))
+    assert link.encode() in page.body

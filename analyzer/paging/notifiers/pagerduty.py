@@ -51,7 +51,7 @@ class PagerDuty(HttpNotifier):
         if page.action == "trigger":
             more = f" (+{len(page.folded)} more on this run)" if page.folded else ""
             title = ("[TEST] " if page.test else "") + f"[{page.severity}] {i.title}{more}"
-            links = [{"href": i.link, "text": "Trace"}] if i.link else []
+            links = [{"href": i.link, "text": "Incident"}] if i.link else []
             if config.runbook_url:
                 links.append({"href": config.runbook_url, "text": "Runbook"})
             event["payload"] = {
