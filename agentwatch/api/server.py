@@ -14,9 +14,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agentwatch.api.control import add_control_routes
+from agentwatch.api.golden import add_golden_routes
 from agentwatch.api.health import check as health_check
 from agentwatch.api.incidents import add_incident_routes
 from agentwatch.api.paging import add_paging_routes
+from agentwatch.api.review import add_review_routes
 from agentwatch.api.web import COLLECTOR, PRINCIPAL
 from agentwatch.api.web import error as _error
 from agentwatch.console import add_console
@@ -44,6 +46,8 @@ def build_api_app(collector) -> web.Application:
     add_incident_routes(app)  # /v1/incidents, /v1/incidents/{id}, …/ack, …/resolve
     add_control_routes(app)  # /v1/control…, /ofrep/v1/evaluate/flags…
     add_paging_routes(app)  # /v1/alerts/outbox, /v1/alerts/test, /v1/silences
+    add_review_routes(app)  # /v1/incidents/{id}/case (POST: admin), …/review, /v1/cases
+    add_golden_routes(app)  # /v1/golden: known-good runs (marking needs the admin token)
     add_console(app, collector.tokens)  # /, /incidents/{id}, /login, /static/: the web console
     return app
 
@@ -52,6 +56,8 @@ def build_api_app(collector) -> web.Application:
 _PATH_ROLES = (
     ("POST", "/v1/sql", (SQL, READER)),
     ("GET", "/v1/incidents", (READER,)),  # the list and one incident: that tenant's only
+    ("GET", "/v1/cases", (READER,)),  # regression cases (capturing one needs the admin token)
+    ("GET", "/v1/golden", (READER,)),  # golden runs: that tenant's only; marking needs admin
     ("*", "/ofrep/", (SQL, READER, INGEST)),  # agents check their flags
 )
 

@@ -20,7 +20,9 @@ import requests
 from agentwatch.app import serve as run_collector
 from agentwatch.cli.control import register as register_control
 from agentwatch.cli.format import echo_rows, format_option, text_table
+from agentwatch.cli.golden import register as register_golden
 from agentwatch.cli.paging import register as register_paging
+from agentwatch.cli.review import register as register_review
 from agentwatch.config import ConfigError, load_config
 from analyzer.policy import PolicyError, load_policy, policy_json_schema
 from collector.store import StoreUnavailable
@@ -135,6 +137,7 @@ def serve(
         click.echo(f"  OTLP HTTP  http://{config.listen}:{p['otlp_http']}/v1/traces")
         click.echo(f"  SQL        http://{config.listen}:{p['sql']}/  (ClickHouse HTTP interface)")
         click.echo(f"  API        http://{config.listen}:{p['api']}/  (/healthz, /metrics)")
+        click.echo(f"  links      {config.link_template(p['api'])}  (public_url)")
         sys.stdout.flush()
 
     try:
@@ -184,7 +187,9 @@ def api_call(
     return response
 
 
-@main.command()
+# A query may start with "-- comment" (the README's do): with unknown options taken as arguments,
+# click leaves it to QUERY instead of failing with "No such option".
+@main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("query")
 @click.option(
     "--format",
@@ -204,10 +209,13 @@ def api_call(
 def sql(query: str, fmt: str, params: tuple[str, ...], api_url: str, token: str | None) -> None:
     """Run a read-only SQL QUERY against a running collector ('-' reads it from stdin).
 
+    QUERY may start with a "-- comment" line and may end with one ';'.
+
     \b
     Examples:
       agentwatch sql "SELECT ServiceName, count() FROM otel_traces GROUP BY ServiceName"
       agentwatch sql "SELECT * FROM otel_traces WHERE TraceId = {t:String}" --param t=4bf9...
+      agentwatch sql - --param id=inc-3f2a9c1b7d4e < blast_radius.sql
     """
     if query == "-":
         query = sys.stdin.read()
@@ -270,8 +278,8 @@ def _without_prefix(text: str, prefix: str) -> str:
 
 
 def _incident_table(rows: list[dict]) -> str:
-    header = ("ID", "SEV", "STATUS", "CLASS", "DETECTOR/KIND", "AGENT", "TITLE", "OCC", "SESS")
-    header += ("LAST SEEN",)
+    header = ("ID", "SEV", "STATUS", "CLASS", "DETECTOR/KIND", "SERVICE", "AGENT", "TITLE")
+    header += ("OCC", "SESS", "LAST SEEN")
     lines = [
         (
             r["incident_id"],
@@ -279,7 +287,8 @@ def _incident_table(rows: list[dict]) -> str:
             r["status"],
             r["class"],
             f"{r['detector']}/{r['kind']}",
-            _clip(r["agent"] or r["service"], 24),
+            _clip(r["service"], 24),  # two services may run agents of one name
+            _clip(r["agent"] or "-", 24),
             _clip(_without_prefix(r["title"], f"{r['agent'] or r['service']}: "), 56),
             str(r["occurrences"]),
             str(r["sessions_affected"]),
@@ -300,14 +309,16 @@ def _incident_table(rows: list[dict]) -> str:
 )
 @click.option("--severity", type=click.Choice(["SEV1", "SEV2", "SEV3"], case_sensitive=False))
 @click.option("--detector", help="loop, context_growth, token_ratio, out_of_scope_tool, …")
+@click.option("--service", help="Only this service (service.name).")
 @click.option("--agent", help="Only this agent.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @format_option
 @_client_options
-def incidents_list(status, severity, detector, agent, limit, fmt, api_url, token) -> None:
+def incidents_list(status, severity, detector, service, agent, limit, fmt, api_url, token) -> None:
     """Incidents, most recently seen first."""
     params = {"status": status, "limit": limit}
-    for name, value in (("severity", severity), ("detector", detector), ("agent", agent)):
+    filters = (("severity", severity), ("detector", detector), ("service", service))
+    for name, value in (*filters, ("agent", agent)):
         if value:
             params[name] = value.upper() if name == "severity" else value
     rows = api_call(api_url, token, "GET", "/v1/incidents", params=params).json()
@@ -548,6 +559,8 @@ def _format_agent_policy(resolved) -> str:
 
 register_control(main, _client_options, api_call)  # kill, pause, …, resume, control
 register_paging(main, _client_options, api_call)  # alerts outbox|test, silence add|list|expire
+register_golden(main, _client_options, api_call)  # golden mark|list
+register_review(incidents, _client_options, api_call)  # incidents capture|cases|review
 
 if __name__ == "__main__":
     main()

@@ -71,6 +71,13 @@ def add_pages(app: web.Application) -> None:
     r.add_post("/incidents/{id}/ack", ack)
     r.add_post("/incidents/{id}/resolve", resolve)
     r.add_post("/incidents/{id}/contain", contain)
+    from agentwatch.console import golden, search  # lazy: both use this module's page helpers
+
+    golden.add_golden_pages(app)  # /incidents/{id}/golden, /sessions/{id}/golden
+    search.add_search_pages(app)  # /sessions, /sessions/{id}, /traces/{id}
+    from agentwatch.console.capture import add_capture_pages  # lazy: uses this module's helpers
+
+    add_capture_pages(app)  # /incidents/{id}/capture, /incidents/{id}/review
 
 
 # --- who asks --------------------------------------------------------------------------------
