@@ -566,3 +566,26 @@ def test_an_agent_is_stopped_mid_run_before_its_session_is_known(collector_facto
             f"tenant=default;trace={run.attributes['trace_id']}",
             "tenant=default;session=late-1",
         ]
+
+
+def test_a_person_contains_an_incident_from_the_cli_and_its_timeline_says_so(collector, flags):
+    run_agent(collector, "loop-c", "u-c", [42] * 6)
+    [incident] = wait_for_incidents(collector, "detector = 'loop'")
+    out = agentwatch("pause", "--session", "loop-c", "--incident", incident["incident_id"],
+                     "--reason", "looping on lookup_order", "--actor", "alice",
+                     api_url=collector.api_url)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert flags.get_string_value("agent.state", "", support(session="loop-c")) == "paused"
+    [audit] = collector.query("SELECT incident_id, actor FROM control_audit")
+    assert audit == {"incident_id": incident["incident_id"], "actor": "alice"}
+    [contained] = collector.query(
+        "SELECT actor, detail FROM incident_events WHERE incident_id = {id:String}"
+        " AND event = 'contained'",
+        {"id": incident["incident_id"]},
+    )
+    assert contained["actor"] == "alice" and "paused session=loop-c" in contained["detail"]
+    assert "looping on lookup_order" in contained["detail"]
+
+    unknown = agentwatch("pause", "--session", "loop-c", "--incident", "inc-nope",
+                         "--reason", "x", api_url=collector.api_url)  # fmt: skip
+    assert unknown.returncode != 0 and "no incident inc-nope" in unknown.stderr

@@ -30,8 +30,10 @@ from aiohttp import web
 from agentwatch.api.web import PRINCIPAL, collector_of
 from agentwatch.api.web import dumps as _dumps
 from agentwatch.api.web import error as _error
+from analyzer.containment.actions import contained_event
 from analyzer.containment.control import (
     CIRCUIT_OPEN,
+    MAX_VALUE_LENGTH,
     MODES,
     SCOPE_COLUMNS,
     Context,
@@ -40,6 +42,7 @@ from analyzer.containment.control import (
     scope_from,
     trace_id_of,
 )
+from analyzer.incidents.model import IncidentRecord
 from collector.store import StoreError, StoreUnavailable
 
 # OFREP context keys -> Context fields (the first present wins)
@@ -257,9 +260,19 @@ async def set_control(request: web.Request) -> web.Response:
         if mode not in MODES:
             raise ControlError(f"'mode' must be one of {', '.join(MODES)}, got {mode!r}")
         scope = scope_from(body["scope"])
+        actor = (body.get("actor") or "api")[:200]
+        incident = await _incident_of(request, body)
         control, previous = await board.set(
-            scope, mode, actor=(body.get("actor") or "api")[:200], reason=body["reason"]
-        )
+            scope, mode, actor=actor, reason=body["reason"],
+            incident_id=incident.incident_id if incident else "",
+        )  # fmt: skip
+        if incident is not None:  # the incident's timeline says it was contained, and how
+            await collector_of(request).incident_repository.append_events([
+                contained_event(
+                    incident.incident_id, incident.fingerprint, actor,
+                    f"{mode} {scope.key}: {body['reason']}",
+                )
+            ])  # fmt: skip
         return web.json_response(
             {**control.for_people(), "previous_mode": previous.mode if previous else "enabled"},
             status=201,
@@ -267,6 +280,19 @@ async def set_control(request: web.Request) -> web.Response:
         )
 
     return await _run(request, change)
+
+
+async def _incident_of(request: web.Request, body: dict) -> IncidentRecord | None:
+    """The incident a control is set for (``"incident": "inc-..."``), or None when none is named."""
+    incident_id = body.get("incident") or ""
+    if not incident_id:
+        return None
+    if not isinstance(incident_id, str) or len(incident_id) > MAX_VALUE_LENGTH:
+        raise ControlError("400: 'incident' must be an incident id such as inc-3f2a9c01b7d4")
+    record = await collector_of(request).incident_repository.record(incident_id)
+    if record is None:
+        raise ControlError(f"404: no incident {incident_id}")
+    return record
 
 
 async def resume_control(request: web.Request) -> web.Response:

@@ -24,6 +24,7 @@ next check, within a second.
 \b
 Examples:
   agentwatch pause --agent support --reason "refund loop, INC-42"
+  agentwatch pause --session s-81 --incident inc-3f2a9c01b7d4 --reason "looping on refunds"
   agentwatch quarantine --user u-1893 --reason "prompt-injection attempts"
   agentwatch pause --trace 4bf92f3577b34da6a3ce929d0e0e4736 --reason "refund loop mid-run"
   agentwatch pause --tool refund_order --agent support --reason "refunds going to wrong orders"
@@ -69,10 +70,22 @@ def register(main: click.Group, client_options, api_call) -> None:
         @_scope_options
         @click.option("--reason", required=True, help="Why (required; kept in the audit trail).")
         @click.option("--actor", help="Who does it.  [default: your login name]")
+        @click.option(
+            "--incident",
+            metavar="ID",
+            help="The incident this is for: the control names it, and the incident's timeline"
+            " gets a 'contained' event.",
+        )
         @client_options
-        def command(everyone, reason, actor, api_url, token, **values):
+        def command(everyone, reason, actor, incident, api_url, token, **values):
             scope = _scope(everyone, values)
             body = {"scope": scope, "reason": reason, "actor": _actor(actor)}
+            if incident:
+                if mode is None:
+                    raise click.UsageError(
+                        "--incident names what a control was set for: not resume"
+                    )
+                body["incident"] = incident
             if mode is None:
                 out = api_call(api_url, token, "POST", "/v1/control/resume", json=body).json()
                 click.echo(f"resumed {out['scope']} (was {out['previous_mode']}): {reason}")

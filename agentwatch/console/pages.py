@@ -34,10 +34,11 @@ from agentwatch.console.login import (
     same_origin,
     set_cookie,
 )
+from analyzer.containment.actions import contained_event
 from analyzer.containment.control import ControlError, Scope
 from analyzer.engine import IncidentNotStored
 from analyzer.incidents.lifecycle import StatusConflict, UnknownIncident
-from analyzer.incidents.model import SEVERITIES, IncidentEvent
+from analyzer.incidents.model import SEVERITIES
 from analyzer.incidents.repository import MAX_LIMIT, STATUS_FILTERS, IncidentQuery
 from collector.auth import OPEN, Principal
 from collector.store import StoreError, StoreUnavailable
@@ -432,10 +433,9 @@ async def contain(request: web.Request) -> web.Response:
             scope, mode, actor=session.actor, reason=reason[:2000],
             incident_id=incident["incident_id"],
         )  # fmt: skip
-        event = IncidentEvent(
-            incident_id=incident["incident_id"], fingerprint=incident["fingerprint"],
-            at_ns=time_ns(), event="contained", actor=session.actor,
-            detail=f"{mode} {scope.key}: {reason}"[:2000],
+        event = contained_event(
+            incident["incident_id"], incident["fingerprint"], session.actor,
+            f"{mode} {scope.key}: {reason}",
         )  # fmt: skip
         await collector.incident_repository.append_events([event])
         session.flash = f"Done: {mode} {scope.key}." if changed else "Already in force."

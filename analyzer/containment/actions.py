@@ -220,11 +220,17 @@ def _why(action: str, record: IncidentRecord, policy: AgentPolicy) -> str:
 
 def _note(record: IncidentRecord, detail: str) -> IncidentEvent:
     """A ``contained`` event on the incident, by the policy."""
+    return contained_event(record.incident_id, record.fingerprint, "policy", detail)
+
+
+def contained_event(incident_id: str, fingerprint: str, actor: str, detail: str) -> IncidentEvent:
+    """The ``contained`` event on an incident's timeline: a control set for it, by the policy or
+    by a person (the console's contain buttons, ``agentwatch pause ... --incident ID``)."""
     return IncidentEvent(
-        incident_id=record.incident_id,
-        fingerprint=record.fingerprint,
+        incident_id=incident_id,
+        fingerprint=fingerprint,
         at_ns=time_ns(),
         event="contained",
-        actor="policy",
-        detail=detail,
+        actor=actor,
+        detail=detail[:2000],
     )
