@@ -14,7 +14,12 @@ Data (never downloaded at run time; clone it on a machine with internet and pass
       git clone https://github.com/SWE-agent/SWE-agent
       --data SWE-agent/trajectories  and/or  SWE-agent/tests/test_data/trajectories (*.traj)
 
-A directory may hold both; files are recognised by shape (tau-bench: a JSON list of
+  AutoCodeRover SWE-bench Lite runs (NUS, AGPL-3.0 non-commercial: not committed here)
+      git clone https://github.com/nus-apr/auto-code-rover
+      --data auto-code-rover/results/acr-run-1       (info.log + cost.json + tool_call_sequence.json
+                                                     per task: real per-call times and tokens)
+
+A directory may hold several; files are recognised by shape (tau-bench: a JSON list of
 {task_id, reward, traj}; SWE-agent: *.traj). Neither set records per-call timestamps or per-call
 tokens: times are synthesised (LLM latency from token counts, tool latency 0.05-0.6 s or SWE-agent's
 execution_time) and tokens estimated at ~4 characters per token (SWE-agent's recorded totals,
