@@ -345,6 +345,24 @@ def report(store, runs: int, only: str) -> None:
     if isinstance(getattr(golden, "CALLS", None), str):
         name = "console: golden.CALLS (a run's calls, by session)"
         cases.append((name, gated(store, golden.CALLS, run)))
+    # the sessions search page (agentwatch/console/search.py), by each filter a person uses
+    search = importlib.import_module("agentwatch.console.search")
+    Search, tenant = search.Search, incident["tenant"]
+    [trace_row] = query_rows(store, "SELECT UserId AS user, AgentName AS agent, FirstSeen AS first"
+                             " FROM session_traces WHERE Tenant = {t:String} AND SessionId ="
+                             " {s:String} LIMIT 1", {"t": tenant, "s": incident["session_id"]})
+    day = str(trace_row["first"])[:10]
+    for label, given in [
+        ("session", Search(session=incident["session_id"])),
+        ("user", Search(user=trace_row["user"])),
+        ("trace", Search(trace=incident["trace_id"])),
+        ("agent + one day", Search(agent=trace_row["agent"], since=f"{day}T00:00",
+                                   until=f"{day}T23:59")),
+    ]:  # fmt: skip
+        cases.append((f"console: search.SESSIONS by {label}",
+                      gated(store, search.SESSIONS, given.params(tenant))))  # fmt: skip
+    cases.append(("console: search.TRACES by trace",
+                  gated(store, search.TRACES, Search(trace=incident["trace_id"]).params(tenant))))  # fmt: skip
     known = {"FLAGGED_AT", "TRAJECTORY", "TOTALS", "AFFECTED", "RECENT"}
     for name, value in vars(data).items():
         if (
