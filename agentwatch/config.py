@@ -1,10 +1,12 @@
-"""The collector's one typed configuration: defaults, a YAML file, then command-line flags.
+"""The collector's one typed configuration: defaults, a YAML file, the environment, then flags.
 
-Precedence is explicit and simple: built-in defaults < config file < environment < flags. Only the
-secrets in ``ENV_SETTINGS`` are read from the environment (a flag is visible to every user in
-``ps``), and one that overrides a value of the file or is overridden by a flag is logged, never
-silent. A bad value stops start-up with ``ConfigError`` naming the file, the key and what was
-expected; a secret's value is never shown in it (``_shown``).
+Precedence is explicit and simple: built-in defaults < config file < environment < flags. Every
+setting has its variable (``env_variable``: ``AGENTWATCH_`` and the key in capitals; ``__`` goes
+one key deeper); a secret is best given there or in a file named by ``AGENTWATCH_<KEY>_FILE`` (a
+flag is visible to every user in ``ps``). An environment value that overrides one of the file, or
+is overridden by a flag, is logged, never silent. A bad value stops start-up with ``ConfigError``
+naming the file or variable, the key and what was expected; a secret's value is never shown in it
+(``_shown``).
 """
 
 from __future__ import annotations
@@ -38,12 +40,19 @@ log = logging.getLogger("agentwatch.config")
 
 _TENANT_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
-#: Secrets that may come from the environment instead of the file or a flag.
-ENV_SETTINGS = {
-    "clickhouse_password": "AGENTWATCH_CLICKHOUSE_PASSWORD",
-    "api_token": "AGENTWATCH_API_TOKEN",
-    "sql_token": "AGENTWATCH_SQL_TOKEN",
-}
+ENV_PREFIX = "AGENTWATCH_"
+#: ``AGENTWATCH_`` variables that are not settings of ``serve``: the CLI client's and the C
+#: reader's switch (``collector.normalize``).
+OTHER_VARIABLES = frozenset({"AGENTWATCH_TOKEN", "AGENTWATCH_API_URL", "AGENTWATCH_NATIVE_READER"})
+
+
+def env_variable(*path: str) -> str:
+    """The variable of a setting: ``AGENTWATCH_`` and its key path in capitals, ``__`` between.
+
+    >>> env_variable("api_token"), env_variable("paging", "retry_max_s")
+    ('AGENTWATCH_API_TOKEN', 'AGENTWATCH_PAGING__RETRY_MAX_S')
+    """
+    return ENV_PREFIX + "__".join(path).upper()
 
 
 #: What an incident link template may use (``analyzer.incidents.lifecycle.Incident.record``).
@@ -99,6 +108,10 @@ class ReceiverConfig(_Section):
     routing_key: str | None = Field(default=None, description="pagerduty: integration key")
     api_key: str | None = Field(default=None, description="opsgenie: API integration key")
     secret: str | None = Field(default=None, description="webhook: HMAC-SHA256 signing secret")
+    webhook_secret: str | None = Field(
+        default=None,
+        description="pagerduty, opsgenie: the secret their webhooks to us carry (README 'Paging')",
+    )
     headers: dict[str, str] = Field(default_factory=dict, description="webhook: extra headers")
     runbook_url: str = ""
     priorities: dict[Literal["SEV1", "SEV2", "SEV3"], Literal["P1", "P2", "P3", "P4", "P5"]] = (
@@ -467,8 +480,8 @@ def load_config(
     overrides: dict[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Config:
-    """Defaults, then ``path`` (YAML), then ``ENV_SETTINGS`` of ``environ`` (the CLI passes
-    ``os.environ``), then ``overrides`` (flags that were given)."""
+    """Defaults, then ``path`` (YAML), then the ``AGENTWATCH_*`` variables of ``environ`` (the
+    CLI passes ``os.environ``; see ``settings_from_env``), then ``overrides`` (flags given)."""
     data: dict[str, Any] = {}
     source = "command line"
     if path is not None:
@@ -485,21 +498,105 @@ def load_config(
             raise ConfigError(f"{path}: expected a mapping of settings at the top level")
         data.update(loaded)
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
-    env = {k: environ[var] for k, var in ENV_SETTINGS.items() if (environ or {}).get(var)}
-    for key in env:
-        if key in flags:
-            log.warning("%s: --%s wins over %s", key, key.replace("_", "-"), ENV_SETTINGS[key])
-        elif data.get(key) is not None:
-            log.warning("%s: %s wins over %s's", key, ENV_SETTINGS[key], source)
-    data.update(env)
+    origins: dict[tuple[str, ...], str] = {}  # key path -> where its value came from
+    for key_path, (variable, value) in settings_from_env(environ or {}).items():
+        dotted = ".".join(key_path)
+        if key_path[0] in flags:
+            log.warning("%s: --%s wins over %s", dotted, key_path[0].replace("_", "-"), variable)
+            continue
+        if _get(data, key_path) is not None:
+            log.warning("%s: %s wins over %s's", dotted, variable, source)
+        _put(data, key_path, value, variable)
+        origins[key_path] = f"environment ({variable})"
+    for key in flags:
+        origins[(key,)] = f"command line (--{key.replace('_', '-')})"
     data.update(flags)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source, set(flags), set(env) - set(flags), data)) from None
+        raise ConfigError(_describe(exc, source, origins, data)) from None
     if config.policy_file is not None:
         check_policy_file(config.policy_file)
     return config
+
+
+def settings_from_env(environ: Mapping[str, str]) -> dict[tuple[str, ...], tuple[str, Any]]:
+    """Key path -> (variable, value) for every ``AGENTWATCH_*`` setting of ``environ``, shallow
+    paths first.
+
+    ``AGENTWATCH_<KEY>`` sets a top-level key; a mapping or list (``tenants``, ``prices``,
+    ``paging``, ``forward``, ``embedded_server_settings``) is given whole in YAML or JSON flow
+    style, e.g. ``{acme: {ingest_token: t1}}``. ``__`` goes one key deeper and merges over the file's
+    section (``AGENTWATCH_PAGING__RETRY_MAX_S``, ``AGENTWATCH_PAGING__RECEIVERS__0__API_KEY``:
+    a list item by its index); names are lower-cased, so a mapping key with capitals is given
+    whole. ``AGENTWATCH_<KEY>_FILE`` reads the value from a file (Docker and Kubernetes secrets),
+    without its trailing newline. An empty variable counts as unset; an unknown one is logged.
+
+    >>> env = {"AGENTWATCH_PAGING__RETRY_MAX_S": "600", "AGENTWATCH_TOKEN": "the CLI's", "HOME": "/"}
+    >>> settings_from_env(env)
+    {('paging', 'retry_max_s'): ('AGENTWATCH_PAGING__RETRY_MAX_S', '600')}
+    """
+    found: dict[tuple[str, ...], tuple[str, Any]] = {}
+    for variable, raw in sorted(environ.items()):
+        if not variable.startswith(ENV_PREFIX) or variable in OTHER_VARIABLES or raw == "":
+            continue
+        name = variable[len(ENV_PREFIX) :].lower()
+        if name.endswith("_file") and name not in Config.model_fields:
+            name = name[: -len("_file")]
+            if environ.get(env_variable(name)):
+                raise ConfigError(f"{variable}: {env_variable(name)} is set too; give one of them")
+            try:
+                raw = Path(raw).read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise ConfigError(f"{variable}: cannot read {raw}: {exc.strerror}") from None
+        key_path = tuple(name.split("__"))
+        if key_path[0] not in Config.model_fields or not all(key_path):
+            log.warning("%s: not a setting of agentwatch serve; ignored", variable)
+            continue
+        found[key_path] = (variable, _env_value(variable, raw))
+    return dict(sorted(found.items(), key=lambda item: len(item[0])))
+
+
+def _env_value(variable: str, raw: str) -> Any:
+    """Text as it came (pydantic reads "4317", "true" or "0.5" as the key's type), but text in
+    ``{…}`` or ``[…]`` is a mapping or list in YAML or JSON flow."""
+    if not raw.lstrip().startswith(("{", "[")):
+        return raw
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{variable}: not valid YAML/JSON{_yaml_problem(exc)}") from None
+
+
+def _get(data: Any, key_path: tuple[str, ...]) -> Any:
+    for key in key_path:
+        if isinstance(data, dict):
+            data = data.get(key)
+        elif isinstance(data, list) and key.isdigit() and int(key) < len(data):
+            data = data[int(key)]
+        else:
+            return None
+    return data
+
+
+def _put(data: dict, key_path: tuple[str, ...], value: Any, variable: str) -> None:
+    """Set ``key_path`` in ``data``, making mappings on the way; a list item must exist."""
+    *parents, last = key_path
+    for depth, key in enumerate([*parents, last]):
+        if isinstance(data, list):
+            if not key.isdigit() or int(key) >= len(data):
+                where = ".".join(key_path[:depth])
+                raise ConfigError(
+                    f"{variable}: {where} has {len(data)} items; {key!r} is not one of their"
+                    " indexes (an item is added in the file, or by giving the whole list)"
+                )
+            key = int(key)
+        if depth == len(parents):
+            data[key] = value
+            return
+        if not isinstance(data[key] if isinstance(data, list) else data.get(key), dict | list):
+            data[key] = {}
+        data = data[key]
 
 
 def check_policy_file(path: Path):
@@ -511,19 +608,17 @@ def check_policy_file(path: Path):
 
 
 def _describe(
-    exc: ValidationError, file_source: str, flag_keys: set[str], env_keys: set[str], data: dict
+    exc: ValidationError, file_source: str, origins: dict[tuple[str, ...], str], data: dict
 ) -> str:
-    """One line per error: where the value came from, its key, what was expected, what was got
-    (a secret shown as ``***``, by the name of its key: see ``_shown``)."""
+    """One line per error: where the value came from (the file, a variable or a flag), its key,
+    what was expected, what was got (a secret shown as ``***``, by its key's name: ``_shown``)."""
     lines = []
     for error in exc.errors():
         key = ".".join(str(p) for p in error["loc"]) or "(top level)"
-        top = str(error["loc"][0]) if error["loc"] else ""
-        source = file_source
-        if top in flag_keys:
-            source = f"command line (--{top.replace('_', '-')})"
-        elif top in env_keys:
-            source = f"environment ({ENV_SETTINGS[top]})"
+        loc = tuple(str(part) for part in error["loc"])
+        source = next(
+            (origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins), file_source
+        )
         msg = error["msg"]
         if error["type"] == "value_error":  # our own check's words, without pydantic's prefix
             msg = str(error.get("ctx", {}).get("error", msg))

@@ -87,5 +87,11 @@ def test_the_image_copies_every_package():
     """deploy/Dockerfile installs the project from the packages it copies: a package left out
     builds an image whose ``agentwatch`` cannot start."""
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    build, runtime = dockerfile.split("\nFROM ")[1:]  # two stages: compiler, then slim
     for package in PACKAGES:
-        assert f"COPY {package} ./{package}" in dockerfile, package
+        assert f"COPY {package} ./{package}" in build, package
+    # the C reader: setup.py builds collector/_otlp_reader.c (copied with collector/) in the
+    # build stage, and the runtime stage takes the built tree, not the sources again
+    assert "COPY pyproject.toml setup.py" in build and "setup.py build_ext" in build
+    assert (ROOT / "collector" / "_otlp_reader.c").is_file()
+    assert "COPY --from=build /app /app" in runtime and "gcc" not in runtime

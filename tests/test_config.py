@@ -204,3 +204,114 @@ def test_bad_public_url_or_link_template_names_the_key_and_what_is_allowed():
         load_config(None, {"incident_link_template": "https://g/{incident}"})
     said = str(bad_field.value)
     assert "incident_link_template: may use only {incident_id}, {trace_id}" in said
+
+
+def test_every_setting_has_its_variable_flag_then_environment_then_file(tmp_path, caplog):
+    path = tmp_path / "agentwatch.yaml"
+    path.write_text(
+        "otlp_http_port: 5318\nbatch_max_spans: 100\n"
+        "paging:\n  receivers: [{name: og, type: opsgenie, api_key: file-key}]\n"
+        "  route: {receiver: og}\n  retry_max_s: 60\n"
+    )
+    env = {
+        "AGENTWATCH_OTLP_HTTP_PORT": "6318",  # beats the file
+        "AGENTWATCH_OTLP_GRPC_PORT": "6317",  # loses to the flag
+        "AGENTWATCH_DETECT_PROCESS": "false",
+        "AGENTWATCH_PAGING__RETRY_MAX_S": "600",  # one key deeper, the rest of paging kept
+        "AGENTWATCH_PAGING__RECEIVERS__0__API_KEY": "env-key",
+        "AGENTWATCH_TENANTS": "{acme: {ingest_token: t-acme}}",  # a mapping, whole
+        "AGENTWATCH_API_TOKEN": "admin",
+        "AGENTWATCH_NATIVE_READER": "1",  # not a setting: left alone
+    }
+    config = load_config(path, {"otlp_grpc_port": 7317}, env)
+    assert (config.otlp_grpc_port, config.otlp_http_port, config.batch_max_spans) == (
+        7317, 6318, 100,
+    )  # fmt: skip
+    assert config.detect_process is False
+    assert config.paging.retry_max_s == 600 and config.paging.route.receiver == "og"
+    assert config.paging.receivers[0].api_key == "env-key"
+    assert config.tenants["acme"].ingest_token == "t-acme"
+    assert f"otlp_http_port: AGENTWATCH_OTLP_HTTP_PORT wins over {path}'s" in caplog.text
+    assert "otlp_grpc_port: --otlp-grpc-port wins over AGENTWATCH_OTLP_GRPC_PORT" in caplog.text
+    assert "file-key" not in caplog.text and "env-key" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"AGENTWATCH_OTLP_GRPC_PORT": "grpc"},
+            "environment (AGENTWATCH_OTLP_GRPC_PORT): otlp_grpc_port: Input should be a valid"
+            " integer",
+        ),
+        (
+            {"AGENTWATCH_BATCH_FLUSH_INTERVAL_S": "600"},
+            "environment (AGENTWATCH_BATCH_FLUSH_INTERVAL_S): batch_flush_interval_s: Input"
+            " should be less than or equal to 60",
+        ),
+        (
+            {"AGENTWATCH_FORWARD__ENDPOINT": "http://x:4318", "AGENTWATCH_FORWARD__QUEU": "1"},
+            "environment (AGENTWATCH_FORWARD__QUEU): forward.queu: unknown setting",
+        ),
+        (
+            {"AGENTWATCH_TENANTS": "acme"},
+            "environment (AGENTWATCH_TENANTS): tenants: Input should be a valid dictionary",
+        ),
+        (
+            {"AGENTWATCH_TENANTS": "{acme: [unclosed"},
+            "AGENTWATCH_TENANTS: not valid YAML/JSON",
+        ),
+        (
+            {
+                "AGENTWATCH_PAGING": "{receivers: [], route: {}}",
+                "AGENTWATCH_PAGING__RECEIVERS__3__API_KEY": "k",
+            },
+            "AGENTWATCH_PAGING__RECEIVERS__3__API_KEY: paging.receivers has 0 items",
+        ),
+    ],
+)
+def test_a_bad_variable_stops_start_up_naming_it_and_what_was_expected(env, expected):
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, None, env)
+    assert expected in str(raised.value)
+
+
+def test_a_secret_from_a_file_named_by_its_file_variable(tmp_path):
+    """Docker secrets: the token in /run/secrets/..., its path in AGENTWATCH_API_TOKEN_FILE."""
+    secret = tmp_path / "api_token"
+    secret.write_text("s3cret-token\n")
+    config = load_config(None, None, {"AGENTWATCH_API_TOKEN_FILE": str(secret)})
+    assert config.api_token == "s3cret-token"  # without the file's newline
+    with pytest.raises(ConfigError, match="AGENTWATCH_API_TOKEN is set too"):
+        load_config(None, None, {"AGENTWATCH_API_TOKEN_FILE": str(secret),
+                                 "AGENTWATCH_API_TOKEN": "t"})  # fmt: skip
+    with pytest.raises(ConfigError, match="AGENTWATCH_SQL_TOKEN_FILE: cannot read .*missing"):
+        load_config(None, None, {"AGENTWATCH_SQL_TOKEN_FILE": str(tmp_path / "missing")})
+    # policy_file is a setting whose name ends in _file: its variable is a path, not a secret
+    with pytest.raises(ConfigError, match="policy file: "):
+        load_config(None, None, {"AGENTWATCH_POLICY_FILE": str(tmp_path / "no-policy.yaml")})
+    # a secret's value never appears in an error, from a file or not
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, None, {"AGENTWATCH_API_TOKEN_FILE": str(secret),
+                                 "AGENTWATCH_TENANTS": "{acme: {read_token: s3cret-token}}"})  # fmt: skip
+    assert "s3cret-token" not in str(raised.value) and "tenants.acme" in str(raised.value)
+
+
+def test_serve_takes_its_settings_from_the_environment(tmp_path):
+    """The container's way: no flag, no file; a bad variable stops `serve` naming it."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AGENTWATCH_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "agentwatch.cli.main", "serve"],
+        capture_output=True, text=True, timeout=60,
+        env={**clean, "AGENTWATCH_DATA_DIR": str(tmp_path), "AGENTWATCH_LISTEN": "0.0.0.0",
+             "AGENTWATCH_OTLP_GRPC_PORT": "99999"},
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "environment (AGENTWATCH_OTLP_GRPC_PORT): otlp_grpc_port:" in done.stderr
+    # beyond loopback without a token: refused (the listen came from the environment too)
+    done = subprocess.run(
+        [sys.executable, "-m", "agentwatch.cli.main", "serve"],
+        capture_output=True, text=True, timeout=60,
+        env={**clean, "AGENTWATCH_DATA_DIR": str(tmp_path), "AGENTWATCH_LISTEN": "0.0.0.0"},
+    )  # fmt: skip
+    assert done.returncode != 0 and "AGENTWATCH_API_TOKEN" in done.stderr

@@ -106,9 +106,9 @@ def serve(
     """Run the collector (embedded ClickHouse store unless --clickhouse-url is given).
 
     Beyond loopback (--listen 0.0.0.0) it needs an api_token. Tenants and their tokens are set in
-    the config file (tenants:). Secrets from the environment: AGENTWATCH_CLICKHOUSE_PASSWORD,
-    AGENTWATCH_API_TOKEN and AGENTWATCH_SQL_TOKEN. Precedence: flag > environment > config file >
-    default.
+    the config file (tenants:). Every setting also comes from AGENTWATCH_<KEY> (e.g.
+    AGENTWATCH_API_TOKEN, or AGENTWATCH_API_TOKEN_FILE naming a file). Precedence: flag >
+    environment > config file > default.
     """
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
