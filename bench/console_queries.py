@@ -348,9 +348,13 @@ def report(store, runs: int, only: str) -> None:
     # the sessions search page (agentwatch/console/search.py), by each filter a person uses
     search = importlib.import_module("agentwatch.console.search")
     Search, tenant = search.Search, incident["tenant"]
-    [trace_row] = query_rows(store, "SELECT UserId AS user, AgentName AS agent, FirstSeen AS first"
-                             " FROM session_traces WHERE Tenant = {t:String} AND SessionId ="
-                             " {s:String} LIMIT 1", {"t": tenant, "s": incident["session_id"]})
+    [trace_row] = query_rows(
+        store,
+        "SELECT UserId AS user, AgentName AS agent, FirstSeen AS first"
+        " FROM session_traces WHERE Tenant = {t:String} AND SessionId ="
+        " {s:String} LIMIT 1",
+        {"t": tenant, "s": incident["session_id"]},
+    )
     day = str(trace_row["first"])[:10]
     for label, given in [
         ("session", Search(session=incident["session_id"])),

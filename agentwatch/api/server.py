@@ -17,6 +17,7 @@ from agentwatch.api.control import add_control_routes
 from agentwatch.api.golden import add_golden_routes
 from agentwatch.api.health import check as health_check
 from agentwatch.api.incidents import add_incident_routes
+from agentwatch.api.pager_webhooks import add_pager_webhook_routes
 from agentwatch.api.paging import add_paging_routes
 from agentwatch.api.review import add_review_routes
 from agentwatch.api.web import COLLECTOR, PRINCIPAL
@@ -46,14 +47,19 @@ def build_api_app(collector) -> web.Application:
     add_incident_routes(app)  # /v1/incidents, /v1/incidents/{id}, …/ack, …/resolve
     add_control_routes(app)  # /v1/control…, /ofrep/v1/evaluate/flags…
     add_paging_routes(app)  # /v1/alerts/outbox, /v1/alerts/test, /v1/silences
+    add_pager_webhook_routes(app)  # /v1/webhooks/pagerduty, …/opsgenie: signed, not by token
     add_review_routes(app)  # /v1/incidents/{id}/case (POST: admin), …/review, /v1/cases
     add_golden_routes(app)  # /v1/golden: known-good runs (marking needs the admin token)
     add_console(app, collector.tokens)  # /, /incidents/{id}, /login, /static/: the web console
     return app
 
 
+#: The pagers' webhooks carry a signature or secret instead of a token (``api.pager_webhooks``).
+SIGNED = ("signed by the pager",)
+
 #: Who opens which paths besides the admin token (``collector.auth``), first match wins.
 _PATH_ROLES = (
+    ("POST", "/v1/webhooks/", SIGNED),
     ("POST", "/v1/sql", (SQL, READER)),
     ("GET", "/v1/incidents", (READER,)),  # the list and one incident: that tenant's only
     ("GET", "/v1/cases", (READER,)),  # regression cases (capturing one needs the admin token)
@@ -77,6 +83,8 @@ def _token_middleware(tokens: Tokens):
     async def check_token(request: web.Request, handler):
         if request.path.startswith(("/v1/", "/ofrep/")):
             roles = _roles_for(request.method, request.path)
+            if roles is SIGNED:  # the handler checks the pager's signature
+                return await handler(request)
             # the flag checks stay open until an admin token is set, as before tenants
             guarded_by = (ADMIN,) if request.path.startswith("/ofrep/") else None
             given = bearer(request.headers.get("Authorization"))

@@ -1,7 +1,8 @@
 """The retry stage: one attempt of a notification through its notifier, and what comes of it.
 
 - An action the notifier does not declare (``Notifier.actions``, e.g. acknowledge to
-  Alertmanager) is ``skipped``; a receiver no longer configured is ``failed``.
+  Alertmanager) is ``skipped``, and so is an acknowledge or resolve made in this receiver's own
+  pager (``echoes_its_pager``); a receiver no longer configured is ``failed``.
 - Accepted: ``sent``. Network errors, 408, 429 and 5xx (``Delivery.retry``) stay ``pending``:
   the next attempt is ``collector.retry.Backoff`` away (``retry_initial_s`` doubling up to
   ``retry_max_s``, each delay drawn from [d/2, d]) and never sooner than the pager's
@@ -25,6 +26,17 @@ from analyzer.paging.notifiers import Notifier, Page
 from collector.retry import Backoff
 
 log = logging.getLogger("agentwatch.paging")
+
+
+#: How a status change made in a pager names the receiver it came through (its webhook,
+#: ``agentwatch.api.pager_webhooks``): the end of the change's note.
+VIA_RECEIVER = "(via receiver {})"
+
+
+def echoes_its_pager(n: Notification) -> bool:
+    """An acknowledge or resolve made in this receiver's own pager: it knows already, and
+    sending it back would only echo (and loop, were the pager to answer with a webhook)."""
+    return n.action != "trigger" and n.note.endswith(VIA_RECEIVER.format(n.receiver))
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,8 @@ class RetryStage:
             return Outcome("failed", f"receiver {n.receiver!r} is no longer configured")
         if n.action not in notifier.actions:
             return Outcome("skipped", f"{n.action} is not in this receiver's API")
+        if echoes_its_pager(n):
+            return Outcome("skipped", f"{n.action} came from this receiver's pager")
         test = n.reason == "test"
         page = Page(n.action, n.incident, n.route, n.note, test, n.notification_id, n.folded)
         delivery = await notifier.notify(page)

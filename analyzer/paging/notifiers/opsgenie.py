@@ -33,6 +33,7 @@ VERB = {"acknowledge": "acknowledge", "resolve": "close"}
 class OpsgenieConfig(NotifierConfig):
     api_key: str
     url: str = API_URL
+    webhook_secret: str = ""  # verifies its webhooks to us (agentwatch.api.pager_webhooks)
     priorities: dict[str, str] = field(default_factory=dict)  # SEVn -> Pn overrides
 
 

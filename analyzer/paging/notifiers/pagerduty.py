@@ -35,6 +35,7 @@ SEVERITY = {"SEV1": "critical", "SEV2": "error", "SEV3": "warning"}
 class PagerDutyConfig(NotifierConfig):
     routing_key: str
     url: str = EVENTS_URL
+    webhook_secret: str = ""  # verifies its webhooks to us (agentwatch.api.pager_webhooks)
 
 
 class PagerDuty(HttpNotifier):
