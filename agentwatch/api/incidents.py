@@ -52,7 +52,7 @@ from analyzer.incidents.repository import (
 )
 from collector.store import StoreError, StoreUnavailable
 
-_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+INCIDENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")  # what an incident id may be (a path part)
 
 LOCK = web.AppKey("incidents_lock", asyncio.Lock)
 
@@ -144,7 +144,7 @@ async def _load(repository: IncidentRepository, incident_id: str) -> dict | None
 
 async def show_incident(request: web.Request) -> web.Response:
     incident_id = request.match_info["id"]
-    if not _ID.match(incident_id):
+    if not INCIDENT_ID.match(incident_id):
         return _error(404, f"no incident {incident_id!r}")
     try:
         incident = await _load(_repository(request), incident_id)
@@ -182,7 +182,7 @@ async def _change_status(request: web.Request, status: str) -> web.Response:
     if false_alarm and status != "resolved":
         return _error(400, "only a resolve can be a false alarm ('false_alarm' with /resolve)")
     resolution = ("false_alarm" if false_alarm else "fixed") if status == "resolved" else ""
-    if not _ID.match(incident_id):
+    if not INCIDENT_ID.match(incident_id):
         return _error(404, f"no incident {incident_id!r}")
     collector = _collector(request)
     desk = collector.incident_desk  # the analyzer, or a desk of its own with detection off

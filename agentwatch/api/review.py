@@ -15,12 +15,12 @@ read as the console reads them (``agentwatch.console.data``: the read-only gate)
 
 from __future__ import annotations
 
-import re
 from time import time_ns
 
 import orjson
 from aiohttp import web
 
+from agentwatch.api.incidents import INCIDENT_ID
 from agentwatch.api.web import PRINCIPAL, collector_of, error, json_response
 from agentwatch.console import data
 from analyzer.incidents.cases import (
@@ -37,7 +37,6 @@ from analyzer.policy import DEFAULT_POLICY
 from collector.auth import OPEN
 from collector.store import StoreError, StoreUnavailable
 
-_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")  # as the incidents API's
 MAX_CASES = 10_000
 
 
@@ -54,7 +53,7 @@ def cases_of(collector) -> CaseRepository:
 
 async def incident_for(collector, incident_id: str, tenant: str | None) -> dict | None:
     """The incident (evidence decoded, with its timeline) if ``tenant`` may see it."""
-    if not _ID.match(incident_id):
+    if not INCIDENT_ID.match(incident_id):
         return None
     repository = collector.incident_repository
     incident = await repository.current(incident_id)

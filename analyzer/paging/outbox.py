@@ -33,17 +33,8 @@ class Outbox:
 
     def new(self, firing: Firing, action: str, now_ns: int, due_ns: int = 0, **kw) -> Notification:
         """A pending ``action`` for ``firing``, due at ``due_ns`` (0: now); written by ``commit``."""
-        n = Notification(
-            notification_id=Notification.new_id(),
-            route=firing.route,
-            receiver=firing.receiver,
-            receiver_type=self._receiver_types.get(firing.receiver, ""),
-            action=action,
-            incident=firing.incident,
-            created_ns=now_ns,
-            next_attempt_ns=due_ns or now_ns,
-            folded=firing.folded,
-            **kw,
+        n = self._notification(
+            firing, action, now_ns, next_attempt_ns=due_ns or now_ns, folded=firing.folded, **kw
         )
         if action == "trigger":
             firing.paged = True
@@ -57,6 +48,12 @@ class Outbox:
         ``resolve`` when it resolved): status ``folded``, ``page_of`` the page's incident; never
         sent, and what restores the page after a restart."""
         assert firing.page is not None, "only a folded firing has a folded row"
+        return self._notification(
+            firing, action, now_ns, next_attempt_ns=now_ns, note=note, status="folded",
+            page_of=firing.page.incident.incident_id,
+        )  # fmt: skip
+
+    def _notification(self, firing: Firing, action: str, now_ns: int, **kw) -> Notification:
         return Notification(
             notification_id=Notification.new_id(),
             route=firing.route,
@@ -65,10 +62,7 @@ class Outbox:
             action=action,
             incident=firing.incident,
             created_ns=now_ns,
-            next_attempt_ns=now_ns,
-            note=note,
-            status="folded",
-            page_of=firing.page.incident.incident_id,
+            **kw,
         )
 
     def waiting_trigger(self, firing: Firing) -> Notification | None:
