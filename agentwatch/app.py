@@ -25,12 +25,14 @@ from analyzer.containment.control import ControlBoard
 from analyzer.engine import Analyzer, Detection, IncidentDesk, default_detectors
 from analyzer.incidents.lifecycle import IncidentManager
 from analyzer.incidents.repository import IncidentRepository
+from analyzer.paging.leader import PagingLeader
 from analyzer.paging.notifiers.http import HttpNotifiers
 from analyzer.paging.pager import Pager
 from analyzer.paging.store import PagingSql
 from analyzer.policy import DEFAULT_POLICY, PolicyError, load_policy
 from analyzer.restore import restore
 from analyzer.session import SessionTable
+from analyzer.session_sweep import SessionSweep
 from analyzer.worker import DetectionProcess
 from collector.auth import Tokens
 from collector.forwarder import Forwarder
@@ -43,7 +45,10 @@ from collector.ratelog import RateLimitedLog
 from collector.receivers.grpc import GrpcReceiver
 from collector.receivers.http import build_otlp_http_app
 from collector.store import Store, StoreUnavailable
+from collector.store.lease import Lease, collector_id
+from collector.store.lease import keep as keep_lease
 from collector.store.migrations import migrate
+from collector.store.registry import Registry, api_url_of
 from collector.writer import GroupCommitWriter
 
 log = logging.getLogger("agentwatch")
@@ -73,12 +78,16 @@ class Collector:
         self.forwarder = None
         self.pipeline: Pipeline | None = None
         self.analyzer = None
+        self.session_sweep = None  # analyzer.session_sweep.SessionSweep when it runs here
         # where incidents change: the analyzer, or with detection off a desk of its own (for the
         # API's acknowledge and resolve)
         self.incident_desk: IncidentDesk | None = None
         self.policy = None  # analyzer.policy.Policy from config.policy_file; see reload_policy
         self.control = None  # analyzer.containment.control.ControlBoard: what agents may do now
-        self.pager = None  # analyzer.paging.pager.Pager when config.paging is set
+        self.paging = None  # analyzer.paging.leader.PagingLeader when config.paging is set
+        self._queueing_pager = None
+        self.collector_id = collector_id()  # this process in leases (collector.store.lease)
+        self.registry: Registry | None = None  # its heartbeat in `collectors` (the drill's list)
         self._tasks: list[asyncio.Task] = []
         # Async callables given every batch of incident rows once stored (paging, containment).
         self.incident_listeners: list = []
@@ -123,19 +132,13 @@ class Collector:
         self._loop = asyncio.get_running_loop()
         check_ports_free(config)  # in a second, before the store and the detection process
         self.store = await self.run_store(open_store, config)
-        applied = await self.run_store(migrate, self.store)
+        cluster = config.clickhouse_cluster
+        applied = await self.run_store(lambda: migrate(self.store, cluster=cluster))
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
         await self._start_control()
         if config.paging is not None:
-            self.pager = Pager(
-                PagingSql(self.run_store, self.store),
-                config.paging,
-                notifiers=LoggedNotifiers(HttpNotifiers()),
-                metrics=self.metrics,
-            )
-            await self.pager.start()  # resumes the outbox before any incident arrives
-            self.incident_listeners.append(self.pager.on_incident_rows)
+            await self._start_paging(config.paging)
         self._writer = GroupCommitWriter(
             self.store,
             self._insert_executor,
@@ -155,6 +158,19 @@ class Collector:
             await restore(self.analyzer, self.store, self.run_store)
             self._tasks.append(asyncio.get_running_loop().create_task(self._tick_analyzer()))
             self._tasks.append(asyncio.get_running_loop().create_task(self._refresh_baselines()))
+            if config.detection.session_sweep_s > 0:  # sessions spanning traces, judged whole
+                # one collector of those sharing the store sweeps: the holder of this lease
+                lease = Lease(
+                    self.store, "session_sweep", self.collector_id,
+                    sync_replica=bool(config.clickhouse_cluster),
+                )  # fmt: skip
+                self.session_sweep = sweep = SessionSweep(
+                    self.analyzer, self.store, self.run_store, lease.held,
+                    every_s=config.detection.session_sweep_s,
+                )  # fmt: skip
+                loop = asyncio.get_running_loop()
+                self._tasks.append(loop.create_task(keep_lease(lease, self.run_store)))
+                self._tasks.append(loop.create_task(sweep.run_forever()))
         else:
             self.incident_desk = IncidentDesk(
                 self._incident_manager(),
@@ -202,6 +218,9 @@ class Collector:
         # a client that goes away cancels its handler, and so its query
         self.ports["sql"] = await self._serve(build_sql_app(self), "sql_port", cancel=True)
         self.ports["api"] = await self._serve(build_api_app(self), "api_port", cancel=True)
+        api_url = api_url_of(config.public_url, config.listen, self.ports["api"])
+        self.registry = Registry(self.store, self.run_store, self.collector_id, api_url)
+        self._tasks.append(asyncio.get_running_loop().create_task(self.registry.beat_forever()))
         if not config.api_port:  # picked at random: the incident links learn it now
             self.incident_desk.incidents.link_template = config.link_template(self.ports["api"])
         self._warn_if_open()
@@ -224,6 +243,42 @@ class Collector:
                 " incidents and silence pages",
                 config.listen,
             )
+
+    async def _start_paging(self, paging) -> None:
+        """Paging on the collector that holds the 'paging' lease (the only one, or one of several
+        sharing the store: ``analyzer.paging.leader``); the others queue test pages for it."""
+        lease = Lease(
+            self.store, "paging", self.collector_id, ttl_s=paging.lease_ttl_s,
+            sync_replica=bool(self.config.clickhouse_cluster),
+        )  # fmt: skip
+
+        def make_pager(may_send=lease.held) -> Pager:
+            return Pager(
+                PagingSql(self.run_store, self.store),
+                paging,
+                notifiers=LoggedNotifiers(HttpNotifiers()),
+                metrics=self.metrics,
+                may_send=may_send,
+            )
+
+        self._queueing_pager = make_pager(lambda: False)  # never sends: its API calls queue
+        self.paging = PagingLeader(
+            make_pager,
+            lease,
+            self.run_store,
+            self.incident_repository.events_since,
+            renew_s=paging.lease_ttl_s / 3,
+        )
+        await self.paging.start()  # the lease, and the outbox resumed, before any incident
+        self.incident_listeners.append(self.paging.on_incident_rows)
+
+    @property
+    def pager(self):
+        """The pager for the API: the running one here, or one that queues test pages in the
+        outbox for the collector that pages (None when paging is off)."""
+        if self.paging is None:
+            return None
+        return self.paging.pager or self._queueing_pager
 
     async def _start_control(self) -> None:
         """Containment state from the store, refreshed every second; with detection on, policy
@@ -367,12 +422,14 @@ class Collector:
         """Stop taking requests, commit what was accepted, then close the store."""
         for task in self._tasks:
             task.cancel()
+        if self.registry:
+            await self.registry.leave()  # drills stop counting on it now, not 30 s from now
         if self._grpc:
             await self._grpc.stop()
         for runner in self._runners:
             await runner.cleanup()
-        if self.pager:
-            await self.pager.stop()  # a page in flight stays pending: resent after a restart
+        if self.paging:
+            await self.paging.stop()  # a page in flight stays pending; the lease is released
         if self._writer:
             await self._writer.close()
         self._insert_executor.shutdown(wait=True)
@@ -495,7 +552,7 @@ def open_store(config: Config) -> Store:
     """The store the config names, its module imported only when chosen."""
     if config.clickhouse_url:
         # lazy: a collector on a server never loads chDB, and one on chDB needs no HTTP client
-        from collector.store.clickhouse import ClickHouseStore
+        from collector.store.clickhouse import CLUSTER_SETTINGS, ClickHouseStore
 
         return ClickHouseStore(
             config.clickhouse_url,
@@ -504,6 +561,7 @@ def open_store(config: Config) -> Store:
             database=config.clickhouse_database,
             connect_timeout_s=config.clickhouse_connect_timeout_s,
             query_timeout_s=config.clickhouse_query_timeout_s,
+            settings=CLUSTER_SETTINGS if config.clickhouse_cluster else None,
         )
     # lazy: loading chDB costs ~1 s and hundreds of MB
     from collector.store.embedded import EmbeddedStore

@@ -35,6 +35,7 @@ from analyzer.policy import PolicyError, load_policy
 from analyzer.user_regex import RegexError, compile_regex
 from collector.forwarder import ForwardConfig
 from collector.pricing import Price
+from collector.store.cluster_ddl import check_cluster_name
 
 log = logging.getLogger("agentwatch.config")
 
@@ -96,7 +97,7 @@ class PriceConfig(_Section):
 
 
 RECEIVER_TYPES = ("pagerduty", "opsgenie", "slack", "alertmanager", "webhook")
-ROUTE_LABELS = ("severity", "class", "detector", "kind", "agent", "service", "tenant")
+ROUTE_LABELS = ("severity", "class", "detector", "kind", "agent", "service", "tenant", "drill")
 
 
 class ReceiverConfig(_Section):
@@ -155,6 +156,14 @@ class RouteConfig(_Section):
     repeat_interval_s: float | None = Field(default=None, gt=0)
     routes: list[RouteConfig] = Field(default_factory=list)
 
+    @field_validator("match", mode="before")
+    @classmethod
+    def _yaml_bools(cls, value):
+        """``drill: true`` in YAML is a bool: matched as the label's text ``true``."""
+        if isinstance(value, dict):
+            return {k: str(v).lower() if isinstance(v, bool) else v for k, v in value.items()}
+        return value
+
     @field_validator("match", "match_re")
     @classmethod
     def _labels(cls, value: dict) -> dict:
@@ -186,6 +195,13 @@ class PagingConfig(_Section):
         gt=0,
         le=7 * 86400,
         description="then 'failed' (at most 7 days: the outbox keeps rows for 30)",
+    )
+    lease_ttl_s: float = Field(
+        default=15.0,
+        ge=3.0,
+        le=300.0,
+        description="several collectors on one store: one of them pages, holding the 'paging'"
+        " lease; another takes over this long after it stops renewing",
     )
 
     @model_validator(mode="after")
@@ -220,6 +236,17 @@ class PagingConfig(_Section):
         return self
 
 
+class DetectionConfig(_Section):
+    """Detection beyond the streaming detectors (``detection.*``)."""
+
+    session_sweep_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="every this many seconds, sessions spanning traces are judged whole from the"
+        " store (analyzer/session_sweep.py); 0 turns the sweep off",
+    )
+
+
 class Config(_Section):
     listen: str = Field(default="127.0.0.1", description="address every listener binds to")
     data_dir: Path = Field(
@@ -249,6 +276,12 @@ class Config(_Section):
     clickhouse_user: str | None = None
     clickhouse_password: str | None = None
     clickhouse_database: str | None = None
+    clickhouse_cluster: str | None = Field(
+        default=None,
+        description="self-managed ClickHouse cluster: its name in remote_servers (or a {macro});"
+        " migrations then create replicated tables and Distributed tables over them, ON CLUSTER"
+        " (README 'ClickHouse cluster'). Not for ClickHouse Cloud, which replicates already",
+    )
     clickhouse_connect_timeout_s: float = Field(
         default=5.0, gt=0, le=300, description="ClickHouse server: TCP/TLS connect timeout"
     )
@@ -328,6 +361,7 @@ class Config(_Section):
         description="run the detectors in a process of their own (the second core) instead of"
         " in the collector's process",
     )
+    detection: DetectionConfig = Field(default_factory=DetectionConfig)
     public_url: str = Field(
         default="",
         description="how people reach the API port (the console) from elsewhere, e.g."
@@ -399,6 +433,20 @@ class Config(_Section):
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError("expected http(s)://[user:password@]host[:port][/database]")
         return value
+
+    @field_validator("clickhouse_cluster")
+    @classmethod
+    def _clickhouse_cluster(cls, value: str | None) -> str | None:
+        return None if value is None else check_cluster_name(value)
+
+    @model_validator(mode="after")
+    def _cluster_needs_server(self) -> Config:
+        if self.clickhouse_cluster and not self.clickhouse_url:
+            raise ValueError(
+                "clickhouse_cluster: needs clickhouse_url (a host of the cluster); the embedded"
+                " store is one process, never a cluster"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tenant_tokens(self) -> Config:

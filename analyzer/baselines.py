@@ -55,6 +55,7 @@ FROM (
            maxIf(Timestamp, StepKind = 'llm') AS LastSeen
     FROM agent_spans
     WHERE Timestamp > now64(9) - toIntervalSecond({lookback_s:UInt32})
+      AND NOT Drill  -- a gameday drill's sessions are no agent's usual
     GROUP BY Tenant, Session
     HAVING countIf(StepKind = 'llm') > 0
        AND NOT (startsWith(Session, 'trace:') AND max(UserId) != '')  -- a user's run: not here

@@ -27,24 +27,29 @@ from collector.store import Store, query_rows
 
 log = logging.getLogger("agentwatch.analyzer")
 
-_RECENT_STEPS = """
+# The step columns (``analyzer.step.STEP_COLUMNS``, in order) as the store holds them: the one
+# read of steps back from ``agent_spans`` (this replay, and ``analyzer.session_sweep``'s).
+STEP_SELECT = """
+    toUnixTimestamp64Nano(Timestamp) AS t, Duration, Tenant, ServiceName, AgentName,
+    SessionId, UserId, TraceId, SpanId, ParentSpanId, StepKind, Model, ToolName, ToolArgs,
+    ToolArgsHash, ToolResultHash, InputTokens, OutputTokens, CostUsd, StatusCode, ErrorType, HttpStatus,
+    FinishReason,
+    -- ErrorText is not stored: a failed span's status and exception messages stand in
+    if(StatusCode = 'Error', substringUTF8(arrayStringConcat(arrayFilter(x -> x != '',
+        arrayConcat([StatusMessage], arrayMap((n, a) -> if(n = 'exception',
+            concat(a['exception.type'], ': ', a['exception.message']), ''),
+            `Events.Name`, `Events.Attributes`))), '\n'), 1, 512), '') AS ErrorText,
+    OutputToolCalls, Drill"""
+
+_RECENT_STEPS = f"""
 SELECT * FROM (
-    SELECT toUnixTimestamp64Nano(Timestamp) AS t, Duration, Tenant, ServiceName, AgentName,
-           SessionId, UserId, TraceId, SpanId, ParentSpanId, StepKind, Model, ToolName, ToolArgs,
-           ToolArgsHash, ToolResultHash, InputTokens, OutputTokens, CostUsd, StatusCode, ErrorType, HttpStatus,
-           FinishReason,
-           -- ErrorText is not stored: a failed span's status and exception messages stand in
-           if(StatusCode = 'Error', substringUTF8(arrayStringConcat(arrayFilter(x -> x != '',
-               arrayConcat([StatusMessage], arrayMap((n, a) -> if(n = 'exception',
-                   concat(a['exception.type'], ': ', a['exception.message']), ''),
-                   `Events.Name`, `Events.Attributes`))), '\n'), 1, 512), '') AS ErrorText,
-           OutputToolCalls,
+    SELECT {STEP_SELECT},
            IngestedAt
     FROM agent_spans
-    WHERE IngestedAt > now64(3) - toIntervalSecond({lookback:UInt32})
+    WHERE IngestedAt > now64(3) - toIntervalSecond({{lookback:UInt32}})
       AND StepKind IN ('llm', 'tool', 'embedding', 'retrieval')
     ORDER BY IngestedAt DESC
-    LIMIT {max_steps:UInt32}
+    LIMIT {{max_steps:UInt32}}
 ) ORDER BY IngestedAt, t
 """
 

@@ -36,6 +36,7 @@ _COLUMNS = {
     "FinishReason": "finish_reason",
     "ErrorText": "error_text",
     "OutputToolCalls": "output_tool_calls",
+    "Drill": "drill",
 }
 
 
@@ -86,6 +87,9 @@ class Step:
     # an LLM step's requested tool calls, JSON (collector/normalize.py output_tool_calls): made
     # into tool steps where no tool spans are sent (analyzer/tool_calls.py)
     output_tool_calls: str = ""
+    # a gameday drill's step (resource attribute ``agentwatch.drill``): its incident is a DRILL,
+    # fingerprinted apart from production's (``analyzer.incidents.lifecycle.fingerprint_of``)
+    drill: bool = False
 
     @property
     def failed(self) -> bool:

@@ -112,6 +112,7 @@ def requested_tool_steps(llm: Step) -> list[Step]:
                 tool=name,
                 tool_args=args,
                 args_hash=args_hash,
+                drill=llm.drill,  # a drill's made steps are the drill's too
             )
         )
     return steps

@@ -23,6 +23,9 @@ FIELD_KEYS: dict[str, tuple[str, ...]] = {
         "gen_ai.user",
     ),
     "tenant": ("tenant.id", "agentwatch.tenant"),
+    # a gameday drill's spans (``agentwatch gameday run``): column ``Drill``, kept out of
+    # production views and fingerprints; a resource attribute, so one test names every span
+    "drill": ("agentwatch.drill",),
     "agent": ("gen_ai.agent.name", "agent.name", "gen_ai.agent.id"),
     "operation": ("gen_ai.operation.name",),
     "oi_kind": ("openinference.span.kind",),

@@ -70,7 +70,7 @@ COLUMNS = (
     "Tenant", "SessionId", "UserId", "AgentName", "StepKind", "Model", "Provider", "ToolName",
     "ToolArgs", "ToolArgsHash", "ToolResultHash", "InputTokens", "OutputTokens",
     "CacheReadTokens", "CacheWriteTokens", "ReasoningTokens", "FinishReason", "ErrorType",
-    "HttpStatus", "ErrorText", "CostUsd", "Convention",
+    "HttpStatus", "ErrorText", "CostUsd", "Convention", "Drill",
 )  # fmt: skip
 #: ``ErrorText`` is for the detectors only (``error_text``), not a table column: never stored
 #: (``collector.consumer.DETECTION_ONLY_COLUMNS``).
@@ -397,10 +397,12 @@ class Normalizer:
             error_text,
             cost,
             convention,
+            get("drill", _MISSING)[3] in _TRUE_TEXT,
         )
 
 
 _MISSING = (0, "", None, "")
+_TRUE_TEXT = frozenset(("true", "True", "1"))  # ``agentwatch.drill``: a bool, or its text
 
 
 def _id_problem(trace_id: bytes, span_id: bytes, parent: bytes) -> str:

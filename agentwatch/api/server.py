@@ -13,12 +13,15 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from agentwatch.api.collectors import add_collector_routes
 from agentwatch.api.control import add_control_routes
+from agentwatch.api.gameday import add_gameday_routes
 from agentwatch.api.golden import add_golden_routes
 from agentwatch.api.health import check as health_check
 from agentwatch.api.incidents import add_incident_routes
 from agentwatch.api.pager_webhooks import add_pager_webhook_routes
 from agentwatch.api.paging import add_paging_routes
+from agentwatch.api.recurrence import add_recurrence_routes
 from agentwatch.api.review import add_review_routes
 from agentwatch.api.web import COLLECTOR, PRINCIPAL
 from agentwatch.api.web import error as _error
@@ -44,12 +47,15 @@ def build_api_app(collector) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/sql", sql)
+    add_recurrence_routes(app)  # /v1/incidents/recurrence (the release gate), before {id}
     add_incident_routes(app)  # /v1/incidents, /v1/incidents/{id}, …/ack, …/resolve
     add_control_routes(app)  # /v1/control…, /ofrep/v1/evaluate/flags…
+    add_collector_routes(app)  # /v1/collectors (live, sharing the store), /v1/control/drills
     add_paging_routes(app)  # /v1/alerts/outbox, /v1/alerts/test, /v1/silences
     add_pager_webhook_routes(app)  # /v1/webhooks/pagerduty, …/opsgenie: signed, not by token
     add_review_routes(app)  # /v1/incidents/{id}/case (POST: admin), …/review, /v1/cases
     add_golden_routes(app)  # /v1/golden: known-good runs (marking needs the admin token)
+    add_gameday_routes(app)  # /v1/gamedays (drills and their score), …/{id}/off-rails-step
     add_console(app, collector.tokens)  # /, /incidents/{id}, /login, /static/: the web console
     return app
 
@@ -64,6 +70,7 @@ _PATH_ROLES = (
     ("GET", "/v1/incidents", (READER,)),  # the list and one incident: that tenant's only
     ("GET", "/v1/cases", (READER,)),  # regression cases (capturing one needs the admin token)
     ("GET", "/v1/golden", (READER,)),  # golden runs: that tenant's only; marking needs admin
+    ("GET", "/v1/collectors", (READER,)),  # the live collectors' API urls (the drill's list)
     ("*", "/ofrep/", (SQL, READER, INGEST)),  # agents check their flags
 )
 

@@ -1,4 +1,5 @@
-"""``agentwatch kill | pause | quarantine | freeze | resume`` and ``agentwatch control list|check``.
+"""``agentwatch kill | pause | quarantine | freeze | resume`` and ``agentwatch control
+list|check|drill``.
 
 Registered on the main group by ``agentwatch.cli.main`` (``register``), which passes its own client
 options and API call so that ``python -m agentwatch.cli.main`` and the console script behave the same.
@@ -7,8 +8,16 @@ options and API call so that ``python -m agentwatch.cli.main`` and the console s
 from __future__ import annotations
 
 import json
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 
 import click
+import requests
 
 from agentwatch.cli.format import echo_rows, format_option, text_table
 
@@ -131,6 +140,42 @@ def register(main: click.Group, client_options, api_call) -> None:
         out = api_call(api_url, token, "GET", "/v1/control/check", params=params).json()
         click.echo(json.dumps(out, indent=2))
 
+    @control.command("drill", help=DRILL_HELP)
+    @click.option(
+        "--timeout",
+        "timeout_s",
+        type=click.FloatRange(min=1),
+        default=60.0,
+        show_default=True,
+        help="Seconds each collector has to answer 'stopped' (and 'running' after the lift).",
+    )
+    @click.option("--actor", help="Who runs the drill.  [default: your login name]")
+    @click.option(
+        "--agent-token",
+        envvar="AGENTWATCH_AGENT_TOKEN",
+        help="Token the flag checks send, as your agents do (an ingest token).  [default: --token]"
+        " The checks go to every url in the registry, which whoever writes to the store can add to:"
+        " give them a token that opens nothing else.",
+    )
+    @format_option
+    @client_options
+    def control_drill(timeout_s, actor, agent_token, fmt, api_url, token) -> None:
+        drill = run_drill(
+            lambda method, path, **kw: api_call(api_url, token, method, path, **kw).json(),
+            api_url, agent_token or token, timeout_s, _actor(actor),
+        )  # fmt: skip
+        try:
+            api_call(api_url, token, "POST", "/v1/control/drills", json=drill.record())
+            recorded = f"recorded in gamedays as drill {drill.drill_id} (scenario kill_switch)"
+        except click.ClickException as exc:
+            recorded = f"NOT recorded ({exc.message}); the numbers above stand"
+        if fmt == "json":
+            click.echo(json.dumps({**drill.record(), "recorded": recorded}, indent=2))
+        else:
+            click.echo(drill.report() + "\n" + recorded)
+        if not drill.passed:
+            raise SystemExit(1)
+
 
 def _control_table(controls: list[dict]) -> str:
     rows = [
@@ -139,3 +184,297 @@ def _control_table(controls: list[dict]) -> str:
         for c in controls
     ]  # fmt: skip
     return text_table(("SCOPE", "MODE", "SINCE", "BY", "WHY"), rows)
+
+
+# --- the kill-switch drill ------------------------------------------------------------------
+
+DRILL_HELP = """Prove the kill switch: kill a canary no agent uses, time every collector.
+
+\b
+Kills agent 'agentwatch-drill-<random>' through this collector, then asks every live
+collector sharing the store (GET /v1/collectors) for the canary's agent.enabled flag over
+OFREP, as an agent's OpenFeature client would, until each answers 'stopped'; lifts the
+control and times 'running' again the same way. Checks that a client set up as the README
+says (default false, 0.5 s timeout) stops when its collector is unreachable. Prints the
+times and the slowest, records the drill (gamedays), and exits 1 when a collector did
+not answer 'stopped' within --timeout (an unreachable one included: its fail-closed agents
+stop, but nothing proves that one serves the kill), did not answer 'running' after the lift,
+or the client did not fail closed. Needs the admin token (it sets a control).
+\b
+Examples:
+  agentwatch control drill
+  agentwatch control drill --timeout 30 --format json --api-url http://agentwatch:8080
+"""
+
+#: How often each collector is asked while the drill waits for its answer.
+POLL_S = 0.05
+#: The agent's client as the README sets it up: an answer within this or the default (False).
+CLIENT_TIMEOUT_S = 0.5
+FLAG = "agent.enabled"
+
+
+@dataclass
+class CollectorResult:
+    collector_id: str
+    api_url: str
+    status: str = "unreachable"  # stopped | not stopped | unreachable
+    stop_s: float | None = None  # from the kill request sent to "stopped" answered
+    resume_s: float | None = None  # from the lift sent to "running" answered
+    last_answer: str = ""  # the last answer or error seen, for the report
+
+
+@dataclass
+class Drill:
+    drill_id: str
+    scope: dict
+    through: str  # the API the kill went through
+    actor: str
+    timeout_s: float
+    started_at: float  # Unix seconds, when the kill was sent
+    client: str  # which flag client was used
+    results: list[CollectorResult]
+    fail_closed: bool = False
+    fail_closed_detail: str = ""
+
+    @property
+    def max_stop_s(self) -> float | None:
+        times = [r.stop_s for r in self.results]
+        return None if not times or None in times else max(times)
+
+    @property
+    def max_resume_s(self) -> float | None:
+        times = [r.resume_s for r in self.results]
+        return None if not times or None in times else max(times)
+
+    @property
+    def passed(self) -> bool:
+        return (
+            bool(self.results)
+            and self.max_stop_s is not None
+            and self.max_resume_s is not None
+            and self.fail_closed
+        )
+
+    def record(self) -> dict:
+        """The drill as ``POST /v1/control/drills`` stores it."""
+        return {
+            "drill_id": self.drill_id,
+            "started_at": self.started_at,
+            "actor": self.actor,
+            "agent": self.scope["agent"],
+            "scope": ";".join(f"{k}={v}" for k, v in self.scope.items()),
+            "timeout_s": self.timeout_s,
+            "max_stop_s": self.max_stop_s,
+            "max_resume_s": self.max_resume_s,
+            "fail_closed": self.fail_closed,
+            "passed": self.passed,
+            "results": [asdict(r) for r in self.results],
+        }
+
+    def report(self) -> str:
+        def seconds(value: float | None, result: CollectorResult) -> str:
+            if value is not None:
+                return f"{value:.2f} s"
+            return "unreachable" if result.status == "unreachable" else "no"
+
+        rows = []
+        for r in self.results:
+            note = ""
+            if r.status == "unreachable":
+                note = f"no answer in {self.timeout_s:g} s ({r.last_answer})"
+                note += ": fail-closed agents of it stop"
+            elif r.stop_s is None or r.resume_s is None:
+                note = f"last answer: {r.last_answer}"
+            rows.append(
+                (r.collector_id, r.api_url, seconds(r.stop_s, r), seconds(r.resume_s, r), note)
+            )
+        table = text_table(
+            ("COLLECTOR", "API URL", "STOPPED AFTER", "RUNNING AGAIN AFTER", "NOTE"), rows
+        )
+        stop, resume = self.max_stop_s, self.max_resume_s
+        slowest = (
+            f"max: stopped after {stop:.2f} s, running again after {resume:.2f} s"
+            if stop is not None and resume is not None
+            else f"max: NOT every collector answered within {self.timeout_s:g} s"
+        )
+        return "\n".join([
+            f"kill-switch drill {self.drill_id}: killed {self.record()['scope']} through"
+            f" {self.through}; {len(self.results)} live collector(s); client: {self.client}",
+            table,
+            f"{slowest} (target: containment within 60 s)",
+            f"fail-closed: {'yes' if self.fail_closed else 'NO'} ({self.fail_closed_detail})",
+            f"result: {'PASSED' if self.passed else 'FAILED'}",
+        ])  # fmt: skip
+
+
+def flag_client(api_url: str, token: str | None, context: dict) -> tuple[Callable[[], str], str]:
+    """``check()`` -> ``"stopped"``, ``"running"`` or ``"error: ..."``: the canary's ``agent.enabled``
+    as an agent evaluates it (README, "Agents check it"): the OpenFeature SDK's OFREP provider
+    with a 0.5 s timeout when installed, else the same OFREP request over plain HTTP. Also
+    returns the client's name for the report."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        from openfeature import api as openfeature
+        from openfeature.contrib.provider.ofrep import OFREPProvider
+        from openfeature.evaluation_context import EvaluationContext
+    except ImportError:  # not an agentwatch dependency: the protocol itself, by hand
+        session = requests.Session()
+        url = api_url.rstrip("/") + f"/ofrep/v1/evaluate/flags/{FLAG}"
+
+        def check_http() -> str:
+            try:
+                response = session.post(
+                    url, json={"context": context}, headers=headers, timeout=CLIENT_TIMEOUT_S
+                )
+                value = response.json().get("value") if response.status_code == 200 else None
+            except (requests.RequestException, ValueError) as exc:
+                return f"error: {type(exc).__name__}"
+            if not isinstance(value, bool):
+                return f"error: HTTP {response.status_code}"
+            return "running" if value else "stopped"
+
+        return check_http, "OFREP over HTTP (openfeature-sdk not installed)"
+
+    domain = f"agentwatch-drill:{api_url}:{secrets.token_hex(4)}"
+    openfeature.set_provider(
+        OFREPProvider(api_url, timeout=CLIENT_TIMEOUT_S, headers_factory=lambda: headers), domain
+    )
+    client = openfeature.get_client(domain)
+    evaluation = EvaluationContext(context.get("session", ""), context)
+
+    def check_sdk() -> str:
+        details = client.get_boolean_details(FLAG, False, evaluation)  # fail closed: default False
+        if details.error_code is not None:  # the reason, without the URL and stack of causes
+            message = (details.error_message or "").rpartition(": ")[2].rstrip("')\"")
+            return f"error: {details.error_code} {message[:80]}".strip()
+        return "running" if details.value else "stopped"
+
+    return check_sdk, "OpenFeature SDK, OFREP provider"
+
+
+def _nobody_listens() -> str:
+    """An address where nothing listens (a port the OS just gave and took back)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def check_fail_closed(context: dict) -> tuple[bool, str]:
+    """Does a client set up as the README says stop when its collector is unreachable?"""
+    address = _nobody_listens()
+    check, _ = flag_client(address, None, context)
+    answer = check()
+    stops = answer != "running"
+    value = "false" if stops else "true"
+    return (
+        stops,
+        f"a client set up as the README says, against {address}: {FLAG} = {value} ({answer})",
+    )
+
+
+def _wait_for(
+    checks: list[Callable[[], str] | None],
+    want: str,
+    since: float,
+    timeout_s: float,
+    abort: threading.Event,
+) -> list[tuple[float | None, str]]:
+    """Ask each check until it answers ``want`` (in parallel): (seconds since ``since``, last answer)."""
+
+    def one(check: Callable[[], str] | None) -> tuple[float | None, str]:
+        answer = ""
+        if check is None:  # not asked: unreachable already
+            return None, answer
+        while not abort.is_set():
+            answer = check()
+            if answer == want:
+                return time.monotonic() - since, answer
+            if time.monotonic() - since > timeout_s:
+                break
+            time.sleep(POLL_S)
+        return None, answer
+
+    pool = ThreadPoolExecutor(max_workers=max(1, len(checks)))
+    try:
+        return list(pool.map(one, checks))
+    except BaseException:  # Ctrl-C: the threads stop asking, so the lift is not kept waiting
+        abort.set()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _lift_after_failure(lift_control: Callable[[], None]) -> None:
+    """Lift the canary while another error propagates; say so if that fails too."""
+    try:
+        lift_control()
+    except click.ClickException as exc:
+        click.echo(f"warning: the canary's kill could not be lifted: {exc.message}", err=True)
+
+
+def run_drill(call, api_url: str, agent_token: str | None, timeout_s: float, actor: str) -> Drill:
+    """Kill a canary through ``api_url``, time every live collector, lift it, time again.
+
+    ``call(method, path, json=..., params=...)`` is the CLI's API call (raises ClickException);
+    the flag checks send ``agent_token``. The control is lifted whatever happens once it was
+    asked for.
+    """
+    listed = call("GET", "/v1/collectors")
+    collectors = listed["collectors"]
+    if listed["you"] not in {c["collector_id"] for c in collectors}:  # its heartbeat is late
+        collectors.append({"collector_id": listed["you"], "api_url": api_url})
+    drill_id = f"killswitch-{secrets.token_hex(4)}"
+    canary = f"agentwatch-drill-{drill_id.removeprefix('killswitch-')}"
+    scope = {"agent": canary}
+    context = {"agent": canary, "session": canary}
+    clients = [flag_client(c["api_url"], agent_token, context) for c in collectors]
+    checks = [check for check, _ in clients]
+    results = [CollectorResult(c["collector_id"], c["api_url"]) for c in collectors]
+    for check in checks:  # warm the connections: the times measure the control, not TCP set-up
+        check()
+    abort = threading.Event()
+    reason = f"kill-switch drill {drill_id}: canary agent, no real agent uses it"
+    kill = {"mode": "killed", "scope": scope, "reason": reason, "actor": actor}
+    lift = {"scope": scope, "reason": f"{reason}: lifted", "actor": actor}
+
+    def lift_control() -> None:
+        try:
+            call("POST", "/v1/control/resume", json=lift)
+        except click.ClickException as exc:
+            if "nothing is in force" not in exc.message:
+                raise
+
+    started_at, since = time.time(), time.monotonic()
+    try:
+        call("POST", "/v1/control", json=kill)
+    except click.ClickException as exc:
+        if not exc.message.startswith("4"):  # not refused: it may have been stored
+            _lift_after_failure(lift_control)
+        raise
+    try:
+        for result, (after, answer) in zip(
+            results, _wait_for(checks, "stopped", since, timeout_s, abort), strict=True
+        ):
+            result.stop_s, result.last_answer = after, answer
+            result.status = "stopped" if after is not None else (
+                "unreachable" if answer.startswith("error") else "not stopped"
+            )  # fmt: skip
+    except BaseException:  # Ctrl-C while waiting: lift all the same
+        _lift_after_failure(lift_control)
+        raise
+    lifted_since = time.monotonic()
+    lift_control()
+    # an unreachable collector is not waited for twice: it answers neither
+    reachable = [
+        None if r.status == "unreachable" else c for r, c in zip(results, checks, strict=True)
+    ]
+    for result, (after, answer) in zip(
+        results, _wait_for(reachable, "running", lifted_since, timeout_s, abort), strict=True
+    ):
+        result.resume_s = after
+        if after is None and answer:
+            result.last_answer = answer
+    fail_closed, detail = check_fail_closed(context)
+    client_name = clients[0][1]
+    return Drill(drill_id, scope, api_url, actor, timeout_s, started_at, client_name, results,
+                 fail_closed, detail)  # fmt: skip

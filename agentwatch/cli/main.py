@@ -20,9 +20,12 @@ import requests
 from agentwatch.app import serve as run_collector
 from agentwatch.cli.control import register as register_control
 from agentwatch.cli.format import echo_rows, format_option, text_table
+from agentwatch.cli.gameday import register as register_gameday
 from agentwatch.cli.golden import register as register_golden
 from agentwatch.cli.paging import register as register_paging
+from agentwatch.cli.recurrence import register as register_recurrence
 from agentwatch.cli.review import register as register_review
+from agentwatch.cli.runbook import register as register_runbook
 from agentwatch.config import ConfigError, load_config
 from analyzer.policy import PolicyError, load_policy, policy_json_schema
 from collector.store import StoreUnavailable
@@ -561,6 +564,9 @@ register_control(main, _client_options, api_call)  # kill, pause, …, resume, c
 register_paging(main, _client_options, api_call)  # alerts outbox|test, silence add|list|expire
 register_golden(main, _client_options, api_call)  # golden mark|list
 register_review(incidents, _client_options, api_call)  # incidents capture|cases|review
+register_gameday(main, incidents, _client_options, api_call)  # gameday run|report|list, set-step
+register_recurrence(main, _client_options, api_call)  # recurrence check (release gate)
+register_runbook(main)  # runbook: Markdown for this deployment's on-call
 
 if __name__ == "__main__":
     main()

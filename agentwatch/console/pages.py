@@ -20,6 +20,7 @@ import aiohttp_jinja2
 import orjson
 from aiohttp import web
 
+from agentwatch.api.gameday import StepRefused, name_off_rails_step
 from agentwatch.api.incidents import LOCK
 from agentwatch.api.web import collector_of
 from agentwatch.console import data
@@ -72,6 +73,7 @@ def add_pages(app: web.Application) -> None:
     r.add_post("/incidents/{id}/ack", ack)
     r.add_post("/incidents/{id}/resolve", resolve)
     r.add_post("/incidents/{id}/contain", contain)
+    r.add_post("/incidents/{id}/off-rails-step", off_rails_step)
     from agentwatch.console import golden, search  # lazy: both use this module's page helpers
 
     golden.add_golden_pages(app)  # /incidents/{id}/golden, /sessions/{id}/golden
@@ -442,6 +444,21 @@ async def contain(request: web.Request) -> web.Response:
     except (ControlError, StoreError, StoreUnavailable) as exc:
         session.flash = f"Not contained: {exc}"
     raise web.HTTPSeeOther(target)
+
+
+async def off_rails_step(request: web.Request) -> web.Response:
+    """Name the step where the run went off the rails (a gameday's score counts it too)."""
+    session, form = await _form(request)
+    incident = await _incident(request, OPEN)
+    span_id = str(form.get("span_id") or "")
+    try:
+        await name_off_rails_step(
+            collector_of(request), incident["incident_id"], span_id, session.actor
+        )
+        session.flash = f"Off-rails step named: {span_id}."
+    except StepRefused as exc:
+        session.flash = f"Not named: {exc}"
+    raise web.HTTPSeeOther(f"/incidents/{incident['incident_id']}#off-rails")
 
 
 def iso(ns: int) -> str:

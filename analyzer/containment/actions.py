@@ -67,7 +67,11 @@ _CIRCUIT_SCOPE = {
 
 def _scope(record: IncidentRecord, names: tuple[str, ...]) -> Scope:
     """The scope of an automatic action: always within the incident's tenant (a tenant's
-    incident never stops another tenant's agents, whatever the policy's scope says)."""
+    incident never stops another tenant's agents, whatever the policy's scope says), and a
+    gameday drill's within its service (its own, ``gameday-<drill id>``, unless the drill named
+    a real one): a drill rehearses the automation without stopping production."""
+    if record.drill and "service" not in names:
+        names = (*names, "service")
     return Scope(tenant=record.tenant, **{n: getattr(record, _RECORD_FIELD[n]) for n in names})
 
 

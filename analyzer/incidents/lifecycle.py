@@ -28,6 +28,8 @@ from analyzer.incidents.model import (
 )
 from analyzer.step import Step
 
+#: what a drill's incident title starts with, so every page and list shows it for what it is
+DRILL_PREFIX = "[DRILL] "
 _MAX_TRACKED = 10_000  # sessions/users remembered per incident for the affected counts
 _MAX_PENDING_ROWS = 10_000  # incident rows kept while the store refuses them
 
@@ -77,11 +79,17 @@ def fingerprint_of(finding: Finding) -> str:
     >>> fingerprint_of(f) == fingerprint_of(Finding("loop", "repeated_call", "semantic", "SEV2", "y",
     ...     Step(9, 1, "acme", "svc", "support", "s2", "u2", "t2", "sp9", "", "tool"), "search"))
     True
+    >>> drill = Step(9, 1, "acme", "svc", "support", "s2", "u2", "t2", "sp9", "", "tool", drill=True)
+    >>> fingerprint_of(f) == fingerprint_of(Finding("loop", "repeated_call", "semantic", "SEV2", "y",
+    ...     drill, "search"))
+    False
     """
     s = finding.step
     labels = "\x1f".join(
         (s.tenant, s.service, s.agent, finding.detector, finding.kind, finding.signature)
     )
+    if s.drill:  # a drill never updates (nor resolves) a real incident, nor a real one a drill
+        labels += "\x1fdrill"
     return hashlib.sha256(labels.encode()).hexdigest()[:16]
 
 
@@ -110,6 +118,7 @@ class Incident:
     # ``last_seen_ns`` (event time), so a backlog's old spans do not resolve it on arrival.
     touched_ns: int = 0
     resolution: str = ""  # how it was resolved (``RESOLUTIONS``), once it is
+    off_rails_span_id: str = ""  # the step a person named (``IncidentManager.set_off_rails_step``)
 
     def record(self, link_template: str) -> IncidentRecord:
         """This version of the incident, as the store and every listener see it."""
@@ -125,7 +134,7 @@ class Incident:
             incident_class=f.incident_class,
             severity=self.severity,
             status=self.status,
-            title=f.title,
+            title=DRILL_PREFIX + f.title if s.drill else f.title,
             summary=_summary(self, sessions, users),
             tenant=s.tenant,
             service=s.service,
@@ -148,6 +157,8 @@ class Incident:
                 session_id=s.session,
             ),
             resolution=self.resolution,
+            drill=s.drill,
+            off_rails_span_id=self.off_rails_span_id,
         )
 
 
@@ -247,14 +258,14 @@ class IncidentManager:
         step = Step(
             record.first_seen_ns, 0, record.tenant, record.service, record.agent,
             record.session_id, record.user_id, record.trace_id, record.span_id, "", "other",
-            tool=record.tool,
+            tool=record.tool, drill=record.drill,
         )  # fmt: skip
         finding = Finding(
             record.detector,
             record.kind,
             record.incident_class,
             record.severity,
-            record.title,
+            record.title.removeprefix(DRILL_PREFIX) if record.drill else record.title,
             step,
             "",
             record.evidence,
@@ -271,6 +282,7 @@ class IncidentManager:
             version=record.version,
             earlier_sessions=record.sessions_affected,
             earlier_users=record.users_affected,
+            off_rails_span_id=record.off_rails_span_id,
         )
         self.open[incident.fingerprint] = incident
         return incident
@@ -325,6 +337,32 @@ class IncidentManager:
         if status == "resolved":
             del self.open[incident.fingerprint]
         self._record(incident, status, now_ns, actor, reason)
+        return StatusChange(self.rows.incidents[-1], self.rows.events[-1], True)
+
+    def set_off_rails_step(
+        self,
+        incident_id: str,
+        span_id: str,
+        actor: str,
+        now_ns: int,
+        stored: IncidentRecord | None = None,
+    ) -> StatusChange:
+        """A person names the step where the run went off the rails (``off_rails_span_id``, and
+        a ``step_named`` event): the detector's flagged step is where it was noticed, not always
+        where it began. Allowed at any status (a review names it after the resolve). As in
+        ``set_status``, an incident the manager does not hold changes from ``stored``; raises
+        ``UnknownIncident`` when neither has it."""
+        incident = self.held(incident_id)
+        if incident is None:
+            if stored is None:
+                raise UnknownIncident(incident_id)
+            record = replace(
+                stored, version=next_version(stored.version, now_ns), off_rails_span_id=span_id
+            )
+            event = _event(record, "step_named", now_ns, actor, f"off-rails step {span_id}")
+            return StatusChange(record, event, False)
+        incident.off_rails_span_id = span_id
+        self._record(incident, "step_named", now_ns, actor, f"off-rails step {span_id}")
         return StatusChange(self.rows.incidents[-1], self.rows.events[-1], True)
 
     def escalate(self, incident: Incident, severity: str, now_ns: int, detail: str) -> bool:

@@ -18,6 +18,8 @@ in the code that reads the field, not as a ``KeyError`` in a notifier at 3 a.m.
 True
 >>> record.resolution, IncidentRecord.from_row({**record.row(), "resolution": "false_alarm"}).resolution
 ('', 'false_alarm')
+>>> record.drill, IncidentRecord.from_row({**record.row(), "drill": True}).drill
+(False, True)
 """
 
 from __future__ import annotations
@@ -92,6 +94,12 @@ class IncidentRecord:
     users_affected: int
     link: str
     resolution: str = ""  # '' | fixed | false_alarm | quiet (``RESOLUTIONS``)
+    # opened by a gameday drill's spans (``agentwatch gameday run``): titled [DRILL], paged with
+    # the label drill=true, left out of the production views (schemas/021_drill.sql)
+    drill: bool = False
+    # the step a person named as where the run went off the rails (``set_off_rails_step``); ''
+    # until then. ``span_id`` is the detector's flagged step.
+    off_rails_span_id: str = ""
 
     def row(self) -> dict:
         """The ``incidents`` row (JSONEachRow for the store)."""
@@ -133,6 +141,8 @@ class IncidentRecord:
             users_affected=int(row["users_affected"]),
             link=row.get("link", ""),
             resolution=row.get("resolution", ""),  # '' on a row from before the column
+            drill=bool(row.get("drill", False)),
+            off_rails_span_id=row.get("off_rails_span_id", ""),
         )
 
 

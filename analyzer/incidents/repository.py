@@ -181,6 +181,34 @@ class IncidentRepository:
         )
         return {row["incident_id"] for row in rows}
 
+    async def events_since(
+        self, since_ns: int, kinds: tuple[str, ...]
+    ) -> list[tuple[IncidentEvent, IncidentRecord]]:
+        """Events of ``kinds`` at or after ``since_ns``, written by any collector, oldest first,
+        each with its incident's newest version (the paging leader reads what the others saw)."""
+        events = await self._query(
+            "SELECT incident_id, fingerprint, toUnixTimestamp64Nano(at) AS at_ns, event, actor,"
+            " detail"
+            " FROM incident_events WHERE at >= fromUnixTimestamp64Nano({since:Int64}, 'UTC')"
+            " AND has(JSONExtract({kinds:String}, 'Array(String)'), toString(event))"
+            " ORDER BY at, incident_id, event" + _FOR_RECORDS,
+            {"since": str(since_ns), "kinds": orjson.dumps(list(kinds)).decode()},
+        )
+        if not events:
+            return []
+        ids = sorted({row["incident_id"] for row in events})
+        rows = await self._query(
+            _RECORDS + "has(JSONExtract({ids:String}, 'Array(String)'), incident_id)"
+            + _FOR_RECORDS,
+            {"ids": orjson.dumps(ids).decode()},
+        )  # fmt: skip
+        records = {row["incident_id"]: IncidentRecord.from_row(row) for row in rows}
+        return [
+            (IncidentEvent.from_row({**row, "at": row["at_ns"]}), records[row["incident_id"]])
+            for row in events
+            if row["incident_id"] in records
+        ]
+
     async def spread(self, fingerprints: list[str], window_s: int) -> dict[str, tuple[int, int]]:
         """fingerprint -> (sessions, users) its findings came from within the last ``window_s``
         seconds, by every collector writing to the store (``opened``/``updated``/``escalated``)."""
@@ -190,6 +218,28 @@ class IncidentRepository:
         sql = _SPREAD.replace("{fingerprints}", listed or "''")
         rows = await self._query(sql, {"window": str(window_s)}, "JSONCompactEachRow")
         return {fp: (int(sessions), int(users)) for fp, sessions, users in rows}
+
+    async def reported(
+        self, fingerprints: list[str], sessions: list[tuple[str, str]]
+    ) -> tuple[set[str], set[tuple[str, str, str]]]:
+        """What the store already says about these findings (``analyzer.session_sweep``), in one
+        query: the fingerprints with an incident open or acknowledged, and the (fingerprint,
+        tenant, session) of every incident, resolved ones too, opened on one of ``sessions``
+        ((tenant, session id) pairs), so a resolved problem is not reported again from the
+        same session's old steps."""
+        listed = ", ".join(f"'{fp}'" for fp in fingerprints if _HEX.fullmatch(fp))
+        if not listed:
+            return set(), set()
+        # session ids are the exporter's text: hex-encoded JSON, read the same by chDB and a server
+        rows = await self._query(
+            "SELECT fingerprint, status, tenant, session_id FROM incidents_current"
+            f" WHERE fingerprint IN ({listed}) AND (status != 'resolved' OR has(JSONExtract("
+            f"{text_param('sessions')}, 'Array(Tuple(String, String))'), (tenant, session_id)))",
+            {"sessions": text_value(orjson.dumps(sorted(set(sessions))).decode())},
+            "JSONCompactEachRow",
+        )
+        active = {fp for fp, status, _, _ in rows if status != "resolved"}
+        return active, {(fp, tenant, session) for fp, _, tenant, session in rows}
 
     # --- for people (the API: ISO timestamps, plain numbers) ------------------------------------
 
@@ -215,6 +265,65 @@ class IncidentRepository:
             "SELECT * FROM detector_precision WHERE tenant = {reader_tenant:String}" + _FOR_PEOPLE,
             {"reader_tenant": reader_tenant},
         )
+
+    async def recurrences(
+        self,
+        since_ns: int,
+        labels: tuple[tuple[str, str], ...] = (),
+        reader_tenant: str | None = None,
+        limit: int = MAX_LIMIT,
+    ) -> list[dict]:
+        """Incidents first seen at or after ``since_ns`` whose fingerprint had an earlier
+        incident resolved before they fired (the release gate, ``GET /v1/incidents/recurrence``),
+        oldest first, each with the latest such earlier incident.
+
+        An earlier incident resolved as a ``false_alarm`` does not count: nothing was fixed, so
+        its firing again is not a regression. ``fixed``, ``quiet`` (the timer) and ``''`` (before
+        the resolution column) do. Drill incidents count neither way. ``labels`` filter the new
+        incident (``LABELS``, exact text).
+        """
+        if not (isinstance(limit, int) and 1 <= limit <= MAX_LIMIT):
+            raise ValueError(f"limit must be an integer from 1 to {MAX_LIMIT}")
+        # drills (schemas/021_drill.sql) rehearse a failure: never a recurrence, never a fix
+        where = ["b.first_seen >= fromUnixTimestamp64Nano({since:Int64}, 'UTC')", "NOT b.drill"]
+        params = {"since": str(int(since_ns))}
+        for name, value in labels:
+            if name not in LABELS:
+                raise ValueError(f"incidents are filtered on {', '.join(LABELS)}, not {name!r}")
+            where.append(f"b.`{name}` = {text_param(name)}")
+            params[name] = text_value(value)
+        if reader_tenant is not None:
+            where.append("b.tenant = {reader_tenant:String}")
+            params["reader_tenant"] = reader_tenant
+        new = " AND ".join(where)
+        sql = f"""
+        WITH fixed AS (
+            SELECT i.incident_id AS incident_id, i.fingerprint AS fingerprint,
+                   i.resolution AS resolution, e.resolved_at AS resolved_at
+            FROM incidents_current AS i
+            INNER JOIN (SELECT incident_id, max(at) AS resolved_at FROM incident_events
+                        WHERE event = 'resolved' GROUP BY incident_id) AS e
+                ON e.incident_id = i.incident_id
+            WHERE i.status = 'resolved' AND i.resolution != 'false_alarm' AND NOT i.drill
+              AND i.fingerprint IN (SELECT b.fingerprint FROM incidents_current AS b
+                                    WHERE {new})
+        )
+        SELECT b.incident_id AS incident_id, b.fingerprint AS fingerprint,
+               b.detector AS detector, b.kind AS kind, b.class AS class,
+               b.severity AS severity, b.status AS status, b.title AS title,
+               b.tenant AS tenant, b.service AS service, b.agent AS agent,
+               b.first_seen AS fired_again_at, b.link AS link,
+               argMax(a.incident_id, a.resolved_at) AS resolved_incident_id,
+               max(a.resolved_at) AS resolved_at,
+               argMax(a.resolution, a.resolved_at) AS resolution
+        FROM incidents_current AS b
+        INNER JOIN fixed AS a ON a.fingerprint = b.fingerprint
+        WHERE {new} AND a.incident_id != b.incident_id AND a.resolved_at < b.first_seen
+        GROUP BY incident_id, fingerprint, detector, kind, class, severity, status, title,
+                 tenant, service, agent, fired_again_at, link
+        ORDER BY fired_again_at, incident_id
+        LIMIT {limit}"""
+        return await self._query(sql + _FOR_PEOPLE, params)
 
     async def timeline(self, incident_id: str) -> list[dict]:
         """The incident's events in order: ``at``, ``event``, ``actor``, ``detail``."""

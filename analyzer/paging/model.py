@@ -142,19 +142,24 @@ class FiringTable:
 
 
 def correlated(a: IncidentRecord, b: IncidentRecord) -> str:
-    """Why ``a`` and ``b`` are findings on one run ("" if they are not): the session is the
-    correlation id when both know it, else the trace (a session may become known after the trace,
-    from a late root span). Never across tenants, nor across classes: an infrastructure incident is
-    a backend failing for every session, its session only the first it was seen in.
+    """Why ``a`` and ``b`` are findings on one run, or one problem ("" if neither): the session is
+    the correlation id when both know it, else the trace (a session may become known after the
+    trace, from a late root span). Two incidents of one fingerprint are one problem: one collector
+    keeps one incident per fingerprint, but collectors sharing a store each open their own when
+    each sees it. Never across tenants, nor across classes: an infrastructure incident is a
+    backend failing for every session, its session only the first it was seen in.
 
     >>> from dataclasses import replace
-    >>> loop = replace(incident_for_test_page(0), session_id="s1", trace_id="t1")
-    >>> correlated(loop, replace(loop, trace_id="t9"))
+    >>> loop = replace(incident_for_test_page(0), session_id="s1", trace_id="t1", fingerprint="f1")
+    >>> other = replace(loop, fingerprint="f2")  # another problem
+    >>> correlated(loop, replace(other, trace_id="t9"))
     'same session s1'
-    >>> correlated(loop, replace(loop, session_id=""))  # the root span came later
+    >>> correlated(loop, replace(other, session_id=""))  # the root span came later
     'same trace t1'
-    >>> correlated(loop, replace(loop, session_id="s2"))  # both know the session: it decides
+    >>> correlated(loop, replace(other, session_id="s2"))  # both know the session: it decides
     ''
+    >>> correlated(loop, replace(loop, session_id="s2", incident_id="i2"))  # another collector's
+    'same problem (fingerprint f1)'
     >>> correlated(loop, replace(loop, tenant="other"))
     ''
     >>> correlated(loop, replace(loop, incident_class="semantic"))
@@ -162,6 +167,8 @@ def correlated(a: IncidentRecord, b: IncidentRecord) -> str:
     """
     if a.tenant != b.tenant or a.incident_class != b.incident_class:
         return ""
+    if a.fingerprint and a.fingerprint == b.fingerprint:
+        return f"same problem (fingerprint {a.fingerprint[:12]})"
     if a.session_id and b.session_id:
         return f"same session {a.session_id}" if a.session_id == b.session_id else ""
     if a.trace_id and a.trace_id == b.trace_id:

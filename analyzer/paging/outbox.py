@@ -25,11 +25,14 @@ class Outbox:
         self._receiver_types = receiver_types
         self._metrics = metrics
         self.pending: dict[str, Notification] = {}
+        self.known: set[str] = set()  # test pages this outbox had (Pager.adopt_queued)
 
     def restore(self, notifications: list[Notification]) -> None:
         """The pending notifications the store kept (``PagingStore.pending``)."""
         for n in notifications:
             self.pending[n.notification_id] = n
+            if n.reason == "test":
+                self.known.add(n.notification_id)
 
     def new(self, firing: Firing, action: str, now_ns: int, due_ns: int = 0, **kw) -> Notification:
         """A pending ``action`` for ``firing``, due at ``due_ns`` (0: now); written by ``commit``."""
@@ -41,6 +44,8 @@ class Outbox:
             firing.last_trigger_ns = now_ns
         firing.enqueued.append(n.notification_id)
         self.pending[n.notification_id] = n
+        if n.reason == "test":
+            self.known.add(n.notification_id)
         return n
 
     def folded(self, firing: Firing, action: str, now_ns: int, note: str) -> Notification:

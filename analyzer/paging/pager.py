@@ -61,10 +61,14 @@ class Pager:
         metrics: Metrics | None = None,
         tick_s: float = 0.5,
         rand: Callable[[], float] = random.random,
+        may_send: Callable[[], bool] = lambda: True,
     ) -> None:
         """``config``: ``agentwatch.config.PagingConfig``; ``clock``: nanoseconds since the epoch;
-        ``tick_s``: the dispatcher's longest sleep; ``rand``: the retry jitter's draw."""
+        ``tick_s``: the dispatcher's longest sleep; ``rand``: the retry jitter's draw;
+        ``may_send``: asked right before sending (``PagingLeader``: this collector still holds
+        the paging lease)."""
         self.clock = clock
+        self.may_send = may_send
         self.tick_s = tick_s
         self._store = store
         self._factory = notifiers
@@ -158,6 +162,23 @@ class Pager:
         """``Collector.incident_listeners`` entry: route every event of ``rows``."""
         await self._route([(e.event, _note(e), record) for e, record in _pairs(rows)])
 
+    async def on_events(self, pairs: list[tuple[IncidentEvent, IncidentRecord]]) -> None:
+        """Events read from the store (``PagingLeader``: every collector's), each with its
+        incident's newest version."""
+        await self._route([(e.event, _note(e), record) for e, record in pairs])
+
+    async def adopt_queued(self) -> None:
+        """Test pages another collector's API queued in the outbox (only the paging collector
+        sends): taken into this outbox once."""
+        async with self._lock:
+            queued = [
+                n for n in await self._store.pending()
+                if n.reason == "test" and n.notification_id not in self.outbox.known
+            ]  # fmt: skip
+            self.outbox.restore(queued)
+        if queued:
+            self._wake.set()
+
     async def _route(self, events: list[tuple[str, str, IncidentRecord]]) -> None:
         if not events:
             return
@@ -193,7 +214,7 @@ class Pager:
             self.repeat.due(self.clock(), changes)
             if changes:
                 await self.outbox.commit(changes)
-        due = self.outbox.due(self.clock())
+        due = self.outbox.due(self.clock()) if self.may_send() else []
         if due:
             await asyncio.gather(*(self._send(n) for n in due))
         return bool(due)

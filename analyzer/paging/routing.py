@@ -20,13 +20,18 @@ from analyzer.incidents.model import IncidentRecord
 from analyzer.user_regex import RegexError, compile_regex, escape
 
 # Labels a route or a silence may match on.
-LABELS = ("severity", "class", "detector", "kind", "agent", "service", "tenant")
+LABELS = ("severity", "class", "detector", "kind", "agent", "service", "tenant", "drill")
 SILENCE_LABELS = (*LABELS, "fingerprint", "incident_id")
 _MATCHER = re.compile(r"^\s*([a-z_]+)\s*(=~|!~|!=|=)\s*(.*?)\s*$")
 
 
 def labels_of(incident: IncidentRecord) -> dict[str, str]:
-    """An incident's labels (what routes and silences match), named as in ``LABELS``."""
+    """An incident's labels (what routes and silences match), named as in ``LABELS``.
+
+    ``drill`` is ``true`` for a gameday drill's incident and empty otherwise, as Alertmanager
+    treats a label an alert lacks: a route matching ``drill: true`` takes the drills, one matching
+    ``drill!=true`` the rest, and a production alert's label set is unchanged.
+    """
     return {
         "severity": incident.severity,
         "class": incident.incident_class,
@@ -35,6 +40,7 @@ def labels_of(incident: IncidentRecord) -> dict[str, str]:
         "agent": incident.agent,
         "service": incident.service,
         "tenant": incident.tenant,
+        "drill": "true" if incident.drill else "",
         "fingerprint": incident.fingerprint,
         "incident_id": incident.incident_id,
     }

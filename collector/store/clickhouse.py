@@ -11,6 +11,12 @@ from urllib.parse import unquote, urlparse
 
 from collector.store import StoreError, StoreUnavailable
 
+#: What a collector needs of every statement on a cluster (``clickhouse_cluster``): ``IN``
+#: subqueries over distributed tables run once, globally, instead of being refused; an INSERT
+#: into a distributed table returns once the shards have it, not when it is queued to be sent,
+#: so an acknowledged span is stored and a retry with its deduplication token is safe.
+CLUSTER_SETTINGS = {"distributed_product_mode": "global", "distributed_foreground_insert": 1}
+
 
 class ClickHouseStore:
     def __init__(
@@ -22,7 +28,10 @@ class ClickHouseStore:
         *,
         connect_timeout_s: float = 5.0,
         query_timeout_s: float = 30.0,
+        settings: dict[str, str | int] | None = None,
     ) -> None:
+        """``settings``: ClickHouse settings sent with every statement (``CLUSTER_SETTINGS`` when
+        the collector writes to a cluster)."""
         parsed = urlparse(url)
         self.database = database or parsed.path.strip("/") or "default"
         self.description = (
@@ -37,6 +46,7 @@ class ClickHouseStore:
             secure=parsed.scheme == "https",
             compress=False,
             autogenerate_session_id=False,
+            settings=dict(settings or {}),
         )
         self._client = self._connect(connect_timeout_s, query_timeout_s)
         self._health_client = None  # for ping: apart from the inserts' and queries' timeouts

@@ -1,0 +1,1 @@
+"""The runbook template (agentwatch/cli/runbook.py renders it)."""
