@@ -23,6 +23,7 @@ from analyzer.baselines import seed_baselines
 from analyzer.containment.actions import Containment
 from analyzer.containment.control import ControlBoard
 from analyzer.engine import Analyzer, Detection, IncidentDesk, default_detectors
+from analyzer.gameday.repository import GamedayRepository
 from analyzer.incidents.lifecycle import IncidentManager
 from analyzer.incidents.repository import IncidentRepository
 from analyzer.paging.leader import PagingLeader
@@ -38,7 +39,7 @@ from collector.auth import Tokens
 from collector.forwarder import Forwarder
 from collector.gc_tuning import tune_gc
 from collector.metrics import Metrics
-from collector.normalize import READER, Normalizer
+from collector.normalize import READER, Normalizer, RunningDrills
 from collector.pipeline import Pipeline
 from collector.pricing import PriceTable
 from collector.ratelog import RateLimitedLog
@@ -52,6 +53,10 @@ from collector.store.registry import Registry, api_url_of
 from collector.writer import GroupCommitWriter
 
 log = logging.getLogger("agentwatch")
+#: the drills a span may claim (``collector.normalize.RunningDrills``), read from the store
+DRILLS_REFRESH_S = 2.0
+DRILL_GRACE_S = 60.0  # an ended drill's late spans still count as the drill's
+DRILL_MAX_AGE_S = 6 * 3600.0  # a drill left running this long sends no more spans
 
 
 class Collector:
@@ -89,6 +94,8 @@ class Collector:
         self.collector_id = collector_id()  # this process in leases (collector.store.lease)
         self.registry: Registry | None = None  # its heartbeat in `collectors` (the drill's list)
         self._tasks: list[asyncio.Task] = []
+        # the drills a span may claim (agentwatch.drill): started by an admin, from the store
+        self.drills = RunningDrills()
         # Async callables given every batch of incident rows once stored (paging, containment).
         self.incident_listeners: list = []
 
@@ -187,8 +194,10 @@ class Collector:
                 " (pip install -e .) for full speed"
             )
         prices = PriceTable({name: p.to_price() for name, p in config.prices.items()})
+        await self._refresh_drills_once()  # a restart honours running drills from the first span
+        self._tasks.append(asyncio.get_running_loop().create_task(self._refresh_drills()))
         self.pipeline = Pipeline(
-            Normalizer(prices, config.default_tenant),
+            Normalizer(prices, config.default_tenant, self.drills, self._drill_claim_refused),
             self._writer,
             self.metrics,
             self.forwarder,
@@ -394,6 +403,32 @@ class Collector:
             await asyncio.sleep(every_s)
             await seed_baselines(self.analyzer.detection, self.store, self.run_store)
 
+    async def _refresh_drills(self, every_s: float = DRILLS_REFRESH_S) -> None:
+        """The claimable drills from the store every few seconds: drills started on another
+        collector sharing it, drills ended (after ``DRILL_GRACE_S``)."""
+        while True:
+            await asyncio.sleep(every_s)
+            await self._refresh_drills_once()
+
+    async def _refresh_drills_once(self) -> None:
+        gamedays = GamedayRepository(self.store, self.run_store)
+        try:
+            drills = await gamedays.claimable(DRILL_GRACE_S, DRILL_MAX_AGE_S)
+        except Exception as exc:  # the store is down: the drills known stay as they were
+            _EVENT_LOG.log(logging.WARNING, "drills", "cannot refresh the running drills: %s", exc)
+            return
+        self.drills.replace(drills)
+
+    def _drill_claim_refused(self, spans: int, tenant: str, claim: str, service: str) -> None:
+        self.metrics.drill_claims_refused.inc(spans)
+        _EVENT_LOG.log(
+            logging.WARNING,
+            "drill claim",
+            "%d span(s) claim drill %r that no admin started for tenant %r, service %r (or it"
+            " ended): stored as production",
+            spans, claim[:80], tenant, service[:200],
+        )  # fmt: skip
+
     async def _serve(self, app: web.Application, key: str, cancel: bool = False) -> int:
         """Serve ``app`` on the port of config ``key``; returns the port bound."""
         port = getattr(self.config, key)
@@ -443,7 +478,8 @@ class Collector:
         self._executor.shutdown(wait=True)
 
 
-#: incidents opened and pages sent: one line per kind per minute (the tables hold every one)
+#: incidents opened and pages sent, drill claims refused: one line per kind per minute (the
+#: tables and metrics count every one)
 _EVENT_LOG = RateLimitedLog(log)
 
 

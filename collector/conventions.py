@@ -24,7 +24,9 @@ FIELD_KEYS: dict[str, tuple[str, ...]] = {
     ),
     "tenant": ("tenant.id", "agentwatch.tenant"),
     # a gameday drill's spans (``agentwatch gameday run``): column ``Drill``, kept out of
-    # production views and fingerprints; a resource attribute, so one test names every span
+    # production views and fingerprints; a resource attribute, so one test names every span.
+    # Its value is the drill's id, honoured only for a drill an admin started
+    # (``normalize.RunningDrills``)
     "drill": ("agentwatch.drill",),
     "agent": ("gen_ai.agent.name", "agent.name", "gen_ai.agent.id"),
     "operation": ("gen_ai.operation.name",),

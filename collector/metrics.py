@@ -90,6 +90,13 @@ class Metrics:
         self.controls_in_force = Gauge(
             "agentwatch_controls_in_force", "Containment controls in force now", registry=r
         )
+        # no tenant label: without tenant tokens the tenant is whatever the span says
+        self.drill_claims_refused = Counter(
+            "agentwatch_drill_claims_refused",
+            "Spans claiming a gameday drill (agentwatch.drill) no admin started in their tenant"
+            " and service, or one that ended: stored and judged as production",
+            registry=r,
+        )
         self.detection_skipped_spans = Counter(
             "agentwatch_detection_skipped_spans",
             "Spans stored but not analysed because the detection process was down",

@@ -26,6 +26,8 @@ import base64
 import hashlib
 import os
 import re
+import time
+from collections.abc import Callable, Iterable
 
 import orjson
 
@@ -100,17 +102,71 @@ _HTTP_STATUS_IN_TEXT = re.compile(
 )
 
 
+class RunningDrills:
+    """The gameday drills a span may claim to be part of: (tenant, drill id) -> the drill's
+    service. A span is a drill only when its ``agentwatch.drill`` names one of them, in its own
+    tenant and service: any exporter can write the attribute, only an admin can start a drill
+    (``POST /v1/gamedays``), so a made-up claim cannot hide a real agent's incidents.
+
+    The collector replaces the set from the ``gamedays`` table every few seconds (drills started
+    on any collector sharing the store; an ended drill stays claimable for a grace period) and
+    ``add`` puts a drill started here in at once. No I/O here.
+    """
+
+    def __init__(self, keep_added_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self.claimable: dict[tuple[str, str], str] = {}
+        self._added: dict[tuple[str, str], tuple[str, float]] = {}
+        self._keep_added_s = keep_added_s
+        self._clock = clock
+
+    def add(self, tenant: str, drill_id: str, service: str) -> None:
+        """A drill just started here: claimable now, and kept until a refresh has seen it
+        (a refresh that read the store before the drill was saved must not drop it)."""
+        self._added[(tenant, drill_id)] = (service, self._clock())
+        self.claimable = {**self.claimable, (tenant, drill_id): service}
+
+    def replace(self, drills: Iterable[tuple[str, str, str]]) -> None:
+        """The claimable drills as the store has them: (tenant, drill id, service)."""
+        fresh = {(tenant, drill_id): service for tenant, drill_id, service in drills}
+        now = self._clock()
+        self._added = {
+            key: added
+            for key, added in self._added.items()
+            if now - added[1] < self._keep_added_s and key not in fresh
+        }
+        for key, (service, _) in self._added.items():
+            fresh[key] = service
+        self.claimable = fresh  # one reference swap: readers see the old set or the new
+
+
+#: ``on_drill_refused(spans, tenant, claim, service)``: spans of one batch whose drill claim was
+#: refused (one of them named)
+DrillRefused = Callable[[int, str, str, str], None]
+
+
 class Normalizer:
     """Normalises requests; holds the price table and defaults (no per-request state)."""
 
-    def __init__(self, prices: PriceTable | None = None, default_tenant: str = "default") -> None:
+    def __init__(
+        self,
+        prices: PriceTable | None = None,
+        default_tenant: str = "default",
+        drills: RunningDrills | None = None,
+        on_drill_refused: DrillRefused | None = None,
+    ) -> None:
         self.prices = prices or PriceTable()
         self.default_tenant = default_tenant
         self.unpriced_models: set[str] = set()
+        #: no drills known: every drill claim is refused (production is the safe side)
+        self.drills = drills if drills is not None else RunningDrills()
+        self.on_drill_refused = on_drill_refused
 
-    def read_wire(self, body: bytes, rejections: Rejections) -> SpanBatch | None:
+    def read_wire(
+        self, body: bytes, rejections: Rejections, tenant: str | None = None
+    ) -> SpanBatch | None:
         """Columns for a protobuf request read by the C reader; ``None`` when the reader is not
-        built or leaves this request to the reference path (``decode_protobuf`` + ``normalize``)."""
+        built or leaves this request to the reference path (``decode_protobuf`` + ``normalize``).
+        ``tenant``: the one the exporter's token names; it replaces the spans' ``tenant.id``."""
         if _reader is None:
             return None
         parsed = _reader.parse(body)
@@ -141,16 +197,16 @@ class Normalizer:
             cols.update(zip(_AGENT_COLUMNS, map(list, zip(*agent_rows, strict=True)), strict=True))
         else:
             cols.update((name, []) for name in _AGENT_COLUMNS)
-        _add_output_tool_calls(cols)
-        _inherit_along_trace(cols)
+        self._finish(cols, tenant)
         return SpanBatch(cols, len(agent_rows))
 
     def normalize(
-        self, request, rejections: Rejections | None = None
+        self, request, rejections: Rejections | None = None, tenant: str | None = None
     ) -> tuple[SpanBatch, Rejections]:
         """Columns for every valid span of ``request``; invalid spans are counted in ``rejections``.
 
-        The reference reader (see the module docstring); ``read_wire`` is the fast one."""
+        The reference reader (see the module docstring); ``read_wire`` is the fast one.
+        ``tenant``: as for ``read_wire``."""
         rejections = rejections if rejections is not None else Rejections()
         rows: list[tuple] = []
         append_row = rows.append
@@ -233,9 +289,39 @@ class Normalizer:
             cols = dict(zip(_SPAN_COLUMNS, map(list, zip(*rows, strict=True)), strict=True))
         else:
             cols = {name: [] for name in _SPAN_COLUMNS}
+        self._finish(cols, tenant)
+        return SpanBatch(cols, len(rows)), rejections
+
+    def _finish(self, cols: dict, tenant: str | None) -> None:
+        """What needs the whole batch: tool calls of LLM spans, facts inherited along a trace,
+        the token's tenant, then the drill claims (which hold only in the final tenant)."""
         _add_output_tool_calls(cols)
         _inherit_along_trace(cols)
-        return SpanBatch(cols, len(rows)), rejections
+        if tenant is not None and cols["Tenant"]:
+            cols["Tenant"] = [tenant] * len(cols["Tenant"])
+        claims = cols["Drill"]
+        if any(claims):
+            cols["Drill"] = self._honour_drills(claims, cols["Tenant"], cols["ServiceName"])
+        else:  # no span claims a drill: the usual batch
+            cols["Drill"] = [False] * len(claims)
+
+    def _honour_drills(self, claims: list[str], tenants: list[str], services: list[str]):
+        """``Drill`` of each span: its claim (``agentwatch.drill``) names a drill running in its
+        tenant, for its service. The rest are production spans; refusals are reported."""
+        claimable = self.drills.claimable
+        out = []
+        refused = 0
+        refused_at = 0
+        for i, claim in enumerate(claims):
+            honoured = bool(claim) and claimable.get((tenants[i], claim)) == services[i]
+            if claim and not honoured:
+                refused += 1
+                refused_at = i
+            out.append(honoured)
+        if refused and self.on_drill_refused is not None:
+            i = refused_at
+            self.on_drill_refused(refused, tenants[i], claims[i], services[i])
+        return out
 
     def _agent_fields(
         self,
@@ -397,12 +483,11 @@ class Normalizer:
             error_text,
             cost,
             convention,
-            get("drill", _MISSING)[3] in _TRUE_TEXT,
+            get("drill", _MISSING)[3],  # the claim: settled per batch (``_finish``)
         )
 
 
 _MISSING = (0, "", None, "")
-_TRUE_TEXT = frozenset(("true", "True", "1"))  # ``agentwatch.drill``: a bool, or its text
 
 
 def _id_problem(trace_id: bytes, span_id: bytes, parent: bytes) -> str:

@@ -66,9 +66,7 @@ class Pipeline:
         whatever ``tenant.id`` the spans carry."""
         if self._held_spans >= self.max_held_spans:  # full: refuse before decoding multiplies it
             raise self._full()
-        batch, rejections = self._read(body, encoding, protocol)
-        if tenant is not None and len(batch):
-            batch.columns["Tenant"] = [tenant] * len(batch)
+        batch, rejections = self._read(body, encoding, protocol, tenant)
         # From here the writer counts these spans against queue_max_spans: it takes the batch
         # (or refuses it) before its first await, so no other request is decoded in between.
         n_spans = len(batch)
@@ -108,15 +106,17 @@ class Pipeline:
             except Exception:  # committed is committed: never fail the request now
                 log.exception("after-commit consumer %r failed on %d spans", consumer, n_spans)
 
-    def _read(self, body: bytes, encoding, protocol: str):
+    def _read(self, body: bytes, encoding, protocol: str, tenant: str | None):
         rejections = Rejections()
-        # the fast C reader when it can; otherwise the reference reader over a decoded request
-        batch = self.normalizer.read_wire(body, rejections) if encoding == "protobuf" else None
+        # the fast C reader when it can; otherwise the reference reader over a decoded request;
+        # the token's tenant goes in there, before the spans' drill claims are checked in it
+        normalizer = self.normalizer
+        batch = normalizer.read_wire(body, rejections, tenant) if encoding == "protobuf" else None
         request = None
         if batch is None:
             decode = decode_protobuf if encoding == "protobuf" else decode_json
             request = decode(body, rejections)
-            batch, rejections = self.normalizer.normalize(request, rejections)
+            batch, rejections = normalizer.normalize(request, rejections, tenant)
         self.metrics.requests_read.labels("native" if request is None else "python").inc()
         if self.forwarder is not None:
             # Forward what was received (all of it, unchanged for protobuf); never waits.

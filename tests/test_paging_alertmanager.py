@@ -3,7 +3,8 @@
 Alertmanager (Debian package ``prometheus-alertmanager``, installed by the README's test
 command) runs on 127.0.0.1 with its own storage in a temp dir. Two loop incidents of one agent
 (in two services) fire, arrive as one group, are not sent again although agentwatch keeps re-sending them while
-they fire, and resolve.
+they fire, and resolve. A gameday drill's incident arrives labelled ``drill="true"`` with
+``[DRILL]`` in its summary, beside a production incident that carries neither.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import requests
 
 from tests.fake_pagers import FakeReceiver
 from tests.test_detect_e2e import run_agent, wait_for_incidents
+from tests.test_gameday import drill_incident, run_drill
 from tests.test_paging import api, eventually, outbox, paging
 
 BINARY = "/usr/bin/prometheus-alertmanager"
@@ -154,3 +156,39 @@ def test_alertmanager_groups_dedups_and_resolves_agentwatch_incidents(
         assert all(a["endsAt"] > a["startsAt"] for a in resolved[0]["alerts"])
         alerts = requests.get(alertmanager + "/api/v2/alerts?active=true", timeout=5).json()
         assert [a for a in alerts if a["labels"].get("incident_id") in ids] == []
+
+
+def test_a_drill_reaches_alertmanager_labelled_as_a_drill_beside_production(
+    collector_factory, alertmanager, webhook
+):
+    receiver = {"name": "am", "type": "alertmanager", "url": alertmanager, "resend_interval_s": 1}
+    with collector_factory(**paging(receiver)) as collector:
+        drill_id = run_drill(collector, "loop")  # `agentwatch gameday run`: the SDK's exporter
+        run_agent(collector, "real-loop", "u-1", [42] * 6)  # a production loop at the same time
+        drill = drill_incident(collector, drill_id)["incident_id"]
+        [real] = wait_for_incidents(collector, "NOT drill AND session_id = 'real-loop'")
+        real = real["incident_id"]
+
+        def both_active():
+            alerts = requests.get(alertmanager + "/api/v2/alerts?active=true", timeout=5).json()
+            found = {a["labels"].get("incident_id"): a for a in alerts}
+            return {drill, real} <= found.keys() and found
+
+        alerts = eventually(both_active, what="both incidents in Alertmanager")
+        assert alerts[drill]["labels"]["drill"] == "true"
+        assert alerts[drill]["annotations"]["summary"].startswith("[DRILL] support: ")
+        assert "drill" not in alerts[real]["labels"]  # a production alert's labels are unchanged
+        assert not alerts[real]["annotations"]["summary"].startswith("[DRILL]")
+        assert alerts[drill]["labels"]["fingerprint"] != alerts[real]["labels"]["fingerprint"]
+
+        # Alertmanager routes on the label: what it sent on carries it too
+        def sent():
+            return {
+                a["labels"]["incident_id"]: a["labels"]
+                for body in webhook.bodies("/alertmanager")
+                for a in body["alerts"]
+            }
+
+        labels = eventually(lambda: {drill, real} <= (got := sent()).keys() and got,
+                            what="Alertmanager's notifications")  # fmt: skip
+        assert labels[drill]["drill"] == "true" and "drill" not in labels[real]

@@ -108,8 +108,16 @@ def test_a_wrong_since_is_refused_with_what_it_takes(collector):
 
 
 def drill_loop(collector, session: str) -> dict:
-    """A loop sent as a gameday drill (resource attribute agentwatch.drill) -> its incident."""
-    resource = Resource.create({"service.name": "support-svc", "agentwatch.drill": True})
+    """A loop sent as a gameday drill (resource attribute agentwatch.drill: the id of a drill an
+    admin started) -> its incident."""
+    started = requests.post(
+        f"{collector.api_url}/v1/gamedays",
+        json={"scenario": "loop", "agent": "support", "service": "support-svc"},
+        timeout=30,
+    )
+    assert started.status_code == 201, started.text
+    drill_id = started.json()["drill_id"]
+    resource = Resource.create({"service.name": "support-svc", "agentwatch.drill": drill_id})
     provider = TracerProvider(resource=resource)
     exporter = OTLPSpanExporter(endpoint=collector.grpc_endpoint, insecure=True)
     provider.add_span_processor(BatchSpanProcessor(exporter))

@@ -206,7 +206,7 @@ def test_the_readme_section_shows_commands_that_exist():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("## Runbook and release gate", 1)[1].split("\n## ", 1)[0]
     commands = shell_commands(section)
-    assert {args[0] for args in commands} == {"runbook", "recurrence"}
+    assert {args[0] for args in commands} == {"runbook", "recurrence", "deploy"}
     for args in commands:
         path, command, own = resolve_command(args)
         with command.make_context(" ".join(path), list(own)):

@@ -133,6 +133,8 @@ async def start_drill(request: web.Request) -> web.Response:
         await gamedays_of(collector).save(drill)
     except (StoreError, StoreUnavailable) as exc:
         return error(503, f"cannot record the drill: {exc}")
+    # its spans count as a drill's from the first one (other collectors: at their next refresh)
+    collector.drills.add(tenant, drill_id, service)
     task = asyncio.create_task(_watch(collector, drill), name=f"gameday {drill_id}")
     watchers = request.app[_WATCHERS]
     watchers.add(task)

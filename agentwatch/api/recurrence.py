@@ -4,8 +4,11 @@
   "recurrences": [...]}``, one row per incident first seen at or after ``since`` whose
   fingerprint had an earlier incident resolved (not as a false alarm) before it fired; the row
   names both (``incident_id``, ``fired_again_at``, ``link``; ``resolved_incident_id``,
-  ``resolved_at``, ``resolution``). ``since`` is ISO 8601 (UTC unless it carries an offset) or a
-  duration back from now: ``90m``, ``24h``, ``7d``. ``limit`` 1–1000 (default 1000).
+  ``resolved_at``, ``resolution``). ``since`` is ISO 8601 (UTC unless it carries an offset), a
+  duration back from now (``90m``, ``24h``, ``7d``), or a deploy marker (``agentwatch.api.deploys``):
+  ``deploy`` (the latest deploy of ``service``/``agent``, one of them required) or
+  ``deploy:VERSION``; the answer then names it (``"deploy": {...}``), the check covers that
+  deploy's tenant, and a marker naming no deploy is 404. ``limit`` 1–1000 (default 1000).
 
 Read-only: a read token opens it (``/v1/incidents`` in ``server._PATH_ROLES``) and sees its
 tenant's incidents only. ``agentwatch recurrence check`` is its client; the SQL is in
@@ -20,7 +23,9 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from agentwatch.api.deploys import NoSuchDeploy, is_marker, since_deploy
 from agentwatch.api.web import PRINCIPAL, collector_of, error, json_response
+from analyzer.deploys import DeployError
 from analyzer.incidents.repository import MAX_LIMIT
 from collector.store import StoreError, StoreUnavailable
 
@@ -40,7 +45,7 @@ def parse_since(text: str, now_s: float) -> int:
     True
     >>> parse_since("yesterday", 0)
     Traceback (most recent call last):
-    ValueError: 'since' is an ISO 8601 time (2026-12-07T10:00:00Z) or a duration back from now (90m, 24h, 7d), got 'yesterday'
+    ValueError: 'since' is an ISO 8601 time (2026-12-07T10:00:00Z), a duration back from now (90m, 24h, 7d) or deploy[:VERSION], got 'yesterday'
     """
     found = _DURATION.match(text)
     if found:
@@ -49,8 +54,8 @@ def parse_since(text: str, now_s: float) -> int:
         when = datetime.fromisoformat(text.strip().replace("z", "Z"))
     except ValueError:
         raise ValueError(
-            "'since' is an ISO 8601 time (2026-12-07T10:00:00Z) or a duration back from now"
-            f" (90m, 24h, 7d), got {text[:80]!r}"
+            "'since' is an ISO 8601 time (2026-12-07T10:00:00Z), a duration back from now"
+            f" (90m, 24h, 7d) or deploy[:VERSION], got {text[:80]!r}"
         ) from None
     when = when if when.tzinfo else when.replace(tzinfo=UTC)
     return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
@@ -63,11 +68,29 @@ def add_recurrence_routes(app: web.Application) -> None:
 async def recurrence(request: web.Request) -> web.Response:
     q = request.query
     if not q.get("since"):
-        return error(400, "'since' is required: an ISO 8601 time or a duration like 24h")
+        return error(
+            400, "'since' is required: an ISO 8601 time, a duration like 24h, or deploy[:VERSION]"
+        )
+    reader_tenant = request[PRINCIPAL].tenant if PRINCIPAL in request else None
+    repository = collector_of(request).incident_repository
+    deploy = None
     try:
-        since_ns = parse_since(q["since"], time.time())
-    except ValueError as exc:
+        if is_marker(q["since"]):
+            deploy = await since_deploy(
+                collector_of(request), q["since"], q.get("service", ""), q.get("agent", ""),
+                reader_tenant,
+            )  # fmt: skip
+            since_ns, reader_tenant = deploy["at_ns"], deploy["tenant"]  # that deploy's tenant
+        else:
+            since_ns = parse_since(q["since"], time.time())
+    except (ValueError, DeployError) as exc:
         return error(400, str(exc))
+    except NoSuchDeploy as exc:
+        return error(404, str(exc))
+    except StoreError as exc:
+        return error(500, f"deploy query failed: {exc}")
+    except StoreUnavailable as exc:
+        return error(503, f"store unavailable: {exc}")
     try:
         limit = int(q.get("limit", str(MAX_LIMIT)))
     except ValueError:
@@ -75,8 +98,6 @@ async def recurrence(request: web.Request) -> web.Response:
     if not 1 <= limit <= MAX_LIMIT:
         return error(400, f"'limit' must be an integer from 1 to {MAX_LIMIT}")
     labels = tuple((name, q[name]) for name in FILTERS if q.get(name))
-    reader_tenant = request[PRINCIPAL].tenant if PRINCIPAL in request else None
-    repository = collector_of(request).incident_repository
     try:
         rows = await repository.recurrences(since_ns, labels, reader_tenant, limit)
     except StoreError as exc:
@@ -84,4 +105,5 @@ async def recurrence(request: web.Request) -> web.Response:
     except StoreUnavailable as exc:
         return error(503, f"store unavailable: {exc}")
     since = datetime.fromtimestamp(since_ns / 1e9, UTC).isoformat().replace("+00:00", "Z")
-    return json_response({"since": since, "recurrences": rows})
+    found = {"since": since, "recurrences": rows}
+    return json_response(found | ({"deploy": deploy} if deploy else {}))

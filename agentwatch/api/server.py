@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agentwatch.api.collectors import add_collector_routes
 from agentwatch.api.control import add_control_routes
+from agentwatch.api.deploys import add_deploy_routes
 from agentwatch.api.gameday import add_gameday_routes
 from agentwatch.api.golden import add_golden_routes
 from agentwatch.api.health import check as health_check
@@ -56,6 +57,7 @@ def build_api_app(collector) -> web.Application:
     add_review_routes(app)  # /v1/incidents/{id}/case (POST: admin), …/review, /v1/cases
     add_golden_routes(app)  # /v1/golden: known-good runs (marking needs the admin token)
     add_gameday_routes(app)  # /v1/gamedays (drills and their score), …/{id}/off-rails-step
+    add_deploy_routes(app)  # /v1/deploys: deploy markers (marking needs the admin token)
     add_console(app, collector.tokens)  # /, /incidents/{id}, /login, /static/: the web console
     return app
 
@@ -70,6 +72,7 @@ _PATH_ROLES = (
     ("GET", "/v1/incidents", (READER,)),  # the list and one incident: that tenant's only
     ("GET", "/v1/cases", (READER,)),  # regression cases (capturing one needs the admin token)
     ("GET", "/v1/golden", (READER,)),  # golden runs: that tenant's only; marking needs admin
+    ("GET", "/v1/deploys", (READER,)),  # deploy markers: that tenant's only; marking needs admin
     ("GET", "/v1/collectors", (READER,)),  # the live collectors' API urls (the drill's list)
     ("*", "/ofrep/", (SQL, READER, INGEST)),  # agents check their flags
 )

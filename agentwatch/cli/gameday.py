@@ -56,7 +56,7 @@ def register(main: click.Group, incidents: click.Group, client_options, api_call
     def gameday_run(
         scenario, agent, service, tenant, otlp_endpoint, ingest_token, actor, api_url, token
     ) -> None:
-        """Start a drill: its spans go out now, marked agentwatch.drill=true; the detectors open
+        """Start a drill: its spans go out now, marked agentwatch.drill=<its id>; the detectors open
         an incident titled [DRILL] and page it for real (routes may match drill: true)."""
         body = {"scenario": scenario, "agent": agent, "actor": actor or _login()}
         if service:

@@ -19,6 +19,7 @@ import requests
 
 from agentwatch.app import serve as run_collector
 from agentwatch.cli.control import register as register_control
+from agentwatch.cli.deploy import register as register_deploy
 from agentwatch.cli.format import echo_rows, format_option, text_table
 from agentwatch.cli.gameday import register as register_gameday
 from agentwatch.cli.golden import register as register_golden
@@ -566,6 +567,7 @@ register_golden(main, _client_options, api_call)  # golden mark|list
 register_review(incidents, _client_options, api_call)  # incidents capture|cases|review
 register_gameday(main, incidents, _client_options, api_call)  # gameday run|report|list, set-step
 register_recurrence(main, _client_options, api_call)  # recurrence check (release gate)
+register_deploy(main, _client_options, api_call)  # deploy mark|list (the gate's markers)
 register_runbook(main)  # runbook: Markdown for this deployment's on-call
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ def register(main: click.Group, client_options, api_call) -> None:
         Examples:
           agentwatch recurrence check --since 24h
           agentwatch recurrence check --since 2026-12-07T10:00:00Z --agent support
-          agentwatch recurrence check --since "$DEPLOYED_AT" --format json   # in CI
+          agentwatch recurrence check --since deploy --service support-svc   # in CI
+          agentwatch recurrence check --since deploy:v1.4.2 --agent support
         """
 
     @recurrence.command("check")
@@ -37,8 +38,9 @@ def register(main: click.Group, client_options, api_call) -> None:
         "--since",
         required=True,
         metavar="TIME",
-        help="ISO 8601 time (UTC unless it has an offset), e.g. the deploy's, or a duration back"
-        " from now: 90m, 24h, 7d.",
+        help="ISO 8601 time (UTC unless it has an offset); a duration back from now: 90m, 24h,"
+        " 7d; or a deploy marker (agentwatch deploy mark): 'deploy', the latest deploy of"
+        " --service/--agent, or 'deploy:VERSION'.",
     )
     @click.option("--agent", help="Only this agent's incidents.")
     @click.option("--service", help="Only this service's incidents.")
@@ -50,7 +52,10 @@ def register(main: click.Group, client_options, api_call) -> None:
     def recurrence_check(since, agent, service, fmt, api_url, token) -> None:
         """Exit 1 and list them when an incident first seen since TIME has a fingerprint whose
         earlier incident was resolved before it fired (resolved as a false alarm does not count:
-        nothing was fixed; drills never count); exit 0 otherwise, 2 when it cannot check."""
+        nothing was fixed; drills never count); exit 0 otherwise, 2 when it cannot check (also
+        when --since names a deploy nobody marked)."""
+        if since == "deploy" and not (agent or service):
+            raise click.UsageError("--since deploy: whose deploy? give --service or --agent")
         params = {"since": since}
         for name, value in (("agent", agent), ("service", service)):
             if value:
@@ -62,17 +67,18 @@ def register(main: click.Group, client_options, api_call) -> None:
             raise
         found = answer.json()
         rows = found["recurrences"]
+        since = found["since"] + _deploy_text(found.get("deploy"))
         if fmt == "json":
             click.echo(json.dumps(found, indent=2))
         elif rows:
-            click.echo(f"{len(rows)} resolved problem(s) fired again since {found['since']}:")
+            click.echo(f"{len(rows)} resolved problem(s) fired again since {since}:")
             click.echo(_table(rows))
             if len(rows) >= MAX_LIMIT:
                 click.echo(
                     f"(the first {MAX_LIMIT} only: narrow with --agent, --service or --since)"
                 )
         else:
-            click.echo(f"no recurrence since {found['since']}")
+            click.echo(f"no recurrence since {since}")
         if rows:
             raise SystemExit(RECURRED)
 
@@ -95,6 +101,15 @@ def _table(rows: list[dict]) -> str:
         for r in rows
     ]
     return text_table(header, lines)
+
+
+def _deploy_text(deploy: dict | None) -> str:
+    """' (deploy v1.4.2 of support-svc, by alice)' when the gate started from a marker."""
+    if not deploy:
+        return ""
+    version = f" {deploy['version']}" if deploy["version"] else ""
+    agent = f" agent {deploy['agent']}" if deploy["agent"] else ""
+    return f" (deploy{version} of {deploy['service']}{agent}, by {deploy['actor']})"
 
 
 def _utc(iso: str) -> str:

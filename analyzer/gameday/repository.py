@@ -45,6 +45,18 @@ FROM regression_cases
 WHERE incident_id = {id:String}"""
 
 
+#: the drills whose spans are honoured as drills (``collector.normalize.RunningDrills``): running
+#: and started within ``max_age``, or ended less than ``grace`` ago (late spans); gameday drills
+#: only (the kill-switch drill's rows send no spans)
+_CLAIMABLE = """
+SELECT tenant, drill_id, service
+FROM gamedays FINAL
+WHERE startsWith(drill_id, 'dr-')
+  AND (status = 'running' AND started_at > now64(9) - toIntervalSecond({max_age:UInt32})
+       OR status != 'running' AND version > {ended_after:UInt64})
+LIMIT 100000"""
+
+
 class GamedayRepository:
     def __init__(self, store, run_store: RunStore) -> None:
         self.store = store
@@ -86,6 +98,17 @@ class GamedayRepository:
             " ORDER BY started_at DESC LIMIT {limit:UInt32}",
             {"tenant": tenant or "", "limit": str(int(limit))},
         )
+
+    async def claimable(self, grace_s: float, max_age_s: float) -> list[tuple[str, str, str]]:
+        """(tenant, drill id, service) of the drills a span may claim now."""
+        rows = await self._query(
+            _CLAIMABLE,
+            {
+                "max_age": str(int(max_age_s)),
+                "ended_after": str(max(0, time.time_ns() - int(grace_s * 1e9))),
+            },
+        )
+        return [(r["tenant"], r["drill_id"], r["service"]) for r in rows]
 
     async def earlier(self, drill: dict) -> list[dict]:
         """The finished drills of the same scenario, tenant and agent before this one, oldest

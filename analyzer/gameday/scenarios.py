@@ -21,10 +21,12 @@ scenario                  detector (kind)       the runs
                           (spiral)              factor per call, ``steps + 2`` calls
 ========================  ====================  ===============================================
 
-Every span's resource carries ``agentwatch.drill = true`` and ``agentwatch.drill.id``; sessions
-are ``<drill id>-<n>``. The service defaults to ``gameday-<drill id>``: a service of its own keeps
-the drill out of the detectors' per-service windows and baselines (a drill's 503s never add to a
-real service's failure rate, and earlier drills never become a later drill's baseline).
+Every span's resource carries ``agentwatch.drill = <drill id>`` (and ``agentwatch.drill.id``, the
+same id): the collector honours it only for a drill an admin started, in the span's tenant and
+service (``collector.normalize.RunningDrills``), so no exporter can mark real spans as a drill's.
+Sessions are ``<drill id>-<n>``. The service defaults to ``gameday-<drill id>``: a service of its
+own keeps the drill out of the detectors' per-service windows and baselines (a drill's 503s never
+add to a real service's failure rate, and earlier drills never become a later drill's baseline).
 
 An out-of-scope drill needs a scope to break: with no ``allowed_tools`` or ``tool_constraints``
 for the agent, nothing is out of scope and ``ScenarioError`` says so.
@@ -86,7 +88,7 @@ def session_of(drill_id: str, run: int) -> str:
 
 def resource_of(drill_id: str, service: str) -> dict:
     """The resource attributes of every span of the drill."""
-    return {"service.name": service, DRILL_ATTRIBUTE: True, DRILL_ID_ATTRIBUTE: drill_id}
+    return {"service.name": service, DRILL_ATTRIBUTE: drill_id, DRILL_ID_ATTRIBUTE: drill_id}
 
 
 def plan(
