@@ -167,10 +167,7 @@ class Collector:
             self._tasks.append(asyncio.get_running_loop().create_task(self._refresh_baselines()))
             if config.detection.session_sweep_s > 0:  # sessions spanning traces, judged whole
                 # one collector of those sharing the store sweeps: the holder of this lease
-                lease = Lease(
-                    self.store, "session_sweep", self.collector_id,
-                    sync_replica=bool(config.clickhouse_cluster),
-                )  # fmt: skip
+                lease = self._lease("session_sweep")
                 self.session_sweep = sweep = SessionSweep(
                     self.analyzer, self.store, self.run_store, lease.held,
                     every_s=config.detection.session_sweep_s,
@@ -253,13 +250,15 @@ class Collector:
                 config.listen,
             )
 
+    def _lease(self, name: str, **kwargs) -> Lease:
+        """This collector's view of lease ``name`` in the store (``collector.store.lease``)."""
+        cluster = bool(self.config.clickhouse_cluster)  # a lagging replica syncs before each read
+        return Lease(self.store, name, self.collector_id, sync_replica=cluster, **kwargs)
+
     async def _start_paging(self, paging) -> None:
         """Paging on the collector that holds the 'paging' lease (the only one, or one of several
         sharing the store: ``analyzer.paging.leader``); the others queue test pages for it."""
-        lease = Lease(
-            self.store, "paging", self.collector_id, ttl_s=paging.lease_ttl_s,
-            sync_replica=bool(self.config.clickhouse_cluster),
-        )  # fmt: skip
+        lease = self._lease("paging", ttl_s=paging.lease_ttl_s)
 
         def make_pager(may_send=lease.held) -> Pager:
             return Pager(

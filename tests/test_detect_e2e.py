@@ -14,8 +14,14 @@ from opentelemetry.trace import Status, StatusCode
 from analyzer.restore import _RECENT_STEPS
 
 
-def agent_tracer(collector, service: str = "support-svc", token: str | None = None):
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+def agent_tracer(
+    collector, service: str = "support-svc", token: str | None = None, resource: dict | None = None
+):
+    """A tracer exporting to ``collector`` over OTLP/gRPC; ``resource``: attributes beside
+    ``service.name`` (a gameday drill's ``agentwatch.drill``)."""
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service, **(resource or {})})
+    )
     headers = {"authorization": f"Bearer {token}"} if token else None
     exporter = OTLPSpanExporter(endpoint=collector.grpc_endpoint, insecure=True, headers=headers)
     provider.add_span_processor(BatchSpanProcessor(exporter))
@@ -32,10 +38,16 @@ def wait_for_incidents(collector, where: str, timeout_s: float = 15.0) -> list[d
 
 
 def run_agent(
-    collector, session: str, user: str, order_ids: list[int], service="support-svc", token=None
+    collector,
+    session: str,
+    user: str,
+    order_ids: list[int],
+    service="support-svc",
+    token=None,
+    resource: dict | None = None,
 ):
     """One agent session calling lookup_order once per item of ``order_ids``; returns span ids."""
-    provider, tracer = agent_tracer(collector, service, token)
+    provider, tracer = agent_tracer(collector, service, token, resource)
     span_ids = []
     attrs = {
         "gen_ai.operation.name": "invoke_agent",

@@ -9,10 +9,6 @@ from datetime import UTC, datetime
 
 import requests
 from click.testing import CliRunner
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from agentwatch.cli.main import main as cli
 from tests.test_detect_e2e import run_agent, wait_for_incidents
@@ -117,20 +113,7 @@ def drill_loop(collector, session: str) -> dict:
     )
     assert started.status_code == 201, started.text
     drill_id = started.json()["drill_id"]
-    resource = Resource.create({"service.name": "support-svc", "agentwatch.drill": drill_id})
-    provider = TracerProvider(resource=resource)
-    exporter = OTLPSpanExporter(endpoint=collector.grpc_endpoint, insecure=True)
-    provider.add_span_processor(BatchSpanProcessor(exporter))
-    tracer = provider.get_tracer("drill")
-    agent = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "support",
-             "gen_ai.conversation.id": session}  # fmt: skip
-    with tracer.start_as_current_span("invoke_agent support", attributes=agent):
-        for _ in range(6):
-            tool = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "lookup_order",
-                    "gen_ai.tool.call.arguments": '{"order_id": 42}'}  # fmt: skip
-            with tracer.start_as_current_span("execute_tool lookup_order", attributes=tool):
-                pass
-    provider.shutdown()
+    run_agent(collector, session, "", [42] * 6, resource={"agentwatch.drill": drill_id})
     [incident] = wait_for_incidents(collector, f"detector = 'loop' AND session_id = '{session}'")
     return incident
 
