@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import pytest
 import requests
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from analyzer.gameday.repository import GamedayRepository
-from tests.test_detect_e2e import wait_for_incidents
+from tests.test_detect_e2e import run_agent, wait_for_incidents
 from tests.test_gameday import drill_incident
 from tests.test_tenants import TENANTS, bearer
 
@@ -46,22 +42,8 @@ def send_loop(running, session: str, claim, token: str, service: str = "support-
     """An agent calling lookup_order(42) six times (a loop: 7 spans), its resource claiming
     ``agentwatch.drill = claim``. One service per test: a loop's incident is one per service and
     agent (its fingerprint), whichever session repeats it."""
-    resource = Resource.create({"service.name": service, "agentwatch.drill": claim, **more})
-    provider = TracerProvider(resource=resource)
-    exporter = OTLPSpanExporter(
-        endpoint=running.grpc_endpoint, insecure=True, headers={"authorization": f"Bearer {token}"}
-    )
-    provider.add_span_processor(BatchSpanProcessor(exporter))
-    tracer = provider.get_tracer("agent")
-    agent = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "support",
-             "gen_ai.conversation.id": session, "user.id": f"user-{session}"}  # fmt: skip
-    with tracer.start_as_current_span("invoke_agent support", attributes=agent):
-        for _ in range(6):
-            tool = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "lookup_order",
-                    "gen_ai.tool.call.arguments": '{"order_id": 42}'}  # fmt: skip
-            with tracer.start_as_current_span("execute_tool lookup_order", attributes=tool):
-                pass
-    provider.shutdown()
+    resource = {"agentwatch.drill": claim, **more}
+    run_agent(running, session, f"user-{session}", [42] * 6, service, token, resource)
 
 
 def stored(running, session: str) -> dict:
@@ -142,6 +124,11 @@ def test_only_the_admin_token_starts_a_drill(running, token):
     answer = start_drill(running, "acme", token=token)
     assert answer.status_code in (401, 403), answer.text
     assert "drill_id" not in answer.text
+
+
+def test_a_drill_for_a_tenant_no_token_has_is_refused(running):
+    answer = start_drill(running, "no-such-tenant")
+    assert answer.status_code == 400 and "tenant: one of" in answer.json()["error"]
 
 
 def test_an_ended_drill_stays_claimable_for_the_grace_period_only(running):

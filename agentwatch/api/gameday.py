@@ -112,6 +112,9 @@ async def start_drill(request: web.Request) -> web.Response:
     principal = request.get(PRINCIPAL)
     if principal is not None and principal.tenant is not None:
         tenant = principal.tenant
+    known = (collector.config.default_tenant, *collector.config.tenants)
+    if collector.config.tenants and tenant not in known:  # no token could send its spans
+        return error(400, f"tenant: one of {', '.join(known)}, got {tenant!r}")
     policy = collector.policy.for_agent(service, agent) if collector.policy else DEFAULT_POLICY
     prices = PriceTable({name: p.to_price() for name, p in collector.config.prices.items()})
     try:
